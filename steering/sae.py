@@ -82,8 +82,13 @@ class SAEConfig:
                 f"unknown SAE architecture {self.architecture!r}; valid: {', '.join(ARCHITECTURES)}",
                 "architecture",
             )
-        if self.d_in <= 0 or self.d_sae <= 0:
-            raise SAEConfigError("d_in and d_sae must be positive", "d_sae")
+        for name in ("d_in", "d_sae"):
+            if getattr(self, name) <= 0:
+                raise SAEConfigError(f"{name} must be positive, got {getattr(self, name)}", name)
+        if self.hook_layer < 0:
+            raise SAEConfigError(f"hook_layer must be >= 0, got {self.hook_layer}", "hook_layer")
+        if not (isinstance(getattr(torch, self.dtype, None), torch.dtype) and getattr(torch, self.dtype).is_floating_point):
+            raise SAEConfigError(f"dtype must name a floating torch dtype (e.g. float32), got {self.dtype!r}", "dtype")
         if self.architecture in ("topk", "batchtopk") and (self.k is None or not 0 < self.k <= self.d_sae):
             raise SAEConfigError(f"{self.architecture} needs 0 < k <= d_sae, got k={self.k}", "k")
         if self.normalize_activations not in NORMALIZATIONS:

@@ -1,0 +1,162 @@
+"""A chat model with its SAE: the object a notebook user or the server loads.
+
+    sm = SteeredModel.load()                       # embedded default model + SAE
+    spec = SteeringSpec((FeatureClamp(123, 10.0),))
+    print(sm.chat([{"role": "user", "content": "Hi"}], spec, seed=0))
+
+The default SAE is the one shipped in `steering/data/saes/` for the default
+model. Where none is shipped for the model, a seeded randomly initialised
+placeholder (ReLU, attached to the middle layer) stands in, with feature
+statistics measured on a short built-in text so that the `max` unit works;
+`sae_note` says so, and every front end shows that note.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from steering.chat import render_chat
+from steering.generation import SequenceRequest, TokenEvent, generate_batch
+from steering.hooks import capture, run_until_capture
+from steering.interventions import SteeringSpec
+from steering.models import DEFAULT_MODEL, LoadedModel, load_model
+from steering.sae import SAEConfig, SparseAutoencoder
+from steering.sampling import SamplingParams
+
+SHIPPED_SAES = Path(__file__).parent / "data" / "saes"
+PLACEHOLDER_D_SAE = 16384
+PLACEHOLDER_SEED = 0
+_CALIBRATION_TEXT = (
+    "The Golden Gate Bridge is a suspension bridge in San Francisco. "
+    "My dog loves to play fetch in the park on sunny days. "
+    "def add(a, b):\n    return a + b\n"
+    "I feel so happy today, thank you for asking! "
+    "Preheat the oven and mix the flour with sugar and eggs. "
+    "The stock market fell sharply after the announcement in London."
+)
+
+
+def shipped_sae_dir(model_id: str) -> Path | None:
+    """The shipped SAE folder whose cfg.json names this model, if any."""
+    if not SHIPPED_SAES.is_dir():
+        return None
+    for cfg_path in sorted(SHIPPED_SAES.glob("*/cfg.json")):
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if cfg.get("model_name") == model_id:
+            return cfg_path.parent
+    return None
+
+
+def placeholder_sae(loaded: LoadedModel, seed: int = PLACEHOLDER_SEED) -> SparseAutoencoder:
+    """A seeded random ReLU SAE at the middle layer, with statistics from a short text."""
+    config = loaded.model.config
+    n_layers = config.num_hidden_layers
+    cfg = SAEConfig(
+        d_in=config.hidden_size,
+        d_sae=PLACEHOLDER_D_SAE,
+        architecture="relu",
+        hook_layer=n_layers // 2,
+        hook_site="resid_post",
+        model_name=loaded.model_id,
+        metadata={"placeholder": True, "seed": seed},
+    )
+    sae = SparseAutoencoder.random(cfg, seed=seed).requires_grad_(False).to(loaded.device)
+    ids = loaded.tokenizer(_CALIBRATION_TEXT, return_tensors="pt").input_ids.to(loaded.device)
+    with capture(loaded.model, cfg.hook_layer, cfg.hook_site, stop=True) as store:
+        run_until_capture(loaded.model, input_ids=ids)
+    acts = sae.encode(store[0][0, 1:].float())  # position 0 is an attention sink: left out
+    sae.set_feature_stats(acts.amax(0).clamp(min=1e-3), (acts > 0).float().mean(0))
+    return sae
+
+
+@dataclass
+class SteeredModel:
+    """A loaded model, its tokenizer and (optionally) an SAE attached to one layer."""
+
+    loaded: LoadedModel
+    sae: SparseAutoencoder | None
+    sae_id: str
+    sae_note: str | None = None
+
+    @classmethod
+    def load(
+        cls,
+        model: str | None = None,
+        sae: str | None = None,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+    ) -> "SteeredModel":
+        """Load a model and an SAE.
+
+        sae: None or "default" (the shipped SAE for this model, else the random
+        placeholder), "none" (no SAE: steering is unavailable), or a path any
+        `steering.sae_io.load_sae` format accepts.
+        """
+        from steering.sae_io import load_sae
+
+        loaded = load_model(model, device=device, dtype=dtype)
+        if sae == "none":
+            return cls(loaded, None, "none", "no SAE loaded: steering is unavailable")
+        if sae in (None, "default"):
+            shipped = shipped_sae_dir(loaded.model_id)
+            if shipped is None:
+                note = (
+                    f"using a randomly initialised placeholder SAE (seed {PLACEHOLDER_SEED}): "
+                    "no trained SAE ships for this model yet, so features are not interpretable"
+                )
+                return cls(loaded, placeholder_sae(loaded), "placeholder-random", note)
+            sae_path: str | Path = shipped
+        else:
+            sae_path = sae
+        module = load_sae(sae_path, device=loaded.device)
+        return cls(loaded, module.eval().requires_grad_(False), Path(sae_path).name)
+
+    @property
+    def model_id(self) -> str:
+        return self.loaded.model_id
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.loaded.model.config, "max_position_embeddings", 2048))
+
+    def prompt_ids(self, messages: Sequence[dict[str, str]]) -> tuple[int, ...]:
+        return tuple(render_chat(self.loaded.tokenizer, list(messages)))
+
+    def stream(self, requests: Sequence[SequenceRequest]) -> Iterator[list[TokenEvent]]:
+        """generate_batch over this model and SAE."""
+        return generate_batch(self.loaded.model, self.loaded.tokenizer, self.sae, requests)
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        steering: SteeringSpec | None = None,
+        *,
+        max_tokens: int = 64,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        seed: int | None = 0,
+        compare: bool = False,
+    ) -> list[str]:
+        """Answer one chat; with compare, [steered, unsteered] from the same seed."""
+        ids = self.prompt_ids(messages)
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        requests = [SequenceRequest(ids, params, steering)]
+        if compare:
+            requests.append(SequenceRequest(ids, params, None))
+        texts = [""] * len(requests)
+        for events in self.stream(requests):
+            for event in events:
+                texts[event.index] += event.text
+        return texts
+
+
+__all__ = ["SteeredModel", "shipped_sae_dir", "placeholder_sae", "DEFAULT_MODEL"]
