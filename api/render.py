@@ -1,0 +1,201 @@
+"""Engine events -> OpenAI's response objects (chat.completion and chat.completion.chunk).
+
+The engine yields per decoding step a list of `TokenEvent`s (whole-character
+text, optional log-probabilities, a finish reason on a row's last event). A
+row index is a choice index: 0..n-1 steered, n..2n-1 compare baselines.
+
+Log-probabilities follow OpenAI: per generated token its text, log p, its
+UTF-8 bytes and the `top_logprobs` alternatives. The end-of-sequence token is
+not reported (it has no text), as OpenAI does not report it either.
+
+Nothing here touches the network or the model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from api.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    DeltaMessage,
+    ResponseMessage,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+from steering.generation import TokenEvent
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed (character -> byte)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            mapping[chr(b)] = b
+        else:
+            mapping[chr(256 + extra)] = b
+            extra += 1
+    return mapping
+
+
+_BYTES = _byte_decoder()
+
+
+class TokenTexts:
+    """Token id -> (text, UTF-8 bytes) for log-probabilities, cached per id."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.lookup = lru_cache(maxsize=65536)(self._lookup)
+
+    def _lookup(self, token_id: int) -> tuple[str, tuple[int, ...]]:
+        text = self.tokenizer.decode([token_id])
+        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        # A byte-level BPE token may hold part of a character: its own bytes
+        # are exact where its decoded text would show U+FFFD.
+        if isinstance(piece, str) and piece and all(ch in _BYTES for ch in piece):
+            raw = bytes(_BYTES[ch] for ch in piece)
+            if raw.decode("utf-8", errors="replace") == text:
+                return text, tuple(raw)
+            if "\ufffd" in text:
+                return text, tuple(raw)
+        return text, tuple(text.encode("utf-8"))
+
+    def logprob(self, event: TokenEvent) -> TokenLogprob | None:
+        if event.token_id is None or event.logprob is None:
+            return None
+        text, raw = self.lookup(event.token_id)
+        top = []
+        for tid, lp in event.top_logprobs:
+            t, b = self.lookup(tid)
+            top.append(TopLogprob(token=t, logprob=lp, bytes=list(b)))
+        return TokenLogprob(token=text, logprob=event.logprob, bytes=list(raw), top_logprobs=top)
+
+
+def new_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+@dataclass
+class ResponseMeta:
+    """Fields shared by every object of one response."""
+
+    model: str
+    steered: tuple[bool, ...]
+    prompt_tokens: int
+    logprobs: bool
+    system_fingerprint: str | None = None
+    id: str = field(default_factory=new_id)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+@dataclass
+class Collector:
+    """Accumulates events into a non-streamed chat.completion."""
+
+    meta: ResponseMeta
+    texts: TokenTexts
+
+    def __post_init__(self) -> None:
+        n = len(self.meta.steered)
+        self.content = [""] * n
+        self.logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
+        self.finish: list[str | None] = [None] * n
+        self.tokens = [0] * n
+
+    def add(self, events: list[TokenEvent]) -> None:
+        for e in events:
+            self.content[e.index] += e.text
+            self.tokens[e.index] = max(self.tokens[e.index], e.completion_tokens)
+            if self.meta.logprobs:
+                lp = self.texts.logprob(e)
+                if lp is not None:
+                    self.logprobs[e.index].append(lp)
+            if e.finish_reason in ("stop", "length"):
+                self.finish[e.index] = e.finish_reason
+
+    def result(self) -> ChatCompletion:
+        m = self.meta
+        choices = [
+            Choice(
+                index=i,
+                message=ResponseMessage(content=self.content[i]),
+                logprobs=ChoiceLogprobs(content=self.logprobs[i]) if m.logprobs else None,
+                finish_reason=self.finish[i],  # type: ignore[arg-type]
+                steered=m.steered[i],
+            )
+            for i in range(len(m.steered))
+        ]
+        return ChatCompletion(
+            id=m.id, created=m.created, model=m.model, choices=choices,
+            system_fingerprint=m.system_fingerprint, usage=usage(m.prompt_tokens, self.tokens),
+        )
+
+
+def usage(prompt_tokens: int, completion: list[int]) -> Usage:
+    """Like OpenAI with n > 1: the prompt counted once, every choice's completion tokens summed."""
+    total = sum(completion)
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=total, total_tokens=prompt_tokens + total)
+
+
+@dataclass
+class Chunker:
+    """Turns events into chat.completion.chunk objects (as JSON text for SSE)."""
+
+    meta: ResponseMeta
+    texts: TokenTexts
+    include_usage: bool
+
+    def __post_init__(self) -> None:
+        self.tokens = [0] * len(self.meta.steered)
+
+    def _chunk(self, choices: list[ChunkChoice], usage_value: Usage | None = None) -> str:
+        m = self.meta
+        chunk = ChatCompletionChunk(
+            id=m.id, created=m.created, model=m.model, system_fingerprint=m.system_fingerprint, choices=choices
+        )
+        data = chunk.model_dump(mode="json", exclude={"usage"})
+        # Deltas carry only what changed, as OpenAI's do ({"content": "..."}, {} at the end).
+        for c, d in zip(data["choices"], choices):
+            c["delta"] = d.delta.model_dump(mode="json", exclude_unset=True)
+        if self.include_usage:  # null on every chunk but the last
+            data["usage"] = usage_value.model_dump(mode="json") if usage_value is not None else None
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+    def first(self) -> list[str]:
+        """One chunk per choice with the role (OpenAI sends role and empty content first)."""
+        return [
+            self._chunk([ChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""), steered=s)])
+            for i, s in enumerate(self.meta.steered)
+        ]
+
+    def step(self, events: list[TokenEvent]) -> list[str]:
+        """One chunk per event that carries text or a finish reason."""
+        out = []
+        for e in events:
+            self.tokens[e.index] = max(self.tokens[e.index], e.completion_tokens)
+            finish = e.finish_reason if e.finish_reason in ("stop", "length") else None
+            lp = self.texts.logprob(e) if self.meta.logprobs else None
+            if not e.text and finish is None and lp is None:
+                continue
+            logprobs = ChoiceLogprobs(content=[lp] if lp is not None else []) if self.meta.logprobs else None
+            delta = DeltaMessage(content=e.text) if e.text or lp is not None else DeltaMessage()
+            out.append(self._chunk([ChunkChoice(index=e.index, delta=delta, logprobs=logprobs,
+                                                finish_reason=finish, steered=self.meta.steered[e.index])]))
+        return out
+
+    def last(self) -> list[str]:
+        """The usage chunk (choices empty) when stream_options.include_usage is set."""
+        if not self.include_usage:
+            return []
+        return [self._chunk([], usage(self.meta.prompt_tokens, self.tokens))]

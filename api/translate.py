@@ -1,0 +1,178 @@
+"""The boundary: a ChatCompletionRequest becomes engine objects here, and only here.
+
+    request  ->  EngineJob(requests = [steered choice 0..n-1, baseline 0..n-1 if compare])
+
+Rules:
+- Choice i samples with seed + i; the baseline of choice i (choice n + i)
+  shares that seed, so steered and unsteered answers differ only by the clamp.
+  A request without a seed gets one random seed, drawn here, once.
+- The request's steering features merge over its preset's (the same index:
+  the request wins); `positions` is the request's, else the preset's, else
+  `all`. A preset's system prompt is prepended when the messages have none.
+- max_tokens: max_completion_tokens, else max_tokens, else
+  min(settings.default_max_tokens, context left after the prompt).
+- top_p == 0 keeps only the likeliest token: it is decoded greedily.
+
+Errors are `APIError`s naming the OpenAI (or `steering.`) parameter. Below
+this module nobody sees pydantic models.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from api.errors import APIError, bad_request, not_found
+from api.presets import PresetRegistry
+from api.protocol import ChatCompletionRequest
+from steering.chat import ChatFormatError
+from steering.generation import SequenceRequest
+from steering.interventions import FeatureClamp, SteeringError, SteeringSpec
+from steering.sae import SparseAutoencoder
+from steering.sampling import SamplingParams
+
+# No tokenizer packs more characters than this into one token on average.
+MAX_CHARS_PER_TOKEN = 64
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What translation needs to know about the loaded model (no tensors, no HTTP)."""
+
+    model_id: str
+    aliases: frozenset[str]
+    context_length: int
+    sae: SparseAutoencoder | None
+    render: Callable[[Sequence[dict[str, str]]], tuple[int, ...]]
+    default_max_tokens: int = 1024
+
+    def accepts(self, name: str) -> bool:
+        return name == self.model_id or name in self.aliases
+
+
+@dataclass(frozen=True)
+class EngineJob:
+    """One chat request as the engine sees it, plus what the response needs."""
+
+    requests: tuple[SequenceRequest, ...]
+    n: int
+    compare: bool
+    prompt_tokens: int
+    seed: int
+
+    @property
+    def steered(self) -> tuple[bool, ...]:
+        return tuple(i < self.n for i in range(len(self.requests)))
+
+
+def check_model(name: str, served: ServedModel) -> None:
+    if not served.accepts(name):
+        raise not_found(
+            f"The model `{name}` does not exist. This server serves `{served.model_id}` (GET /v1/models).",
+            "model",
+            "model_not_found",
+        )
+
+
+def _messages(request: ChatCompletionRequest, system_prompt: str | None) -> list[dict[str, str]]:
+    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages]
+    if system_prompt and not any(m["role"] == "system" for m in msgs):
+        msgs.insert(0, {"role": "system", "content": system_prompt})
+    return msgs
+
+
+def _steering(request: ChatCompletionRequest, served: ServedModel, presets: PresetRegistry) -> tuple[SteeringSpec | None, str | None]:
+    """(the merged spec or None, the preset's system prompt)."""
+    opts = request.steering
+    if opts is None:
+        return None, None
+    base, system_prompt = SteeringSpec(), None
+    if opts.preset is not None:
+        entry = presets.get(opts.preset)
+        if entry is None:
+            names = ", ".join(e.preset.name for e in presets.all()) or "none"
+            raise not_found(f"Unknown preset {opts.preset!r}; available: {names} (GET /v1/presets).",
+                            "steering.preset", "preset_not_found")
+        if not entry.available:
+            raise bad_request(f"Preset {opts.preset!r} cannot be used here: {entry.reason}.",
+                              "steering.preset", "preset_unavailable")
+        base, system_prompt = entry.spec(), entry.preset.system_prompt
+    own = SteeringSpec(
+        features=tuple(FeatureClamp(f.index, f.value, f.mode, f.unit) for f in opts.features),
+        positions=opts.positions or base.positions,
+    )
+    if own.is_empty and base.is_empty:
+        return None, system_prompt
+    if served.sae is None:
+        raise bad_request("This server runs without an SAE; steering is unavailable.", "steering")
+    try:
+        own.validate(served.sae, "features")
+    except SteeringError as e:
+        raise bad_request(str(e), f"steering.{e.param}") from None
+    return own.merged_over(base), system_prompt
+
+
+def _max_tokens(request: ChatCompletionRequest, prompt_tokens: int, served: ServedModel) -> int:
+    left = served.context_length - prompt_tokens
+    if left <= 0:
+        raise bad_request(
+            f"This model's maximum context length is {served.context_length} tokens; the messages take "
+            f"{prompt_tokens}. Shorten the messages.",
+            "messages",
+            "context_length_exceeded",
+        )
+    param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+    asked = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
+    if asked is None:
+        return min(served.default_max_tokens, left)
+    if asked > left:
+        raise bad_request(
+            f"This model's maximum context length is {served.context_length} tokens. You asked for "
+            f"{prompt_tokens + asked} tokens ({prompt_tokens} in the messages, {asked} in the completion). "
+            f"Lower {param} to at most {left}.",
+            param,
+            "context_length_exceeded",
+        )
+    return asked
+
+
+def to_engine(request: ChatCompletionRequest, served: ServedModel, presets: PresetRegistry) -> EngineJob:
+    """Translate a validated request; raises APIError (4xx) for anything the engine would refuse."""
+    check_model(request.model, served)
+    if request.top_logprobs and not request.logprobs:
+        raise bad_request("top_logprobs needs logprobs set to true.", "top_logprobs")
+    spec, system_prompt = _steering(request, served, presets)
+    chars = sum(len(m.text()) for m in request.messages)
+    if chars > MAX_CHARS_PER_TOKEN * served.context_length:  # too long to be worth tokenising on the event loop
+        raise bad_request(f"The messages ({chars} characters) cannot fit this model's context of "
+                          f"{served.context_length} tokens. Shorten the messages.", "messages", "context_length_exceeded")
+    try:
+        prompt = served.render(_messages(request, system_prompt))
+    except ChatFormatError as e:
+        raise bad_request(str(e), e.param) from None
+    if not prompt:
+        raise bad_request("The messages render to an empty prompt.", "messages")
+    max_tokens = _max_tokens(request, len(prompt), served)
+    seed = request.seed if request.seed is not None else secrets.randbits(63)
+    greedy = request.top_p == 0.0
+    compare = bool(request.steering and request.steering.compare)
+
+    def params(i: int) -> SamplingParams:
+        p = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=0.0 if greedy else request.temperature,
+            top_p=1.0 if greedy else request.top_p,
+            seed=seed + i,
+            stop=request.stop_list(),
+            logprobs=request.logprobs,
+            top_logprobs=request.top_logprobs or 0,
+        )
+        try:
+            return p.validate()
+        except SteeringError as e:  # the protocol's bounds should have caught it
+            raise APIError(400, str(e), e.param) from None
+
+    steered = [SequenceRequest(prompt, params(i), spec) for i in range(request.n)]
+    baseline = [SequenceRequest(prompt, params(i), None) for i in range(request.n)] if compare else []
+    return EngineJob(tuple(steered + baseline), request.n, compare, len(prompt), seed)

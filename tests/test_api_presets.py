@@ -1,0 +1,115 @@
+"""Preset files: validated at start-up, listed, looked up, applied only to their own model and SAE."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.presets import PresetError, PresetRegistry
+from api.settings import Settings
+from tests.api_support import MODEL_ID, SAE_ID, tiny_sae, tiny_steered_model, write_preset
+
+
+@pytest.fixture
+def sae(tiny_llama, tiny_tokenizer):
+    return tiny_sae(tiny_llama, tiny_tokenizer)
+
+
+def load(folder, sae):
+    return PresetRegistry.load(folder, MODEL_ID, SAE_ID, sae)
+
+
+def test_valid_presets_load_and_merge(tmp_path, sae):
+    write_preset(tmp_path, "calm", features=[{"index": 3, "value": 5, "mode": "add", "unit": "raw", "label": "calm"}],
+                 positions="generated", system_prompt="Be calm.", concept_words=["calm"], notes="n")
+    (tmp_path / "README.md").write_text("not a preset")
+    reg = load(tmp_path, sae)
+    entry = reg.get("calm")
+    assert len(reg) == 1 and entry.available and entry.preset.system_prompt == "Be calm."
+    spec = entry.spec()
+    assert spec.positions == "generated" and spec.features[0].mode == "add" and spec.features[0].value == 5
+
+
+def test_missing_folder_means_no_presets(tmp_path, sae):
+    assert len(load(tmp_path / "absent", sae)) == 0
+    assert len(load(None, sae)) == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"features": []}, "features"),
+        ({"features": [{"index": 1, "value": float("inf")}]}, "features[0].value"),
+        ({"features": [{"index": 1, "value": 2000}]}, "features[0].value"),
+        ({"features": [{"index": 1, "value": 2, "mode": "boost"}]}, "features[0].mode"),
+        ({"description": None}, "description"),
+        ({"name": "bad name!"}, "name"),
+        ({"colour": "red"}, "colour"),
+        ({"positions": "prompt"}, "positions"),
+        ({"features": [{"index": 500, "value": 2}]}, "features[0].index"),  # past d_sae of the loaded SAE
+        ({"features": [{"index": 1, "value": 2}, {"index": 1, "value": 3}]}, "features[1].index"),
+    ],
+)
+def test_broken_preset_names_file_and_field(tmp_path, sae, fields, field):
+    path = write_preset(tmp_path, "broken", **fields)
+    with pytest.raises(PresetError) as info:
+        load(tmp_path, sae)
+    assert str(path) in str(info.value) and f"field '{field}'" in str(info.value)
+
+
+def test_invalid_json_and_missing_fields(tmp_path, sae):
+    (tmp_path / "a.json").write_text('{"name": "a",')
+    with pytest.raises(PresetError, match=r"a\.json.*not valid JSON"):
+        load(tmp_path, sae)
+    (tmp_path / "a.json").write_text('{"name": "a", "description": "d", "model": "m", "sae": "s"}')
+    with pytest.raises(PresetError, match=r"a\.json: field 'features'"):
+        load(tmp_path, sae)
+
+
+def test_duplicate_names(tmp_path, sae):
+    write_preset(tmp_path, "one")
+    (tmp_path / "two.json").write_text((tmp_path / "one.json").read_text())
+    with pytest.raises(PresetError, match=r"two\.json: field 'name'"):
+        load(tmp_path, sae)
+
+
+def test_other_model_or_sae_is_unavailable_not_fatal(tmp_path, sae):
+    write_preset(tmp_path, "other-model", model="big-model", features=[{"index": 9999, "value": 1}])
+    write_preset(tmp_path, "other-sae", sae="another-sae")
+    reg = load(tmp_path, sae)
+    assert [e.available for e in reg.all()] == [False, False]
+    assert "big-model" in reg.get("other-model").reason and "another-sae" in reg.get("other-sae").reason
+    assert not PresetRegistry.load(tmp_path, MODEL_ID, SAE_ID, None).all()[0].available
+
+
+def test_broken_preset_stops_start_up(tmp_path, tiny_llama, tiny_tokenizer):
+    write_preset(tmp_path, "bad", features=[{"index": 500, "value": 1}])
+    app = create_app(Settings(presets_dir=tmp_path), tiny_steered_model(tiny_llama, tiny_tokenizer))
+    with pytest.raises(PresetError, match=r"bad\.json: field 'features\[0\]\.index'"):
+        with TestClient(app):
+            pass
+
+
+def test_schema_errors_stop_start_up_before_loading(tmp_path):
+    (tmp_path / "x.json").write_text("[]")
+    fatal = []
+    with pytest.raises(PresetError, match=r"x\.json"):
+        with TestClient(create_app(Settings(presets_dir=tmp_path), on_fatal=fatal.append)):
+            pass
+    assert isinstance(fatal[0], PresetError)
+
+
+def test_preset_routes(tmp_path, tiny_llama, tiny_tokenizer):
+    write_preset(tmp_path, "alpha", system_prompt="A")
+    write_preset(tmp_path, "beta", model="big-model")
+    app = create_app(Settings(presets_dir=tmp_path), tiny_steered_model(tiny_llama, tiny_tokenizer))
+    with TestClient(app) as c:
+        listed = c.get("/v1/presets").json()
+        assert listed["object"] == "list" and [p["name"] for p in listed["data"]] == ["alpha", "beta"]
+        assert [p["available"] for p in listed["data"]] == [True, False]
+        one = c.get("/v1/presets/alpha").json()
+        assert one["object"] == "preset" and one["system_prompt"] == "A" and one["features"][0]["index"] == 3
+        r = c.get("/v1/presets/gamma")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "preset_not_found"
+        assert c.get("/ready").json()["presets"] == 2

@@ -1,0 +1,137 @@
+"""End to end: the real server process on the embedded default model, driven by the official openai client.
+
+Starts `python -m api --port FREE` on 127.0.0.1 (offline, the default model
+and SAE), waits for GET /ready, and stops the process in a finally.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+MESSAGES = [{"role": "user", "content": "Tell me about your favourite place."}]
+READY_TIMEOUT_S = 300
+MAX_TOKENS = 16
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "STEERING_THREADS": os.environ.get("STEERING_THREADS", "2")}
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, "-m", "api", "--port", str(port), "--host", "127.0.0.1"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"the server exited with {proc.returncode}:\n{log.read()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("the server was not ready in time")
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def model_id(client):
+    (model,) = client.models.list().data
+    return model.id
+
+
+@pytest.fixture(scope="module")
+def strong_clamp(server):
+    """The 3 features with the largest max activation (of the first 1,000), clamped at 20x max."""
+    feats = []
+    for offset in (0, 500):
+        feats += httpx.get(f"{server}/v1/features", params={"offset": offset, "limit": 500}).json()["data"]
+    best = sorted((f for f in feats if f["max_activation"]), key=lambda f: -f["max_activation"])[:3]
+    return [{"index": f["index"], "value": 20, "mode": "clamp", "unit": "max"} for f in best]
+
+
+def _stream_texts(stream) -> tuple[dict[int, str], dict[int, str]]:
+    texts: dict[int, str] = {}
+    finish: dict[int, str] = {}
+    for chunk in stream:
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+            if c.finish_reason:
+                finish[c.index] = c.finish_reason
+    return texts, finish
+
+
+def test_sync_and_streamed_answers_agree(client, model_id):
+    kw = dict(model=model_id, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0.8, seed=11)
+    full = client.chat.completions.create(**kw)
+    choice = full.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length") and full.usage.completion_tokens <= MAX_TOKENS
+    texts, finish = _stream_texts(client.chat.completions.create(**kw, stream=True))
+    assert texts == {0: choice.message.content} and finish == {0: choice.finish_reason}
+
+
+def test_steering_with_compare_and_a_strong_clamp(client, model_id, strong_clamp):
+    kw = dict(model=model_id, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0.8, seed=5)
+    out = client.chat.completions.create(**kw, extra_body={"steering": {"features": strong_clamp, "compare": True}})
+    assert [c.index for c in out.choices] == [0, 1]
+    assert [c.model_extra["steered"] for c in out.choices] == [True, False]
+    plain = client.chat.completions.create(**kw)
+    assert out.choices[1].message.content == plain.choices[0].message.content  # same seed: same baseline
+    assert out.choices[0].message.content != out.choices[1].message.content  # the clamp changes the answer
+    texts, _ = _stream_texts(client.chat.completions.create(
+        **kw, stream=True, extra_body={"steering": {"features": strong_clamp, "compare": True}}))
+    assert texts == {0: out.choices[0].message.content, 1: out.choices[1].message.content}
+
+
+def test_errors_reach_the_client_as_openai_errors(client, model_id):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=4)
+    assert info.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=4,
+                                       extra_body={"steering": {"features": [{"index": 10**7, "value": 1}]}})
+    assert info.value.body["param"] == "steering.features[0].index"
+
+
+def test_ready_models_and_feature_search(server, model_id):
+    ready = httpx.get(f"{server}/ready").json()
+    assert ready["model"] == model_id and ready["sae"]["d_sae"] > 0
+    found = httpx.get(f"{server}/v1/features/search", params={"q": "Golden Gate Bridge", "limit": 5}, timeout=60).json()
+    assert 0 < len(found["data"]) <= 5 and all(m["activation"] > 0 for m in found["data"])
