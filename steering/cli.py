@@ -18,7 +18,7 @@ from typing import Sequence
 from steering.interventions import SteeringError, SteeringSpec, parse_clamp
 
 # Modules that contribute subcommands: each exposes add_subcommands(subparsers).
-SUBCOMMAND_MODULES = ("steering.training.cli",)
+SUBCOMMAND_MODULES = ("steering.training.cli", "steering.eval_cli", "steering.sweep", "steering.autosteer", "steering.bench")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
