@@ -12,8 +12,8 @@ loading (or a preset invalid for the loaded SAE) is logged and passed to
 `on_fatal` the server stays up and /ready reports the error.
 
 Routes: POST /v1/chat/completions (`api.chat`), GET /v1/models[/{id}],
-/v1/presets[/{name}], /v1/features, /v1/features/search, /v1/features/{index},
-/health, /ready.
+/v1/presets[/{name}], /v1/features, /v1/features/search (label, activation and
+concept matches), /v1/features/{index}, /health, /ready.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Literal
 
 import torch
 from fastapi import FastAPI, Path as PathParam, Query, Request
 from fastapi.responses import JSONResponse
 
 from api import chat
-from api.errors import APIError, install_error_handlers, not_found
+from api.errors import APIError, bad_request, install_error_handlers, not_found
 from api.features import FeatureService, find_catalogue
 from api.gate import ModelGate
 from api.presets import PresetError, PresetRegistry, check_files
@@ -42,6 +42,7 @@ from api.protocol import (
     ErrorResponse,
     FeatureDetail,
     FeatureList,
+    FeatureMatch,
     FeatureSearchResult,
     ModelCard,
     ModelList,
@@ -51,11 +52,12 @@ from api.protocol import (
 from api.render import TokenTexts
 from api.settings import Settings
 from api.translate import ServedModel
+from steering.autosteer import MAX_CONCEPT_CHARS
 from steering.engine import Engine, EngineConfig
 
 log = logging.getLogger("api")
 VERSION = "0.1.0"
-# How long a search by text waits for running generations before a 503.
+# How long a search by text or concept (and an uncached auto-steer) waits for running generations before a 503.
 EXCLUSIVE_WAIT_S = 60.0
 
 
@@ -84,6 +86,15 @@ class ServerState:
             raise APIError(503, "The model is still loading; retry when GET /ready returns 200.", None,
                            "model_not_ready", headers={"Retry-After": "5"})
         return self
+
+    async def run_alone(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) in a thread with the model to itself (`api.gate`); a 503 `model_busy` when running
+        generations hold it past EXCLUSIVE_WAIT_S."""
+        try:
+            return await self.gate.run_exclusive(fn, *args, timeout=EXCLUSIVE_WAIT_S)
+        except TimeoutError:
+            raise APIError(503, "The model is busy generating; retry later.", None, "model_busy",
+                           headers={"Retry-After": "10"}) from None
 
     def sae_info(self) -> dict[str, Any] | None:
         sm = self.sm
@@ -125,7 +136,7 @@ class ServerState:
         tokenizer = sm.loaded.tokenizer
         self.texts = TokenTexts(tokenizer)
         if sm.sae is not None:
-            self.features = FeatureService(sm.loaded.model, tokenizer, sm.sae, self.catalogue)
+            self.features = FeatureService(sm.loaded.model, tokenizer, sm.sae, self.catalogue, sm=sm)
         self.fingerprint = "fp_" + hashlib.sha1(f"{sm.model_id}|{sm.sae_id}|{VERSION}".encode()).hexdigest()[:10]
         self.engine = Engine(sm.loaded.model, tokenizer, sm.sae, EngineConfig(
             max_queue=s.max_queue, retry_after_s=s.retry_after_s, threads=s.threads, max_batch=s.max_batch))
@@ -255,19 +266,33 @@ def create_app(
         return await asyncio.to_thread(features(request).page, offset, limit)
 
     @app.get("/v1/features/search", response_model=FeatureSearchResult,
-             summary="Features by catalogue label and by activation on the text q")
+             summary="Features by catalogue label, by activation on the text q, and for q as a concept")
     async def search_features(
-        request: Request, q: str = Query(min_length=1, max_length=2000), limit: int = Query(10, ge=1, le=100)
+        request: Request,
+        q: str = Query(min_length=1, max_length=2000),
+        limit: int = Query(10, ge=1, le=100),
+        mode: Literal["all", "label", "activation", "concept"] = Query(
+            "all", description="Which matches: `label` (catalogue labels), `activation` (most active on q), "
+            f"`concept` (q as a concept of at most {MAX_CONCEPT_CHARS} characters: specificity x logit effect), "
+            "or `all` (each kind up to `limit`, in that order; concept matches only for a short, non-blank q)."),
     ) -> FeatureSearchResult:
         fs = features(request)
-        by_label = await asyncio.to_thread(fs.label_matches, q, limit)
-        try:
-            async with server(request).gate.exclusive(timeout=EXCLUSIVE_WAIT_S):
-                by_activation = await asyncio.to_thread(fs.activation_matches, q, limit)
-        except TimeoutError:
-            raise APIError(503, "The model is busy generating; retry the search later.", None, "model_busy",
-                           headers={"Retry-After": "10"}) from None
-        return FeatureSearchResult(query=q, data=by_label + by_activation)
+        concept_ok = bool(q.strip()) and len(q) <= MAX_CONCEPT_CHARS
+        if mode == "concept" and not concept_ok:
+            raise bad_request(f"A concept search needs a non-blank q of at most {MAX_CONCEPT_CHARS} characters.", "q")
+        want_activation = mode in ("all", "activation")
+        want_concept = mode == "concept" or (mode == "all" and concept_ok)
+        # Label matches also join the concept search's pool of candidates.
+        by_label = await asyncio.to_thread(fs.label_matches, q, limit) if mode != "activation" else []
+
+        def forwards() -> list[FeatureMatch]:
+            out = fs.activation_matches(q, limit) if want_activation else []
+            if want_concept:
+                out += fs.concept_matches(q, limit, extra=[m.index for m in by_label])
+            return out
+
+        by_model = await server(request).run_alone(forwards) if want_activation or want_concept else []
+        return FeatureSearchResult(query=q, data=(by_label if mode in ("all", "label") else []) + by_model)
 
     @app.get("/v1/features/{index}", response_model=FeatureDetail, summary="One feature in detail")
     async def get_feature(request: Request, index: int = PathParam(ge=0)) -> FeatureDetail:

@@ -10,6 +10,11 @@ next decoding step:
 - non-streamed: a watcher polls `request.is_disconnected()`.
 
 Either way the gate (`api.gate`) counts the group until the worker is done.
+
+With `steering.concept`, auto-steer picks the features first (`api.concepts`;
+an uncached concept takes the gate alone while its search runs), and the
+response reports the steering used (the completion's, or the first chunk's,
+`steering`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from sse_starlette import EventSourceResponse
 
+from api.concepts import applied_steering, resolve_concept
 from api.errors import APIError, from_exception, sse_error_event
 from api.protocol import ChatCompletion, ChatCompletionRequest
 from api.render import Chunker, Collector, ResponseMeta
@@ -49,13 +55,15 @@ def _finish(state: Any, handle: Any, finished: bool) -> None:
 
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Any:
     state = request.app.state.server.require_ready()
-    job = to_engine(body, state.served, state.presets)
+    auto = await resolve_concept(state, body)
+    job = to_engine(body, state.served, state.presets, auto)
     meta = ResponseMeta(
         model=state.served.model_id,
         steered=job.steered,
         prompt_tokens=job.prompt_tokens,
         logprobs=body.logprobs,
         system_fingerprint=state.fingerprint,
+        steering=applied_steering(body, job.spec, auto, state.features),
     )
     try:
         handle = await _submit(state, job.requests)

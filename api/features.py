@@ -14,8 +14,12 @@ Two sources, one answer shape (`api.protocol.FeatureDetail`):
 
 Search by text runs the text through the model up to the SAE's hook site and
 ranks features by their peak activation on it, relative to each feature's max
-activation when the statistics are known (raw otherwise). That forward must
-not overlap the engine's (see `api.gate`); the caller holds the gate.
+activation when the statistics are known (raw otherwise). Search by concept
+reads the text as a concept and ranks features by
+`steering.concepts.find_concept_features` (specificity on text about the
+concept x logit effect); the catalogue's label matches join its pool. Those
+forwards must not overlap the engine's (see `api.gate`); the caller holds
+the gate.
 
 The catalogue is used by duck typing (`feature(i)`, `search(q, limit)`), so
 this module works before and after `steering.catalogue` exists.
@@ -31,7 +35,9 @@ from typing import Any
 
 import torch
 
-from api.protocol import FeatureDetail, FeatureList, FeatureMatch, FeatureSummary, Neighbour, TokenEffect
+from api.protocol import (ConceptScores, FeatureDetail, FeatureList, FeatureMatch, FeatureSummary, Neighbour,
+                          TokenEffect)
+from steering.concepts import ConceptCandidate, find_concept_features
 from steering.hooks import capture, run_until_capture
 from steering.sae import SparseAutoencoder
 
@@ -126,13 +132,19 @@ def _neighbours(items: Any) -> list[Neighbour]:
 
 
 class FeatureService:
-    """Feature look-ups over one model, tokenizer, SAE and optional catalogue (all shared, read-only)."""
+    """Feature look-ups over one model, tokenizer, SAE and optional catalogue (all shared, read-only).
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, sae: SparseAutoencoder, catalogue: Any | None = None):
+    `sm` (the steering.steered_model.SteeredModel holding them) is needed by
+    the concept search only.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, sae: SparseAutoencoder, catalogue: Any | None = None,
+                 sm: Any | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.sae = sae
         self.catalogue = catalogue
+        self.sm = sm
 
     @property
     def total(self) -> int:
@@ -262,3 +274,18 @@ class FeatureService:
                 token=self.tokenizer.decode([ids[int(where[i])]]),
             ))
         return out
+
+    def concept_match(self, c: ConceptCandidate) -> FeatureMatch:
+        scores = ConceptScores(**{k: v for k, v in c.to_dict().items() if k != "index"})
+        return FeatureMatch(index=c.index, label=self._catalogue_entry(c.index).get("label"), match="concept",
+                            score=c.score, concept=scores)
+
+    def concept_matches(self, concept: str, limit: int, extra: list[int] | tuple[int, ...] = ()) -> list[FeatureMatch]:
+        """Features for `concept`, ranked by specificity x logit effect. Caller holds the gate.
+
+        Raises steering's SteeringError (param `concept`) for a blank concept.
+        """
+        if self.sm is None:
+            return []
+        found = find_concept_features(self.sm, concept, limit=limit, extra=extra)
+        return [self.concept_match(c) for c in found]

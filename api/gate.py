@@ -3,21 +3,25 @@
 The engine's worker attaches steering hooks to the shared model while it
 generates; a forward pass from another thread at that moment would run
 through those hooks (and a capture hook of ours would stop the engine's
-forward). So the few forwards the server runs itself (feature search by text)
-take the gate exclusively: they wait until every submitted group is finished
+forward). So the few forwards the server runs itself (feature search by text
+or by concept, auto-steer's concept search) take the gate exclusively: they wait until every submitted group is finished
 by the worker, and new submissions wait for them (a writer-preferring
 readers-writer lock, all on the event loop).
 
 A group counts as in flight from `submit` until the worker has put its end,
 even after its client went away: `release_when_done` drains a cancelled
-handle in the background before letting go.
+handle in the background before letting go. Likewise `run_exclusive` keeps
+the gate until its thread has returned, even when its caller is cancelled
+(a thread cannot be stopped, and its hooks are on the shared model).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable, TypeVar
+
+T = TypeVar("T")
 
 
 class ModelGate:
@@ -69,3 +73,25 @@ class ModelGate:
         async with self._exclusive:
             await asyncio.wait_for(self._idle.wait(), timeout)
             yield
+
+    async def run_exclusive(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """fn(*args) in a worker thread, alone on the model; raises TimeoutError as `exclusive` does.
+
+        The gate is held by a task of its own until the thread returns, so a
+        caller cancelled mid-way (a client gone) cannot let generation start
+        while the thread still runs forwards.
+        """
+
+        async def job() -> T:
+            async with self.exclusive(timeout):
+                return await asyncio.to_thread(fn, *args)
+
+        def done(task: "asyncio.Task[T]") -> None:
+            self._draining.discard(task)  # type: ignore[arg-type]
+            if not task.cancelled():
+                task.exception()  # retrieved: a caller that went away leaves no "never retrieved" warning
+
+        task = asyncio.get_running_loop().create_task(job())
+        self._draining.add(task)  # type: ignore[arg-type]  # keep a reference until it ends
+        task.add_done_callback(done)
+        return await asyncio.shield(task)

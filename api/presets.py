@@ -11,8 +11,12 @@ At start-up every `*.json` file is read:
   unavailable (listed with `available: false` and the reason, logged once);
   a request naming it gets a 400. Feature indices mean nothing across SAEs,
   so such a preset is never applied;
-- a preset for the loaded model and SAE is checked against the SAE (index in
-  range, known max activation for `max` units); a failure stops start-up.
+- a preset for the loaded model and SAE is checked against the SAE (feature
+  and `concept_features` indices in range, known max activation for `max`
+  units); a failure stops start-up.
+
+`concept_words`, `concept_features` and `efficacy` (the measured record) are
+for evaluation and for people: listed by GET /v1/presets, never applied.
 
 This module knows nothing of HTTP beyond the protocol's Preset model.
 """
@@ -60,6 +64,8 @@ class PresetEntry:
 
 
 def _loc(loc: tuple) -> str:
+    if loc and loc[0] == "efficacy":  # the key, not the JSON-value union tags pydantic adds below it
+        loc = loc[:2]
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -148,6 +154,10 @@ def _check_target(path: Path, preset: Preset, model_id: str, sae_id: str, sae: S
             entry.spec().validate(sae)
         except SteeringError as e:
             raise PresetError(path, e.param, str(e)) from None
+        for k, index in enumerate(preset.concept_features or ()):
+            if index >= sae.d_sae:
+                raise PresetError(path, f"concept_features[{k}]",
+                                  f"feature {index} does not exist: this SAE has {sae.d_sae} features")
         return entry
     log.warning("preset %r (%s) is unavailable: %s", preset.name, path, reason)
     return PresetEntry(preset, path, False, reason)

@@ -2,9 +2,12 @@
 
 Request and response models follow the field order of OpenAI's chat
 completions reference (https://platform.openai.com/docs/api-reference/chat).
-Our extension, `steering`, sits in a marked block at the end of the request;
-each of its fields carries a `Field(description=...)` so the OpenAPI page
-(/docs) documents it. Bounds are pydantic constraints, so a violation comes
+Our extension, `steering`, sits in a marked block at the end of the request
+(feature clamps, a preset, auto-steer's `concept` and `strength`), and in
+marked blocks of the responses (`steered` on each choice; `steering`, the
+steering used, on a chat.completion and on a stream's first chunk); each of
+its fields carries a `Field(description=...)` so the OpenAPI page (/docs)
+documents it. Bounds are pydantic constraints, so a violation comes
 back as a 400 naming the parameter (see `api.errors`).
 
 Deviations from OpenAI are marked `# deviation:` where they happen. Fields of
@@ -17,9 +20,11 @@ objects, and nothing below that line sees these models.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+
+from steering.autosteer import MAX_CONCEPT_CHARS, MAX_STRENGTH
 
 # Documented bounds (also in api/README_API.md).
 MAX_N = 8
@@ -109,6 +114,28 @@ class SteeringOptions(BaseModel):
         description="Also return the unsteered baseline from the same seed: choices 0..n-1 are steered, "
         "n..2n-1 the baselines (choice n+i is the baseline of choice i); every choice carries `steered`.",
     )
+    concept: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_CONCEPT_CHARS,
+        description="Auto-steer: a concept in words (e.g. `dogs`); the server picks the SAE features and values "
+        "for it by concept search. Merge order: the preset's features, then the concept's, then `features` "
+        "(on the same index the later wins). The response's `steering` reports what was used.",
+    )
+    strength: float = Field(
+        1.0,
+        gt=0.0,
+        le=MAX_STRENGTH,
+        description=f"Auto-steer strength, 0 < strength <= {MAX_STRENGTH:g}: scales the concept's clamp values "
+        "(1 is the calibrated default). Only with `concept`.",
+    )
+
+    @field_validator("concept")
+    @classmethod
+    def _check_concept(cls, concept: str | None) -> str | None:
+        if concept is not None and not concept.strip():
+            raise ValueError("the concept must contain a non-blank character")
+        return concept
 
 
 class ChatCompletionRequest(BaseModel):
@@ -190,6 +217,54 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class ConceptScores(BaseModel):
+    """Why a feature matches a concept (`steering.concepts`): specificity and logit effect."""
+
+    score: float = Field(description="specificity x logit_score; candidates are ranked by it.")
+    specificity: float = Field(description="(concept_mean - neutral_mean) x concept_fire_rate.")
+    concept_mean: float = Field(description="Mean activation / max activation over text about the concept.")
+    neutral_mean: float = Field(description="The same over unrelated text.")
+    concept_fire_rate: float = Field(description="Share of concept texts on which the feature fires.")
+    neutral_fire_rate: float = Field(description="Share of unrelated texts on which the feature fires.")
+    word_share: float | None = Field(description="Share of its concept-text activation on the concept word's own "
+                                     "tokens (near 1: a token feature); null when not measurable.")
+    logit_rank: int = Field(description="Best rank of a concept token among the tokens its decoder direction "
+                            "promotes through the unembedding (0: the most promoted).")
+    logit_score: float = Field(description="1 - log(1 + logit_rank) / log(vocabulary size).")
+    promoted_tokens: list[str] = Field(description="The tokens it promotes most.")
+    max_activation: float = Field(description="The activation scale the means are divided by.")
+
+
+class ConceptSteering(BaseModel):
+    """What auto-steer chose for `steering.concept`."""
+
+    concept: str
+    strength: float
+    features: list[int] = Field(description="The indices auto-steer picked (their values are in the report's "
+                                "`features` unless the request's own features overrode them).")
+    rationale: str
+    candidates: list["FeatureMatch"] = Field(description="The ranked concept candidates (`match: concept`).")
+
+
+class AppliedFeature(BaseModel):
+    """A clamp as applied: a request's `steering.features` item (values reported unbounded, as used)."""
+
+    index: int
+    value: float
+    mode: Literal["clamp", "add", "scale"]
+    unit: Literal["max", "raw"]
+
+
+class AppliedSteering(BaseModel):
+    """The steering a response used (extension). `features` and `positions` paste into a preset file
+    (presets/README.md) or back into a request's `steering` to reproduce it without the concept search."""
+
+    features: list[AppliedFeature] = Field(description="The merged clamps applied to the steered choices.")
+    positions: Literal["all", "generated"]
+    preset: str | None = Field(None, description="The preset named by the request.")
+    concept: ConceptSteering | None = Field(None, description="Auto-steer's choice; null without steering.concept.")
+
+
 class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -198,6 +273,9 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     system_fingerprint: str | None = None
     usage: Usage
+    # ---- extension: SAE steering ------------------------------------------
+    steering: AppliedSteering | None = Field(
+        None, description="The steering used (extension); null when the request had no `steering`.")
 
 
 class DeltaMessage(BaseModel):
@@ -224,6 +302,10 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     # Present (null until the last chunk) only with stream_options.include_usage.
     usage: Usage | None = None
+    # ---- extension: SAE steering ------------------------------------------
+    steering: AppliedSteering | None = Field(
+        None, description="The steering used (extension): on the stream's first chunk only, when the request "
+        "had a `steering` block; absent from every other chunk.")
 
 
 class ErrorInfo(BaseModel):
@@ -253,6 +335,12 @@ class ModelList(BaseModel):
 
 
 # ------------------------------------------------------------------ presets
+# Keys of a preset's `efficacy` record that are shares in [0, 1] when present.
+EFFICACY_RATES = frozenset({
+    "concept_rate", "baseline_concept_rate", "word_rate", "baseline_word_rate", "feature_rate",
+    "baseline_feature_rate", "repeated_4gram", "baseline_repeated_4gram", "repeated_4gram_share",
+})
+
 class PresetFeature(BaseModel):
     """A preset's clamp: the same fields as a request's steering feature."""
 
@@ -276,8 +364,24 @@ class Preset(BaseModel):
     features: list[PresetFeature] = Field(min_length=1, max_length=MAX_STEERING_FEATURES)
     positions: Literal["all", "generated"] = "all"
     system_prompt: str | None = None
-    concept_words: list[str] = Field(default_factory=list)
+    concept_words: list[str] = Field(default_factory=list, description="Words that mark an answer as on the concept.")
+    concept_features: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, max_length=MAX_STEERING_FEATURES,
+        description="Features whose firing on an answer marks it as on the concept (evaluation); null: the "
+        "preset's own clamps that push a feature up.")
+    efficacy: dict[str, JsonValue] | None = Field(
+        None, description="The measured efficacy record (free-form; keys in presets/README.md, e.g. concept_rate, "
+        "baseline_concept_rate, repeated_4gram, delta_loss, n_prompts, max_tokens, seed, measured_at, command).")
     notes: str | None = None
+
+    @field_validator("efficacy")
+    @classmethod
+    def _check_rates(cls, efficacy: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key in EFFICACY_RATES & set(efficacy or {}):
+            v = efficacy[key]  # type: ignore[index]
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
+                raise ValueError(f"efficacy.{key} must be a share in [0, 1] or null, not {v!r}")
+        return efficacy
 
 
 class PresetInfo(Preset):
@@ -333,14 +437,19 @@ class FeatureList(BaseModel):
 class FeatureMatch(BaseModel):
     index: int
     label: str | None
-    match: Literal["label", "activation"]
+    match: Literal["label", "activation", "concept"]
     activation: float | None = Field(None, description="Largest activation on the query text (activation matches).")
     relative_activation: float | None = Field(None, description="activation / the feature's max activation.")
     token: str | None = Field(None, description="The query token where the activation peaks.")
-    score: float | None = Field(None, description="The catalogue's label-match score (label matches).")
+    score: float | None = Field(None, description="Label matches: the catalogue's label-match score; concept "
+                                "matches: specificity x logit_score (as in `concept`).")
+    concept: ConceptScores | None = Field(None, description="Concept matches: both scores in full.")
 
 
 class FeatureSearchResult(BaseModel):
     object: Literal["list"] = "list"
     query: str
     data: list[FeatureMatch]
+
+
+ConceptSteering.model_rebuild()

@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 from api.protocol import (
+    AppliedSteering,
     ChatCompletion,
     ChatCompletionChunk,
     Choice,
@@ -95,6 +96,7 @@ class ResponseMeta:
     prompt_tokens: int
     logprobs: bool
     system_fingerprint: str | None = None
+    steering: AppliedSteering | None = None  # the extension's report: on the completion, or the first chunk
     id: str = field(default_factory=new_id)
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -138,7 +140,7 @@ class Collector:
         ]
         return ChatCompletion(
             id=m.id, created=m.created, model=m.model, choices=choices,
-            system_fingerprint=m.system_fingerprint, usage=usage(m.prompt_tokens, self.tokens),
+            system_fingerprint=m.system_fingerprint, usage=usage(m.prompt_tokens, self.tokens), steering=m.steering,
         )
 
 
@@ -159,23 +161,28 @@ class Chunker:
     def __post_init__(self) -> None:
         self.tokens = [0] * len(self.meta.steered)
 
-    def _chunk(self, choices: list[ChunkChoice], usage_value: Usage | None = None) -> str:
+    def _chunk(self, choices: list[ChunkChoice], usage_value: Usage | None = None,
+               steering: AppliedSteering | None = None) -> str:
         m = self.meta
         chunk = ChatCompletionChunk(
             id=m.id, created=m.created, model=m.model, system_fingerprint=m.system_fingerprint, choices=choices
         )
-        data = chunk.model_dump(mode="json", exclude={"usage"})
+        data = chunk.model_dump(mode="json", exclude={"usage", "steering"})
         # Deltas carry only what changed, as OpenAI's do ({"content": "..."}, {} at the end).
         for c, d in zip(data["choices"], choices):
             c["delta"] = d.delta.model_dump(mode="json", exclude_unset=True)
         if self.include_usage:  # null on every chunk but the last
             data["usage"] = usage_value.model_dump(mode="json") if usage_value is not None else None
+        if steering is not None:  # extension: the first chunk only
+            data["steering"] = steering.model_dump(mode="json")
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     def first(self) -> list[str]:
-        """One chunk per choice with the role (OpenAI sends role and empty content first)."""
+        """One chunk per choice with the role (OpenAI sends role and empty content first); the first
+        also carries the steering report (extension)."""
         return [
-            self._chunk([ChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""), steered=s)])
+            self._chunk([ChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""), steered=s)],
+                        steering=self.meta.steering if i == 0 else None)
             for i, s in enumerate(self.meta.steered)
         ]
 

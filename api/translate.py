@@ -6,9 +6,12 @@ Rules:
 - Choice i samples with seed + i; the baseline of choice i (choice n + i)
   shares that seed, so steered and unsteered answers differ only by the clamp.
   A request without a seed gets one random seed, drawn here, once.
-- The request's steering features merge over its preset's (the same index:
-  the request wins); `positions` is the request's, else the preset's, else
-  `all`. A preset's system prompt is prepended when the messages have none.
+- Steering merges in three layers, each over the one before (on the same
+  feature index the later wins): the preset's features, then auto-steer's
+  for `steering.concept` (an `AutoSteerResult` the caller has computed, see
+  `api.concepts`), then the request's own `features`. `positions` is the
+  request's, else the preset's, else `all`. A preset's system prompt is
+  prepended when the messages have none.
 - max_tokens: max_completion_tokens, else max_tokens, else
   min(settings.default_max_tokens, context left after the prompt).
 - top_p == 0 keeps only the likeliest token: it is decoded greedily.
@@ -26,6 +29,7 @@ from typing import Callable, Sequence
 from api.errors import APIError, bad_request, not_found
 from api.presets import PresetRegistry
 from api.protocol import ChatCompletionRequest
+from steering.autosteer import AutoSteerResult
 from steering.chat import ChatFormatError
 from steering.generation import SequenceRequest
 from steering.interventions import FeatureClamp, SteeringError, SteeringSpec
@@ -60,6 +64,7 @@ class EngineJob:
     compare: bool
     prompt_tokens: int
     seed: int
+    spec: SteeringSpec | None = None  # what the steered rows apply (None: no steering block or nothing to apply)
 
     @property
     def steered(self) -> tuple[bool, ...]:
@@ -82,12 +87,16 @@ def _messages(request: ChatCompletionRequest, system_prompt: str | None) -> list
     return msgs
 
 
-def _steering(request: ChatCompletionRequest, served: ServedModel, presets: PresetRegistry) -> tuple[SteeringSpec | None, str | None]:
-    """(the merged spec or None, the preset's system prompt)."""
+def _steering(
+    request: ChatCompletionRequest, served: ServedModel, presets: PresetRegistry, auto: AutoSteerResult | None
+) -> tuple[SteeringSpec | None, str | None]:
+    """(the merged spec or None, the preset's system prompt); see the module docstring for the merge."""
     opts = request.steering
     if opts is None:
         return None, None
-    base, system_prompt = SteeringSpec(), None
+    if opts.concept is None and "strength" in opts.model_fields_set:
+        raise bad_request("steering.strength only applies with steering.concept.", "steering.strength")
+    preset, system_prompt = SteeringSpec(), None
     if opts.preset is not None:
         entry = presets.get(opts.preset)
         if entry is None:
@@ -97,12 +106,13 @@ def _steering(request: ChatCompletionRequest, served: ServedModel, presets: Pres
         if not entry.available:
             raise bad_request(f"Preset {opts.preset!r} cannot be used here: {entry.reason}.",
                               "steering.preset", "preset_unavailable")
-        base, system_prompt = entry.spec(), entry.preset.system_prompt
+        preset, system_prompt = entry.spec(), entry.preset.system_prompt
     own = SteeringSpec(
         features=tuple(FeatureClamp(f.index, f.value, f.mode, f.unit) for f in opts.features),
-        positions=opts.positions or base.positions,
+        positions=opts.positions or (preset.positions if opts.preset is not None else "all"),
     )
-    if own.is_empty and base.is_empty:
+    concept = auto.spec if auto is not None and opts.concept is not None else SteeringSpec()
+    if own.is_empty and preset.is_empty and concept.is_empty and opts.concept is None:
         return None, system_prompt
     if served.sae is None:
         raise bad_request("This server runs without an SAE; steering is unavailable.", "steering")
@@ -110,7 +120,13 @@ def _steering(request: ChatCompletionRequest, served: ServedModel, presets: Pres
         own.validate(served.sae, "features")
     except SteeringError as e:
         raise bad_request(str(e), f"steering.{e.param}") from None
-    return own.merged_over(base), system_prompt
+    return own.merged_over(concept.merged_over(preset)), system_prompt
+
+
+def check_steering(request: ChatCompletionRequest, served: ServedModel, presets: PresetRegistry) -> None:
+    """The cheap checks of `to_engine` (model, preset, features), to run before a concept search."""
+    check_model(request.model, served)
+    _steering(request, served, presets, None)
 
 
 def _max_tokens(request: ChatCompletionRequest, prompt_tokens: int, served: ServedModel) -> int:
@@ -137,12 +153,19 @@ def _max_tokens(request: ChatCompletionRequest, prompt_tokens: int, served: Serv
     return asked
 
 
-def to_engine(request: ChatCompletionRequest, served: ServedModel, presets: PresetRegistry) -> EngineJob:
-    """Translate a validated request; raises APIError (4xx) for anything the engine would refuse."""
+def to_engine(
+    request: ChatCompletionRequest, served: ServedModel, presets: PresetRegistry, auto: AutoSteerResult | None = None
+) -> EngineJob:
+    """Translate a validated request; raises APIError (4xx) for anything the engine would refuse.
+
+    `auto`: auto-steer's result for `steering.concept` (ignored without one).
+    """
     check_model(request.model, served)
     if request.top_logprobs and not request.logprobs:
         raise bad_request("top_logprobs needs logprobs set to true.", "top_logprobs")
-    spec, system_prompt = _steering(request, served, presets)
+    if request.steering is not None and request.steering.concept is not None and auto is None:
+        raise ValueError("to_engine needs auto-steer's result for steering.concept (api.concepts.resolve_concept)")
+    spec, system_prompt = _steering(request, served, presets, auto)
     chars = sum(len(m.text()) for m in request.messages)
     if chars > MAX_CHARS_PER_TOKEN * served.context_length:  # too long to be worth tokenising on the event loop
         raise bad_request(f"The messages ({chars} characters) cannot fit this model's context of "
@@ -175,4 +198,4 @@ def to_engine(request: ChatCompletionRequest, served: ServedModel, presets: Pres
 
     steered = [SequenceRequest(prompt, params(i), spec) for i in range(request.n)]
     baseline = [SequenceRequest(prompt, params(i), None) for i in range(request.n)] if compare else []
-    return EngineJob(tuple(steered + baseline), request.n, compare, len(prompt), seed)
+    return EngineJob(tuple(steered + baseline), request.n, compare, len(prompt), seed, spec)

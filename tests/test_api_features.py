@@ -71,7 +71,7 @@ def test_unknown_feature_index(client):
 
 
 def test_search_by_text_returns_the_most_active_features(client, sm, tiny_tokenizer):
-    out = client.get("/v1/features/search", params={"q": "dog park", "limit": 5}).json()
+    out = client.get("/v1/features/search", params={"q": "dog park", "limit": 5, "mode": "activation"}).json()
     assert out["query"] == "dog park" and 0 < len(out["data"]) <= 5
     assert all(m["match"] == "activation" for m in out["data"])
     # The same numbers by hand: the text after a sink token, up to the SAE's site.
@@ -212,3 +212,60 @@ def test_search_waits_for_running_generations_then_gives_up(client, monkeypatch)
     assert r.status_code == 503 and r.json()["error"]["code"] == "model_busy" and r.headers["retry-after"] == "10"
     client.portal.call(gate.leave)
     assert client.get("/v1/features/search", params={"q": "dog"}).status_code == 200
+
+
+# ------------------------------------------------------------ concept search
+CONCEPT = "zzzz zzzz zzzz zzzz zzzz"
+
+
+@pytest.fixture
+def planted(sm):
+    """Feature 17 planted as a detector of 'z' that promotes 'z' (tests/steering_support.py)."""
+    from steering.concepts import concept_texts, neutral_texts
+    from tests.steering_support import plant_feature
+
+    plant_feature(sm, 17, concept_texts(CONCEPT) + neutral_texts(CONCEPT))
+    return sm
+
+
+def test_concept_search_ranks_the_planted_feature_with_both_scores(planted):
+    from steering.concepts import find_concept_features
+
+    with TestClient(create_app(Settings(presets_dir=None), planted)) as c:
+        out = c.get("/v1/features/search", params={"q": CONCEPT, "limit": 4, "mode": "concept"}).json()
+    found = out["data"]
+    assert 0 < len(found) <= 4 and all(m["match"] == "concept" and m["activation"] is None for m in found)
+    expected = find_concept_features(planted, CONCEPT, limit=4)
+    assert [m["index"] for m in found] == [e.index for e in expected] and found[0]["index"] == 17
+    top = found[0]["concept"]
+    assert found[0]["score"] == pytest.approx(expected[0].score) == pytest.approx(top["specificity"] * top["logit_score"])
+    assert top["specificity"] == pytest.approx((top["concept_mean"] - top["neutral_mean"]) * top["concept_fire_rate"])
+    assert top["concept_fire_rate"] == 1.0 and top["neutral_fire_rate"] < 1.0
+    assert top["logit_rank"] == 0 and top["logit_score"] == 1.0 and top["promoted_tokens"][0] == "z"
+    scores = [m["score"] for m in found]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_search_modes(planted):
+    with TestClient(create_app(Settings(presets_dir=None), planted, catalogue=_Catalogue())) as c:
+        def kinds(**params):
+            data = c.get("/v1/features/search", params={"q": CONCEPT, "limit": 3, **params}).json()["data"]
+            return [m["match"] for m in data], data
+
+        everything, data = kinds()
+        assert everything == ["label"] * 2 + ["activation"] * 3 + ["concept"] * 3  # each kind up to limit, in order
+        assert kinds(mode="label")[0] == ["label"] * 2
+        assert kinds(mode="activation")[0] == ["activation"] * 3
+        assert set(kinds(mode="concept")[0]) == {"concept"}
+        # Catalogue label matches join the concept pool; labels come from the catalogue.
+        _, wide = kinds(mode="concept", limit=100)
+        by_index = {m["index"]: m for m in wide}
+        assert {4, 8} <= set(by_index) and by_index[4]["label"] == "bridges" and by_index[17]["label"] == "feature 17"
+        # A long q: no concept matches in `all`, a 400 for `concept`.
+        long_q = "word " * 30
+        assert "concept" not in [m["match"] for m in c.get("/v1/features/search", params={"q": long_q}).json()["data"]]
+        for q, mode in ((long_q, "concept"), ("   ", "concept")):
+            r = c.get("/v1/features/search", params={"q": q, "mode": mode})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "q"
+        r = c.get("/v1/features/search", params={"q": "x", "mode": "everything"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "mode"

@@ -75,3 +75,41 @@ def test_exclusive_times_out():
         return False
 
     assert asyncio.run(scenario())
+
+
+def test_run_exclusive_keeps_the_gate_until_its_thread_returns_even_when_cancelled():
+    import threading
+
+    import pytest
+
+    async def scenario():
+        gate = ModelGate()
+        started, release = threading.Event(), threading.Event()
+
+        def work():
+            started.set()
+            assert release.wait(5)
+            return 42
+
+        assert await gate.run_exclusive(lambda x: x + 1, 1) == 2
+        caller = asyncio.create_task(gate.run_exclusive(work))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        caller.cancel()  # the client went away; the thread cannot be stopped
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        generation = asyncio.create_task(gate.enter())
+        await asyncio.sleep(0.05)
+        assert not generation.done()  # still held: the thread is running forwards
+        release.set()
+        await asyncio.wait_for(generation, 5)
+        assert gate.in_flight == 1
+        gate.leave()
+
+        await gate.enter()  # a group in flight: a timed-out job raises TimeoutError and never runs
+        ran = []
+        with pytest.raises(TimeoutError):
+            await gate.run_exclusive(ran.append, 1, timeout=0.05)
+        assert ran == []
+
+    asyncio.run(scenario())

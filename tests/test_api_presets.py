@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.presets import PresetError, PresetRegistry
 from api.settings import Settings
-from tests.api_support import MODEL_ID, SAE_ID, tiny_sae, tiny_steered_model, write_preset
+from tests.api_support import MODEL_ID, SAE_ID, chat_body, tiny_sae, tiny_steered_model, write_preset
 
 
 @pytest.fixture
@@ -49,6 +49,14 @@ def test_missing_folder_means_no_presets(tmp_path, sae):
         ({"positions": "prompt"}, "positions"),
         ({"features": [{"index": 500, "value": 2}]}, "features[0].index"),  # past d_sae of the loaded SAE
         ({"features": [{"index": 1, "value": 2}, {"index": 1, "value": 3}]}, "features[1].index"),
+        ({"concept_features": [-1]}, "concept_features[0]"),
+        ({"concept_features": [3, 96]}, "concept_features[1]"),  # past d_sae of the loaded SAE
+        ({"concept_features": "3"}, "concept_features"),
+        ({"efficacy": [0.9]}, "efficacy"),
+        ({"efficacy": {"concept_rate": 85}}, "efficacy"),  # a share, not a percentage
+        ({"efficacy": {"concept_rate": "high"}}, "efficacy"),
+        ({"efficacy": {"delta_loss": float("nan")}}, "efficacy.delta_loss"),
+        ({"efficacy": {"sweep": [{"x": float("inf")}]}}, "efficacy.sweep"),
     ],
 )
 def test_broken_preset_names_file_and_field(tmp_path, sae, fields, field):
@@ -113,3 +121,28 @@ def test_preset_routes(tmp_path, tiny_llama, tiny_tokenizer):
         r = c.get("/v1/presets/gamma")
         assert r.status_code == 404 and r.json()["error"]["code"] == "preset_not_found"
         assert c.get("/ready").json()["presets"] == 2
+
+
+EFFICACY = {"n_prompts": 30, "concept_rule": "concept word OR concept feature firing", "concept_rate": 0.9,
+            "baseline_concept_rate": 0.0, "repeated_4gram": 0.05, "delta_loss": 0.4, "max_tokens": 64, "seed": 0,
+            "meets_targets": True, "measured_at": "2026-11-21T09:00:00Z",
+            "command": "python -m steering eval-steering --preset calm --json", "sweep": [{"multiplier": 2, "rate": 0.5}]}
+
+
+def test_concept_fields_and_efficacy_are_listed(tmp_path, tiny_llama, tiny_tokenizer):
+    write_preset(tmp_path, "calm", concept_words=["calm", "peace"], concept_features=[3, 7], efficacy=EFFICACY)
+    write_preset(tmp_path, "plain")
+    with TestClient(create_app(Settings(presets_dir=tmp_path), tiny_steered_model(tiny_llama, tiny_tokenizer))) as c:
+        one = c.get("/v1/presets/calm").json()
+        assert one["concept_words"] == ["calm", "peace"] and one["concept_features"] == [3, 7]
+        assert one["efficacy"] == EFFICACY
+        listed = {p["name"]: p for p in c.get("/v1/presets").json()["data"]}
+        assert listed["calm"]["efficacy"]["concept_rate"] == 0.9
+        # Absent: no words, null features (the evaluation then judges by the preset's own clamps), no record.
+        assert (listed["plain"]["concept_words"], listed["plain"]["concept_features"], listed["plain"]["efficacy"]) == \
+            ([], None, None)
+        # Never applied: the same answer as the same clamps without the fields.
+        body = chat_body(steering={"preset": "calm"})
+        same = chat_body(steering={"preset": "plain"})
+        assert c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"] == \
+            c.post("/v1/chat/completions", json=same).json()["choices"][0]["message"]

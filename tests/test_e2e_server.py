@@ -133,5 +133,5 @@ def test_errors_reach_the_client_as_openai_errors(client, model_id):
 def test_ready_models_and_feature_search(server, model_id):
     ready = httpx.get(f"{server}/ready").json()
     assert ready["model"] == model_id and ready["sae"]["d_sae"] > 0
-    found = httpx.get(f"{server}/v1/features/search", params={"q": "Golden Gate Bridge", "limit": 5}, timeout=60).json()
+    found = httpx.get(f"{server}/v1/features/search", params={"q": "Golden Gate Bridge", "limit": 5, "mode": "activation"}, timeout=60).json()
     assert 0 < len(found["data"]) <= 5 and all(m["activation"] > 0 for m in found["data"])
