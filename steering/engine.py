@@ -1,13 +1,20 @@
-"""The generation engine: a worker thread that runs submitted groups of sequences.
+"""The generation engine: one worker thread that continuously batches submitted groups.
 
 A caller submits a group (one chat request: its n choices, plus the unsteered
 baselines of an A/B compare) and gets a `RequestHandle` whose events it reads
-synchronously (`for events in handle`) or from asyncio (`async for`). The
-worker runs groups one at a time through `generate_batch`; a cancelled handle
-stops at the next decoding step. Admission is bounded: past `max_queue`
-waiting groups, `submit` raises `QueueFullError` at once.
+synchronously (`for events in handle`) or from asyncio (`async for`). Each
+item is the list of this group's events from one decoding step.
 
-The engine knows nothing of HTTP: the server translates requests into
+The worker runs a `Scheduler`: every row of every group is an independent
+sequence in one running batch of at most `max_batch` rows; rows join and
+leave at step boundaries, a newcomer's prompt is prefilled in chunks between
+decode steps, and a cancelled handle's rows leave at the next step with a
+"cancelled" event. Admission is bounded: a group waits until all its rows
+have started; past `max_queue` waiting groups, `submit` raises
+`QueueFullError` at once. Bad requests raise `SteeringError` from `submit`.
+
+The worker touches the model only while some group is in flight. The engine
+knows nothing of HTTP: the server translates requests into
 `SequenceRequest`s and events into its own wire format.
 """
 
@@ -16,13 +23,17 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterator, Sequence
 
 import torch
 
-from steering.generation import SequenceRequest, TokenEvent, generate_batch
+from steering.backends import make_backend
+from steering.generation import eos_ids
+from steering.requests import SequenceRequest, TokenEvent
 from steering.sae import SparseAutoencoder
+from steering.scheduler import Scheduler, validate_request
 
 _END = object()
 
@@ -38,8 +49,9 @@ class QueueFullError(RuntimeError):
 class RequestHandle:
     """Events of one submitted group, readable from a thread or from asyncio.
 
-    Items are lists of TokenEvent (one step), then the end. An exception
-    raised by the worker for this group is re-raised to the reader.
+    Items are lists of TokenEvent (one step, this group's rows only), then
+    the end. An exception raised by the worker for this group is re-raised
+    to the reader.
     """
 
     def __init__(self, requests: Sequence[SequenceRequest], loop: asyncio.AbstractEventLoop | None):
@@ -48,6 +60,7 @@ class RequestHandle:
         self._loop = loop
         self._sync: queue.Queue = queue.Queue()
         self._async: asyncio.Queue | None = asyncio.Queue() if loop is not None else None
+        self._open = len(self.requests)  # rows not finished yet (worker-side)
 
     def cancel(self) -> None:
         """Stop this group at the next decoding step (e.g. its client went away)."""
@@ -84,10 +97,20 @@ class RequestHandle:
 
 @dataclass
 class EngineConfig:
+    # Groups that may wait for a slot before submit raises QueueFullError.
     max_queue: int = 64
     # Seconds a client is told to wait when the queue is full (Retry-After).
     retry_after_s: float = 2.0
     threads: int | None = None
+    # Rows decoded together in one forward pass.
+    max_batch: int = 8
+    # Prompt tokens per prefill forward, and per step (bounds the stall of running rows).
+    prefill_chunk: int = 64
+    prefill_budget: int = 64
+    # Prompt-prefix K/V kept for reuse (positions; 0: no prefix cache).
+    prefix_cache_tokens: int = 4096
+    # False: always the Hugging Face forward (slower; for comparisons).
+    fast_forward: bool = True
 
 
 @dataclass
@@ -100,47 +123,123 @@ class Engine:
     config: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
-        self._jobs: queue.Queue = queue.Queue()
-        self._waiting = 0
+        cfg = self.config
+        if cfg.max_batch <= 0 or cfg.max_queue < 0:
+            raise ValueError("max_batch must be positive and max_queue non-negative")
+        self._backend = make_backend(self.model, self.sae, cfg.max_batch, fast=cfg.fast_forward, prefix_tokens=cfg.prefix_cache_tokens)
+        self._scheduler = Scheduler(
+            self._backend, self.tokenizer, self.sae, eos_ids(self.tokenizer, self.model),
+            max_batch=cfg.max_batch, prefill_chunk=cfg.prefill_chunk, prefill_budget=cfg.prefill_budget,
+        )
+        self._inbox: queue.Queue = queue.Queue()
+        self._waiting = 0  # groups submitted whose rows have not all started
         self._lock = threading.Lock()
+        self._closed = False
         self._worker = threading.Thread(target=self._run, name="steering-engine", daemon=True)
         self._worker.start()
 
     def submit(
         self, requests: Sequence[SequenceRequest], loop: asyncio.AbstractEventLoop | None = None
     ) -> RequestHandle:
-        """Queue a group; with `loop`, the handle is read with `async for`."""
+        """Queue a group; with `loop`, the handle is read with `async for`.
+
+        Raises SteeringError for a bad request and QueueFullError when
+        `max_queue` groups are already waiting.
+        """
+        plans = [validate_request(r, self.sae, self._backend.max_length) for r in requests]
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
             if self._waiting >= self.config.max_queue:
                 raise QueueFullError(self.config.retry_after_s)
             self._waiting += 1
         handle = RequestHandle(requests, loop)
-        self._jobs.put(handle)
+        self._inbox.put((handle, plans))
         return handle
 
     def generate(self, requests: Sequence[SequenceRequest]) -> list[list[TokenEvent]]:
         """Blocking convenience: all events of a group, per step."""
         return list(self.submit(requests))
 
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._worker.join(timeout=10)
+    @property
+    def waiting(self) -> int:
+        """Groups submitted whose rows have not all started."""
+        return self._waiting
 
+    def close(self) -> None:
+        """Cancel what runs, end every handle, stop the worker."""
+        with self._lock:
+            self._closed = True
+        self._inbox.put(None)
+        self._worker.join(timeout=30)
+
+    # ------------------------------------------------------------ worker
     def _run(self) -> None:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
+        handles: dict[int, RequestHandle] = {}
+        waiting: set[int] = set()
+        sched = self._scheduler
+        with torch.inference_mode():
+            while True:
+                stop = self._take_inbox(handles, waiting, block=sched.idle)
+                if stop:
+                    self._dispatch(sched.cancel_all(), handles)
+                    return
+                try:
+                    pairs = sched.step(lambda h: h.cancelled.is_set())
+                except Exception as exc:  # a failed forward: every group in flight gets the error
+                    self._fail_all(exc, handles, waiting)
+                    continue
+                self._dispatch(pairs, handles)
+                still = sched.waiting_owners()
+                started = waiting - still
+                if started:
+                    waiting.intersection_update(still)
+                    with self._lock:
+                        self._waiting -= len(started)
+
+    def _take_inbox(self, handles: dict, waiting: set, block: bool) -> bool:
+        """Move submitted groups into the scheduler; True on shutdown."""
         while True:
-            handle = self._jobs.get()
-            if handle is None:
-                return
-            with self._lock:
-                self._waiting -= 1
-            if handle.cancelled.is_set():
-                handle._put(_END)
-                continue
             try:
-                for events in generate_batch(self.model, self.tokenizer, self.sae, handle.requests, handle.cancelled):
-                    handle._put(events)
-            except Exception as exc:  # reported to this group's reader only
-                handle._put(exc)
-            handle._put(_END)
+                item = self._inbox.get(block=block)
+            except queue.Empty:
+                return False
+            block = False
+            if item is None:
+                return True
+            handle, plans = item
+            handles[id(handle)] = handle
+            if handle.requests:
+                waiting.add(id(handle))
+                self._scheduler.add(handle.requests, owner=handle, plans=plans)
+            else:
+                self._end(handle, handles)
+                with self._lock:
+                    self._waiting -= 1
+
+    def _dispatch(self, pairs: list, handles: dict) -> None:
+        per_handle: dict[int, list[TokenEvent]] = defaultdict(list)
+        for row, event in pairs:
+            per_handle[id(row.owner)].append(event)
+            if event.finish_reason is not None:
+                row.owner._open -= 1
+        for key, events in per_handle.items():
+            handle = handles[key]
+            handle._put(events)
+            if handle._open == 0:
+                self._end(handle, handles)
+
+    def _end(self, handle: RequestHandle, handles: dict) -> None:
+        handle._put(_END)
+        handles.pop(id(handle), None)
+
+    def _fail_all(self, exc: Exception, handles: dict, waiting: set) -> None:
+        self._scheduler.cancel_all()
+        with self._lock:
+            self._waiting -= len(waiting)
+        waiting.clear()
+        for handle in list(handles.values()):
+            handle._put(exc)
+            self._end(handle, handles)

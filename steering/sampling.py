@@ -2,16 +2,19 @@
 
 Each row of a batch has its own temperature, top-p and seeded generator, so a
 seeded request samples the same tokens whatever else shares its batch:
-row r's noise comes only from row r's generator, drawn once per step.
+row r's randomness comes only from row r's generator, one number per step.
 
     p     = softmax(logits / temperature)          [V]  (temperature > 0)
-    keep  = smallest set of tokens whose p sums to >= top_p
-    token = argmax_j  p_j / e_j,  e_j ~ Exp(1)     (the exponential race:
-                                                     a sample from p restricted to keep)
+    keep  = smallest set of tokens whose p sums to >= top_p  (others get p = 0)
+    u     ~ U[0, 1)                                 (one draw from the row's generator)
+    token = first j with  cumsum(p)_j > u * sum(p)  (inverse-CDF sampling)
 
-temperature == 0 is greedy (argmax of the raw logits). Log-probabilities
-reported to clients are those of the unmodified model distribution
-(log_softmax of the raw logits), as OpenAI and vLLM report them.
+temperature == 0 is greedy (argmax of the raw logits). Inverse-CDF sampling
+needs one random number per step instead of one per vocabulary entry (the
+exponential race drew V of them, which cost more than a decoding step's
+attention). Log-probabilities reported to clients are those of the
+unmodified model distribution (log_softmax of the raw logits), as OpenAI and
+vLLM report them.
 """
 
 from __future__ import annotations
@@ -79,8 +82,9 @@ class RowSampler:
         probs = torch.softmax(logits.float() / self.params.temperature, dim=-1)
         if self.params.top_p < 1.0:
             probs = _top_p_filter(probs, self.params.top_p)
-        noise = torch.empty_like(probs).exponential_(1.0, generator=self.generator)
-        return int((probs / noise).argmax())
+        cdf = probs.double().cumsum(-1)
+        u = torch.rand((), dtype=torch.float64, generator=self.generator, device=cdf.device)
+        return min(int(torch.searchsorted(cdf, (u * cdf[-1]).reshape(1), right=True)), probs.numel() - 1)
 
 
 def _top_p_filter(probs: Tensor, top_p: float) -> Tensor:

@@ -131,7 +131,7 @@ def test_text_stream_never_splits_a_character_nor_leaks_a_stop_string(tiny_token
 
 
 def test_engine_runs_groups_and_bounds_its_queue(tiny_llama, tiny_tokenizer):
-    engine = Engine(tiny_llama, tiny_tokenizer, make_sae(layer=2), EngineConfig(max_queue=1))
+    engine = Engine(tiny_llama, tiny_tokenizer, make_sae(layer=2), EngineConfig(max_queue=1, max_batch=1))
     try:
         steps = engine.generate([SequenceRequest(PROMPTS[1], greedy(5)), SequenceRequest(PROMPTS[1], greedy(5))])
         assert sum(len(s) for s in steps) == 10
@@ -148,3 +148,20 @@ def test_engine_runs_groups_and_bounds_its_queue(tiny_llama, tiny_tokenizer):
         gate.set()
     finally:
         engine.close()
+
+
+def test_row_sampler_draws_from_the_tempered_top_p_distribution():
+    from steering.sampling import RowSampler
+
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    counts = torch.zeros(4)
+    sampler = RowSampler.create(SamplingParams(temperature=1.0, seed=0), torch.device("cpu"))
+    for _ in range(4000):
+        counts[sampler.choose(logits)] += 1
+    torch.testing.assert_close(counts / 4000, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03, rtol=0)
+    nucleus = RowSampler.create(SamplingParams(temperature=1.0, top_p=0.7, seed=1), torch.device("cpu"))
+    picks = {nucleus.choose(logits) for _ in range(300)}
+    assert picks == {0, 1}  # 0.5 + 0.3 >= 0.7: the tail is never drawn
+    again = RowSampler.create(SamplingParams(temperature=1.0, seed=0), torch.device("cpu"))
+    first = RowSampler.create(SamplingParams(temperature=1.0, seed=0), torch.device("cpu"))
+    assert [again.choose(logits) for _ in range(50)] == [first.choose(logits) for _ in range(50)]

@@ -1,0 +1,96 @@
+"""LlamaRunner computes the HF model's forward (with clamps) over a slot KV cache."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from steering.fast_forward import LlamaRunner, unsupported_reason
+from steering.hooks import steering
+from steering.interventions import FeatureClamp, SteeringSpec, build_plan
+from steering.kv_cache import KVPool
+from tests.test_interventions import make_sae
+
+
+def hf_last_logits(model, ids, sae=None, spec=None, prompt_length=None):
+    plan = build_plan(sae, [spec], [prompt_length or len(ids)]) if spec is not None else None
+    with torch.no_grad():
+        if plan is None:
+            return model(input_ids=torch.tensor([ids])).logits[0, -1]
+        with steering(model, sae, plan):
+            return model(input_ids=torch.tensor([ids])).logits[0, -1]
+
+
+@pytest.mark.parametrize("site,kernels", [("resid_post", True), ("resid_pre", True), ("resid_post", False)])
+def test_ragged_batch_decode_equals_hf_forward_with_per_row_clamps(tiny_llama, site, kernels):
+    sae = make_sae(layer=2, hook_site=site)
+    runner = LlamaRunner(tiny_llama, use_kernels=kernels)
+    pool = runner.new_pool(3)
+    prompts = [list(range(10, 17)), list(range(30, 33)), list(range(50, 62))]
+    specs = [SteeringSpec((FeatureClamp(0, 30.0),)), None, SteeringSpec((FeatureClamp(4, 20.0, "add"),), "generated")]
+    with torch.inference_mode():
+        for slot, (ids, spec) in enumerate(zip(prompts, specs)):
+            plan = build_plan(sae, [spec], [len(ids)])
+            for start in range(0, len(ids), 5):  # chunked prefill
+                chunk = ids[start : start + 5]
+                out = runner.forward(pool, slot, torch.tensor([chunk]), torch.arange(start, start + len(chunk))[None], sae, plan)
+            torch.testing.assert_close(out[0], hf_last_logits(tiny_llama, ids, sae, spec), atol=1e-4, rtol=1e-4)
+        nxt = [5, 6, 7]
+        plan = build_plan(sae, specs, [len(p) for p in prompts])
+        pos = torch.tensor([[len(p)] for p in prompts])
+        logits = runner.forward(pool, 0, torch.tensor(nxt)[:, None], pos, sae, plan)
+    for r, (ids, spec) in enumerate(zip(prompts, specs)):
+        torch.testing.assert_close(logits[r], hf_last_logits(tiny_llama, ids + [nxt[r]], sae, spec, len(ids)), atol=1e-4, rtol=1e-4)
+
+
+def test_unsupported_models_are_named(tiny_gpt2, tiny_llama):
+    assert unsupported_reason(tiny_llama) is None
+    assert unsupported_reason(tiny_gpt2) == "not a Llama model"
+    with pytest.raises(ValueError, match="not a Llama model"):
+        LlamaRunner(tiny_gpt2)
+
+
+def test_kv_pool_grows_keeping_contents_moves_and_releases():
+    pool = KVPool(n_layers=2, n_kv_heads=2, head_dim=4, slots=3, dtype=torch.float32, device=torch.device("cpu"), max_length=1000, block=8)
+    pool.reserve(5)
+    assert pool.capacity == 8
+    pool.kv[1][2, :5] = 1.5
+    pool.reserve(20)
+    assert pool.capacity == 32 and bool((pool.kv[1][2, :5] == 1.5).all())
+    pool.move(2, 0, 5)
+    assert bool((pool.kv[1][0, :5] == 1.5).all()) and bool((pool.kv[1][0, 5:] == 0).all())
+    with pytest.raises(ValueError, match="context"):
+        pool.reserve(1001)
+    pool.release()
+    assert pool.nbytes == 0 and pool.capacity == 0
+
+
+def test_kernels_are_exact_in_float32_and_batch_invariant():
+    from steering import cpu_kernels
+
+    if cpu_kernels.load() is None:
+        pytest.skip("no C compiler or no AVX2/FMA: the torch fallback is used")
+    gen = torch.Generator().manual_seed(0)
+    for (m, n, k), dtype in itertools.product([(1, 64, 72), (5, 33, 64), (9, 260, 130)], [torch.bfloat16, torch.float32]):
+        w = (torch.randn(n, k, generator=gen) * 0.1).to(dtype)  # odd N, K tails, M over the 4-row block
+        x = torch.randn(m, k, generator=gen)
+        y = cpu_kernels.linear(x, w)
+        torch.testing.assert_close(y, (x.double() @ w.double().T).float(), atol=1e-5, rtol=1e-5)
+        assert torch.equal(cpu_kernels.linear(x[m - 1 :], w)[0], y[m - 1])
+
+
+def test_bf16_model_runs_on_float32_activations_and_matches_hf_in_float32(tiny_llama):
+    from steering import cpu_kernels
+
+    if cpu_kernels.load() is None:
+        pytest.skip("no C compiler or no AVX2/FMA: the torch fallback is used")
+    model = tiny_llama.to(torch.bfloat16)
+    runner = LlamaRunner(model)
+    assert runner.act_dtype == torch.float32
+    ids = list(range(20, 31))
+    with torch.inference_mode():
+        out = runner.forward(runner.new_pool(1), 0, torch.tensor([ids]), torch.arange(len(ids))[None])
+        ref = model.float()(input_ids=torch.tensor([ids])).logits[0, -1]  # the same bf16-rounded weights
+    torch.testing.assert_close(out[0], ref, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,52 @@
+"""The training subcommands chained through their CLI, on a tiny Llama saved to disk."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from steering.catalogue import Catalogue
+from steering.sae_io import load_sae
+from steering.training.cli import main
+from steering.training.corpus import Document, build_corpus
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_harvest_train_eval_catalogue_commands(tmp_path, tiny_model_dir, tiny_tokenizer, capsys):
+    rng = np.random.default_rng(1)
+    words = ["cat", "rain", "code", "music", "bread"]
+    docs = [Document("wiki", str(i), text=" ".join(rng.choice(words, size=10))) for i in range(50)]
+    corpus, acts, sae = tmp_path / "corpus", tmp_path / "acts", tmp_path / "sae"
+    build_corpus(tiny_tokenizer, corpus, seq_len=24, eval_fraction=0.2, documents=docs)
+    model = ["--model", str(tiny_model_dir), "--threads", "1"]
+
+    assert main(["harvest", "--corpus", str(corpus), "--acts", str(acts), "--layer", "1", "--batch-size", "8",
+                 "--max-tokens", "1200", "--eval-tokens", "300", *model]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    harvested = {json.loads(line)["split"]: json.loads(line)["n_tokens"] for line in out}
+    assert 300 <= harvested["eval"] < 500 and 1200 <= harvested["train"] < 1400
+
+    assert main(["train-sae", "--acts", str(acts), "--run", str(tmp_path / "run"), "--save", str(sae),
+                 "--d-sae", "96", "--k", "4", "--batch-size", "100", "--tokens", "1500", "--warmup-steps", "2"]) == 0
+    assert _last_json(capsys)["status"] == "done"
+    assert load_sae(sae).cfg.hook_layer == 1
+
+    assert main(["eval-sae", "--sae", str(sae), "--acts", str(acts), "--corpus", str(corpus), "--ce-tokens", "48",
+                 "--json", *model]) == 0
+    result = _last_json(capsys)
+    for key in ("l0", "variance_explained", "delta_ce", "dead_fraction", "dense_fraction", "d_sae"):
+        assert key in result
+    assert result["d_sae"] == 96 and result["tokens"] == harvested["eval"] and result["ce_tokens"] == 2 * 23
+
+    assert main(["build-catalogue", "--sae", str(sae), "--acts", str(acts), "--corpus", str(corpus),
+                 "--contexts", "3", *model]) == 0
+    assert _last_json(capsys)["d_sae"] == 96
+    cat = Catalogue.load(sae)
+    reloaded = load_sae(sae)
+    assert reloaded.has_stats  # statistics rewritten next to the weights
+    np.testing.assert_allclose(reloaded.firing_frequency.numpy(), cat.arrays["firing_frequency"])
+    assert len(cat) == 96 and sum(len(cat.feature(i).contexts) for i in range(96)) > 0
