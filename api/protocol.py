@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from steering.autosteer import MAX_CONCEPT_CHARS, MAX_STRENGTH
 
-# Documented bounds (also in api/README_API.md).
+# Documented bounds (also in docs/api.md).
 MAX_N = 8
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
