@@ -162,7 +162,7 @@ _RUNNERS_LOCK = threading.Lock()
 
 
 def make_backend(
-    model: nn.Module, sae: SparseAutoencoder | None, slots: int, fast: bool = True, prefix_tokens: int = 4096
+    model: nn.Module, sae: SparseAutoencoder | None, slots: int, fast: bool = True, prefix_tokens: int = 2048
 ) -> Backend:
     """FastBackend (with a prefix cache of `prefix_tokens` positions, 0: none) where the model qualifies, else HFBackend."""
     if fast and unsupported_reason(model) is None:

@@ -15,17 +15,18 @@ Two throughputs per configuration: `e2e`, generated tokens / wall time from
 submission to the last token (aggregate over the streams), and `decode`, the
 tokens per second while every stream of the run is decoding (from the
 latest first token to the earliest last token): the rate of the decoding
-steps alone, with no prompt being prefilled. The steering and batching ratios use `decode`:
-a clamp on prompt positions also changes the prompt's K/V, so such a request
-cannot reuse a cached prompt prefix and its prefill costs more, which is a
-prefill cost (seen in TTFT), not a per-step one. Ratios:
+steps alone, with no prompt being prefilled. The steering and batching
+ratios use `decode`: a clamp on prompt positions also changes the prompt's
+K/V, so such a request cannot reuse a cached prompt prefix and its prefill
+costs more, which is a prefill cost (seen in TTFT), not a per-step one.
+Each ratio is the median over repetitions of the ratio within a repetition:
 
     steering_overhead_b1 = b1_clamped / b1     steering_overhead_b8 = b8_clamped / b8
     batching_gain_8      = b8_clamped / b1_clamped
     engine_vs_generate_b1 = b1 / generate      (e2e, prefill included, for both)
 
-`decode_tps_b1` is b1's decode rate; `ttft_ms_p50/p95` are the first-token latencies of the b8_clamped
-streams. `--consistency N` (default 64) also runs N greedy requests with
+`decode_tps_b1` is b1's decode rate; `ttft_ms_p50/p95` are the first-token
+latencies of the b8_clamped streams (8 submissions at once). `--consistency N` (default 64) also runs N greedy requests with
 different prompts, lengths and clamps, arriving at different times through
 the engine, and counts those whose tokens differ from the same request run
 alone. The last line of output is one JSON object.
@@ -144,17 +145,23 @@ def run_bench(sm: Any, threads: int, reps: int, max_tokens: int, consistency: in
     finally:
         engine.close()
     med = {k: statistics.median(v) for k, v in runs.items()}
+
+    def ratio(a: str, b: str) -> float:  # median over repetitions of the side-by-side ratio
+        return statistics.median(x / y for x, y in zip(runs[a], runs[b]))
+
     ttfts.sort()
+    runner = getattr(engine._backend, "runner", None)
     result = {
-        "steering_overhead_b1": round(med["b1_clamped_decode"] / med["b1_decode"], 4),
-        "steering_overhead_b8": round(med["b8_clamped_decode"] / med["b8_decode"], 4),
-        "batching_gain_8": round(med["b8_clamped_decode"] / med["b1_clamped_decode"], 3),
-        "engine_vs_generate_b1": round(med["b1_e2e"] / med["generate_e2e"], 3),
+        "steering_overhead_b1": round(ratio("b1_clamped_decode", "b1_decode"), 4),
+        "steering_overhead_b8": round(ratio("b8_clamped_decode", "b8_decode"), 4),
+        "batching_gain_8": round(ratio("b8_clamped_decode", "b1_clamped_decode"), 3),
+        "engine_vs_generate_b1": round(ratio("b1_e2e", "generate_e2e"), 3),
         "decode_tps_b1": round(med["b1_decode"], 2),
         "dtype": str(sm.loaded.dtype).replace("torch.", ""),
         "ttft_ms_p50": round(statistics.median(ttfts), 1),
         "ttft_ms_p95": round(ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))], 1),
         "tps": {k: round(v, 2) for k, v in med.items()},
+        "tps_per_rep": {k: [round(x, 2) for x in v] for k, v in runs.items()},
         "consistency": check,
         "conditions": {
             "threads": threads,
@@ -167,6 +174,11 @@ def run_bench(sm: Any, threads: int, reps: int, max_tokens: int, consistency: in
             "max_tokens": max_tokens,
             "reps": reps,
             "prompt_tokens": [len(p) for p in prompts],
+            "forward": type(engine._backend).__name__,
+            "kernels": runner is not None and runner.linear is not torch.nn.functional.linear,
+            "activations": str(runner.act_dtype).replace("torch.", "") if runner is not None else None,
+            "engine": {"max_batch": engine.config.max_batch, "prefill_chunk": engine.config.prefill_chunk,
+                       "prefill_budget": engine.config.prefill_budget},
             "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         },
     }

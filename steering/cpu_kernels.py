@@ -256,6 +256,9 @@ def _build(cache: Path) -> Path | None:
         out = Path(tmp) / target.name
         subprocess.run([cc, *_FLAGS, str(src), "-o", str(out)], check=True, capture_output=True, timeout=120)
         os.replace(out, target)  # atomic: concurrent builders never see half a file
+    for stale in cache.glob("steering_kernels_*.so"):  # builds of older sources
+        if stale != target:
+            stale.unlink(missing_ok=True)
     return target
 
 

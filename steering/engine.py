@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterator, Sequence
@@ -108,9 +109,11 @@ class EngineConfig:
     prefill_chunk: int = 64
     prefill_budget: int = 64
     # Prompt-prefix K/V kept for reuse (positions; 0: no prefix cache).
-    prefix_cache_tokens: int = 4096
+    prefix_cache_tokens: int = 2048
     # False: always the Hugging Face forward (slower; for comparisons).
     fast_forward: bool = True
+    # When idle, wait this long after a submission for others (a burst) to prefill them together.
+    gather_s: float = 0.005
 
 
 @dataclass
@@ -182,7 +185,11 @@ class Engine:
         sched = self._scheduler
         with torch.inference_mode():
             while True:
-                stop = self._take_inbox(handles, waiting, block=sched.idle)
+                was_idle = sched.idle
+                stop = self._take_inbox(handles, waiting, block=was_idle)
+                if was_idle and not stop and self.config.gather_s > 0:
+                    time.sleep(self.config.gather_s)
+                    stop = self._take_inbox(handles, waiting, block=False)
                 if stop:
                     self._dispatch(sched.cancel_all(), handles)
                     return

@@ -109,14 +109,14 @@ class LlamaRunner:
             half = self.head_dim // 2
             self.sin_signed = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1).to(act)
         self._norm = _rmsnorm_f32 if act == torch.float32 else _rmsnorm
+        self._fingerprint = _fingerprint(model)
         self.n_q = self.n_heads * self.head_dim
         self.n_kv = self.n_kv_heads * self.head_dim
         self.inter = layer.mlp.gate_proj.weight.shape[0]
 
     def is_current(self, model: nn.Module) -> bool:
-        """Whether the fused copies still match the model's weights (dtype, device, storage)."""
-        w = model.model.embed_tokens.weight
-        return model is self.model and w.dtype == self.dtype and w.device == self.device
+        """Whether the copies made here still match the model's parameters (none replaced or edited in place)."""
+        return model is self.model and _fingerprint(model) == self._fingerprint
 
     def new_pool(self, slots: int) -> KVPool:
         return KVPool(len(self.layers), self.n_kv_heads, self.head_dim, slots, self.act_dtype, self.device, self.max_length)
@@ -203,6 +203,11 @@ class LlamaRunner:
         h = h + F.linear(att, w_o)
         gate, up = F.linear(self._norm(h, ln2, eps2), w_gu).split(self.inter, dim=-1)
         return h + F.linear(F.silu(gate) * up, w_down)
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    # storage, dtype and in-place edit counter of every parameter: cheap, and changes on any edit
+    return tuple((p.data_ptr(), p.dtype, p._version) for p in model.parameters())
 
 
 def _rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:

@@ -163,6 +163,9 @@ class BatchPlan:
     b: Tensor
     start: Tensor
     needs_encode: bool
+    # How the clamped features are encoded, decided once per plan (not per step):
+    # "relu" / "threshold" use only their own encoder columns; "full" (TopK) encodes all.
+    encoder: str
     W_enc: Tensor = field(repr=False)  # [d_in, m]
     b_enc: Tensor = field(repr=False)  # [m]
     threshold: Tensor = field(repr=False)  # [m]
@@ -213,6 +216,7 @@ def build_plan(
             b=b.to(dev, dtype),
             start=start.to(dev),
             needs_encode=bool((a != 0).any()),
+            encoder=_encoder_kind(sae),
             W_enc=sae.W_enc[:, idx.to(dev)].detach().clone(),
             b_enc=sae.b_enc[idx.to(dev)].detach().clone(),
             threshold=sae.threshold[idx.to(dev)].detach().clone(),
@@ -220,11 +224,17 @@ def build_plan(
         )
 
 
+def _encoder_kind(sae: SparseAutoencoder) -> str:
+    if not sae.supports_sparse_encode:
+        return "full"
+    return "relu" if sae.cfg.architecture == "relu" else "threshold"
+
+
 def _clamped_activations(sae: SparseAutoencoder, plan: BatchPlan, x_n: Tensor) -> Tensor:
     """f[..., plan.features] for normalised x_n [R, T, d_in] -> [R, T, m]."""
-    if sae.supports_sparse_encode:
+    if plan.encoder != "full":
         pre = sae._pre_input(x_n) @ plan.W_enc + plan.b_enc
-        if sae.cfg.architecture == "relu":
+        if plan.encoder == "relu":
             return torch.relu(pre)
         return pre * (pre > plan.threshold).to(pre.dtype)
     # TopK: a feature's activation depends on every other pre-activation.

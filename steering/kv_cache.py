@@ -101,7 +101,7 @@ class PrefixCache:
     else up to float rounding).
     """
 
-    def __init__(self, block: int = 16, max_tokens: int = 4096, max_prefix: int = 2048):
+    def __init__(self, block: int = 16, max_tokens: int = 2048, max_prefix: int = 1024):
         self.block, self.max_tokens, self.max_prefix = block, max_tokens, max_prefix
         self._keys: dict[tuple, tuple[tuple, int]] = {}  # key -> (store id, length)
         self._stores: "OrderedDict[tuple, tuple[Tensor, list[tuple]]]" = OrderedDict()

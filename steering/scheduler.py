@@ -9,12 +9,13 @@ The scheduler owns a backend's KV slots and three kinds of rows:
 One `step()` is: drop cancelled rows; one decode forward for all decoding
 rows (each with its own clamps via the batch's BatchPlan, its own position,
 sampler, stop strings and token budget); then prefill of newcomers until
-`prefill_budget` prompt tokens were computed this step (`max_batch` chunks
-when no row is decoding, as nobody waits then); then finished rows
+`prefill_budget` prompt tokens were computed this step; then finished rows
 leave and their slots are reused. Prefill: a newcomer first copies the
 longest prompt prefix the backend has cached (`PrefixCache`); newcomers whose
-rest fits in `prefill_chunk` tokens are prefilled together in one forward
-(right-padded), a longer rest goes alone, one chunk per forward. A prompt's
+rests fit in `prefill_chunk` tokens together are prefilled in one forward
+(right-padded: one read of the weights for all, which is what a short
+prefill costs), a longer rest goes alone, one chunk per forward (a long
+prefill is compute-bound: grouping would only delay the first ones). A prompt's
 last forward samples its first token and the row joins the decoding batch.
 Running streams thus wait at most about one step's budget for newcomers.
 
@@ -180,8 +181,7 @@ class Scheduler:
 
     def _prefill(self, out: list) -> None:
         """Prefill newcomers until this step's budget is spent (see the module docstring)."""
-        # with nobody decoding there is nobody to stall: prefill as much as fits
-        budget = self.prefill_budget if self.decoding else max(self.prefill_budget, self.max_batch * self.prefill_chunk)
+        budget = self.prefill_budget
         while budget > 0:
             if self.filling is not None:  # a long prompt, one chunk per forward
                 row = self.filling
@@ -189,18 +189,20 @@ class Scheduler:
                 budget -= end - row.prefilled
                 self._prefill_rows([row], [end], out)
                 continue
-            group: list[Row] = []  # newcomers whose rest fits in one chunk: one forward for all
+            group: list[Row] = []  # newcomers whose rests fit in one chunk together: one forward for all
+            tokens = 0
             while self.waiting and len(self.decoding) + len(group) < self.max_batch and budget > 0:
                 row = self.waiting.popleft()
                 row.prefilled = row.length = self.backend.reuse_prefix(len(self.decoding) + len(group), row.prompt, _variant(row))
                 rest = len(row.prompt) - row.prefilled
-                if rest > self.prefill_chunk and group:
+                if group and (rest > self.prefill_chunk or tokens + rest > self.prefill_chunk):
                     self.waiting.appendleft(row)  # its slot comes free once the group has joined
                     break
                 if rest > self.prefill_chunk:
                     self.filling = row
                     break
                 group.append(row)
+                tokens += rest
                 budget -= rest
             if not group:
                 if self.filling is None:

@@ -287,3 +287,18 @@ def test_newcomers_are_prefilled_together_right_padded(tiny_llama, tiny_tokenize
     assert calls == [[len(prompt(k)) for k in range(4)]]
     for k, req in reqs.items():
         assert tokens[k] == alone(tiny_llama, tiny_tokenizer, sae, req), k
+
+
+def test_engine_on_a_non_llama_model_uses_the_hf_forward_with_per_row_clamps(tiny_gpt2, tiny_tokenizer):
+    sae = make_sae(layer=2)
+    reqs = [SequenceRequest(prompt(k), greedy(6), SPECS[k % 4]) for k in range(4)]
+    engine = Engine(tiny_gpt2, tiny_tokenizer, sae, EngineConfig(max_batch=3))
+    try:
+        assert type(engine._backend).__name__ == "HFBackend"
+        handles = [engine.submit([r]) for r in reqs]
+        results = [[e.token_id for s in h for e in s if e.token_id is not None] for h in handles]
+    finally:
+        engine.close()
+    for req, got in zip(reqs, results):
+        assert got == alone(tiny_gpt2, tiny_tokenizer, sae, req)
+    assert results[1] != alone(tiny_gpt2, tiny_tokenizer, sae, SequenceRequest(prompt(1), greedy(6)))

@@ -94,3 +94,19 @@ def test_bf16_model_runs_on_float32_activations_and_matches_hf_in_float32(tiny_l
         out = runner.forward(runner.new_pool(1), 0, torch.tensor([ids]), torch.arange(len(ids))[None])
         ref = model.float()(input_ids=torch.tensor([ids])).logits[0, -1]  # the same bf16-rounded weights
     torch.testing.assert_close(out[0], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_runner_cache_notices_weights_edited_in_place(tiny_llama, tiny_tokenizer):
+    from steering.generation import generate_batch
+    from steering.requests import SequenceRequest
+    from steering.sampling import SamplingParams
+
+    req = [SequenceRequest(tuple(range(10, 20)), SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))]
+    run = lambda: [e.token_id for s in generate_batch(tiny_llama, tiny_tokenizer, None, req) for e in s]  # noqa: E731
+    before = run()
+    with torch.no_grad():
+        for layer in tiny_llama.model.layers:  # fused into gate_up copies by the runner
+            layer.mlp.up_proj.weight.mul_(-30.0)
+    after = run()
+    ref = tiny_llama.generate(torch.tensor([req[0].prompt_ids]), max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=2)
+    assert after == ref[0, 10:].tolist() and after != before
