@@ -30,6 +30,15 @@ def test_harvest_train_eval_catalogue_commands(tmp_path, tiny_model_dir, tiny_to
     harvested = {json.loads(line)["split"]: json.loads(line)["n_tokens"] for line in out}
     assert 300 <= harvested["eval"] < 500 and 1200 <= harvested["train"] < 1400
 
+    # a complete folder is extended when more tokens are asked for, and kept when not
+    assert main(["harvest", "--corpus", str(corpus), "--acts", str(acts), "--layer", "1", "--batch-size", "8",
+                 "--split", "train", "--max-tokens", "1500", *model]) == 0
+    extended = _last_json(capsys)["n_tokens"]
+    assert 1500 <= extended < 1700
+    assert main(["harvest", "--corpus", str(corpus), "--acts", str(acts), "--layer", "1", "--split", "train",
+                 "--max-tokens", "1000", *model]) == 0
+    assert _last_json(capsys)["n_tokens"] == extended
+
     assert main(["train-sae", "--acts", str(acts), "--run", str(tmp_path / "run"), "--save", str(sae),
                  "--d-sae", "96", "--k", "4", "--batch-size", "100", "--tokens", "1500", "--warmup-steps", "2"]) == 0
     assert _last_json(capsys)["status"] == "done"

@@ -93,7 +93,7 @@ def _autograd_reference(x, params, k, dead, aux_k, aux_rows, aux_coef=1 / 32):
     loss = loss + aux_coef * (e_hat - (x[:aux_rows] - x_hat[:aux_rows].detach())).pow(2).sum() / (aux_rows * d)
     loss.backward()
     g_dec = Wd.grad - (Wd.grad * Wd).sum(-1, keepdim=True) * Wd  # unit-norm rows: parallel part removed
-    return float(loss), [We.grad, be.grad, g_dec, bd.grad]
+    return float(loss.detach()), [We.grad, be.grad, g_dec, bd.grad]
 
 
 def test_sparse_step_gradients_match_autograd():

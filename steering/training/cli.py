@@ -118,7 +118,7 @@ def _train_sae(args: argparse.Namespace) -> int:
     save = Path(args.save) if args.save else run / "sae"
     save_sae(sae, save, dtype=torch.float16)
     write_report(run, config=config, log=trainer.log, harvest=hmeta,
-                 extra={**extra, "complete": True, "threshold": float(sae.threshold[0]), "sae": str(save)},
+                 extra={**extra, "complete": True, "threshold": float(sae.threshold.detach()[0]), "sae": str(save)},
                  title=f"{sae.describe()}")
     print(json.dumps({"status": "done", "sae": str(save), "report": str(run / "report.json")}))
     return 0

@@ -30,6 +30,7 @@ This module does not know about data, optimisers or files.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -91,13 +92,20 @@ def decode(sel: Selection, W_dec: Tensor, vals: Tensor | None = None) -> Tensor:
     return F.embedding_bag(sel.cols, W_dec, sel.offsets, mode="sum", per_sample_weights=weights)
 
 
+def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    """A CSR tensor built from indices that are valid by construction (torch's beta warning silenced)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+
+
 def _transpose_csr(rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int, n_cols: int) -> Tensor:
     """CSR [n_cols, n_rows] of the triples, for feature-major sums sum_r vals * X[r]."""
     order = torch.argsort(cols * n_rows + rows)
     c, r, v = cols[order], rows[order], vals[order]
     crow = torch.zeros(n_cols + 1, dtype=torch.int64)
     crow[1:] = torch.cumsum(torch.bincount(c, minlength=n_cols), 0)
-    return torch.sparse_csr_tensor(crow, r, v, size=(n_cols, n_rows))
+    return _csr(crow, r, v, (n_cols, n_rows))
 
 
 def feature_sums(sel: Selection, vals: Tensor, X: Tensor, n_features: int) -> Tensor:
@@ -112,7 +120,7 @@ def sampled_dots(sel: Selection, G: Tensor, W: Tensor) -> Tensor:
         return sel.vals.clone()
     crow = torch.zeros(sel.n_rows + 1, dtype=torch.int64)
     crow[1:] = torch.cumsum(torch.bincount(sel.rows, minlength=sel.n_rows), 0)
-    pattern = torch.sparse_csr_tensor(crow, sel.cols, torch.zeros_like(sel.vals), size=(sel.n_rows, W.shape[0]))
+    pattern = _csr(crow, sel.cols, torch.zeros_like(sel.vals), (sel.n_rows, W.shape[0]))
     return torch.sparse.sampled_addmm(pattern, G[: sel.n_rows], W.T).values()
 
 
