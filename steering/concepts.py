@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from steering.eval_metrics import concept_word_pattern
-from steering.hooks import capture, run_until_capture
+from steering.hooks import capture, find_submodule, run_until_capture
 from steering.interventions import SteeringError
 
 CONCEPT_TEMPLATES: tuple[str, ...] = (
@@ -207,15 +207,7 @@ def specificity_scores(concept: TextStats, neutral: TextStats, max_activation: T
 
 
 def _final_norm(model: nn.Module) -> nn.Module | None:
-    for path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm"):
-        obj: Any = model
-        for name in path.split("."):
-            obj = getattr(obj, name, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.Module):
-            return obj
-    return None
+    return find_submodule(model, ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm"))
 
 
 def logit_effects(model: nn.Module, directions: Tensor) -> Tensor:

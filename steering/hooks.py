@@ -25,17 +25,26 @@ from steering.sae import SparseAutoencoder
 EditFn = Callable[[Tensor], Tensor | None]
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks of a causal LM (Llama-like, GPT-2, GPT-NeoX, Phi...)."""
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.layers"):
+def find_submodule(model: nn.Module, paths: tuple[str, ...], kind: type = nn.Module) -> nn.Module | None:
+    """The first of the dotted attribute `paths` that exists on model as a `kind`, else None."""
+    for path in paths:
         obj: object = model
         for name in path.split("."):
             obj = getattr(obj, name, None)
             if obj is None:
                 break
-        if isinstance(obj, nn.ModuleList):
+        if isinstance(obj, kind):
             return obj
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+    return None
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a causal LM (Llama-like, GPT-2, GPT-NeoX, Phi...)."""
+    paths = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.layers")
+    layers = find_submodule(model, paths, nn.ModuleList)
+    if layers is None:
+        raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+    return layers  # type: ignore[return-value]
 
 
 def _replace_hidden(value: object, new_hidden: Tensor) -> object:
