@@ -184,10 +184,7 @@ class TopLogprob(BaseModel):
     bytes: list[int] | None
 
 
-class TokenLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None
+class TokenLogprob(TopLogprob):
     top_logprobs: list[TopLogprob]
 
 
@@ -226,10 +223,9 @@ class ConceptScores(BaseModel):
     neutral_mean: float = Field(description="The same over unrelated text.")
     concept_fire_rate: float = Field(description="Share of concept texts on which the feature fires.")
     neutral_fire_rate: float = Field(description="Share of unrelated texts on which the feature fires.")
-    word_share: float | None = Field(description="Share of its concept-text activation on the concept word's own "
-                                     "tokens (near 1: a token feature); null when not measurable.")
-    logit_rank: int = Field(description="Best rank of a concept token among the tokens its decoder direction "
-                            "promotes through the unembedding (0: the most promoted).")
+    word_share: float | None = Field(description="Share of its activation on the concept word's own tokens "
+                                     "(near 1: a token feature); null when not measurable.")
+    logit_rank: int = Field(description="Best rank of a concept token among the tokens it promotes (0: top).")
     logit_score: float = Field(description="1 - log(1 + logit_rank) / log(vocabulary size).")
     promoted_tokens: list[str] = Field(description="The tokens it promotes most.")
     max_activation: float = Field(description="The activation scale the means are divided by.")
@@ -336,10 +332,9 @@ class ModelList(BaseModel):
 
 # ------------------------------------------------------------------ presets
 # Keys of a preset's `efficacy` record that are shares in [0, 1] when present.
-EFFICACY_RATES = frozenset({
-    "concept_rate", "baseline_concept_rate", "word_rate", "baseline_word_rate", "feature_rate",
-    "baseline_feature_rate", "repeated_4gram", "baseline_repeated_4gram", "repeated_4gram_share",
-})
+EFFICACY_RATES = frozenset({"concept_rate", "baseline_concept_rate", "word_rate", "baseline_word_rate",
+                            "feature_rate", "baseline_feature_rate", "repeated_4gram", "baseline_repeated_4gram"})
+
 
 class PresetFeature(BaseModel):
     """A preset's clamp: the same fields as a request's steering feature."""
