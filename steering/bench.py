@@ -25,7 +25,11 @@ Each ratio is the median over repetitions of the ratio within a repetition:
     batching_gain_8      = b8_clamped / b1_clamped
     engine_vs_generate_b1 = b1 / generate      (e2e, prefill included, for both)
 
-`decode_tps_b1` is b1's decode rate; `ttft_ms_p50/p95` are the first-token
+`decode_tps_b1` is b1's decode rate; `decode_ceiling_tps_b1` is the
+memory-bound ceiling of a batch-1 step on this machine, measured read
+bandwidth (`read_bandwidth_gbs`, same threads) / bytes of weights a step reads
+(every Linear, LM head included), and `decode_fraction_of_ceiling_b1` the
+share of it reached (CPU only). `ttft_ms_p50/p95` are the first-token
 latencies of the b8_clamped streams (8 submissions at once). `--consistency N` (default 64) also runs N greedy requests with
 different prompts, lengths and clamps, arriving at different times through
 the engine, and counts those whose tokens differ from the same request run
@@ -151,12 +155,17 @@ def run_bench(sm: Any, threads: int, reps: int, max_tokens: int, consistency: in
 
     ttfts.sort()
     runner = getattr(engine._backend, "runner", None)
+    bandwidth = read_bandwidth_gbs(threads) if sm.loaded.device.type == "cpu" else None
+    step_bytes = decode_weight_bytes(model)
+    ceiling = bandwidth * 1e9 / step_bytes if bandwidth else None
     result = {
         "steering_overhead_b1": round(ratio("b1_clamped_decode", "b1_decode"), 4),
         "steering_overhead_b8": round(ratio("b8_clamped_decode", "b8_decode"), 4),
         "batching_gain_8": round(ratio("b8_clamped_decode", "b1_clamped_decode"), 3),
         "engine_vs_generate_b1": round(ratio("b1_e2e", "generate_e2e"), 3),
         "decode_tps_b1": round(med["b1_decode"], 2),
+        "decode_ceiling_tps_b1": round(ceiling, 1) if ceiling else None,
+        "decode_fraction_of_ceiling_b1": round(med["b1_decode"] / ceiling, 3) if ceiling else None,
         "dtype": str(sm.loaded.dtype).replace("torch.", ""),
         "ttft_ms_p50": round(statistics.median(ttfts), 1),
         "ttft_ms_p95": round(ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))], 1),
@@ -180,6 +189,8 @@ def run_bench(sm: Any, threads: int, reps: int, max_tokens: int, consistency: in
             "engine": {"max_batch": engine.config.max_batch, "prefill_chunk": engine.config.prefill_chunk,
                        "prefill_budget": engine.config.prefill_budget},
             "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "memory_read_gbs": round(bandwidth, 2) if bandwidth else None,
+            "decode_weight_bytes": step_bytes,
         },
     }
     return result
@@ -216,6 +227,27 @@ def _consistency(engine: Engine, sm: Any, specs: list, n: int) -> dict:
             differ.append(i)
     return {"requests": n, "differing": len(differ), "fraction": round(len(differ) / n, 4), "differing_ids": differ,
             "mixed_seconds": round(mixed_s, 1)}
+
+
+def read_bandwidth_gbs(threads: int, mbytes: int = 512, reps: int = 7) -> float:
+    """Memory read bandwidth (GB/s) with `threads` threads: median time of torch.sum over a float32 buffer.
+
+    The buffer is far larger than any cache, so this is what a batch-1 decoding
+    step, which reads every weight once, can hope for at best.
+    """
+    torch.set_num_threads(threads)
+    buf = torch.ones(mbytes * 2**20 // 4)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        buf.sum()
+        times.append(time.perf_counter() - start)
+    return buf.numel() * 4 / statistics.median(times) / 1e9
+
+
+def decode_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the Linear weights one decoding step reads (every projection and the LM head)."""
+    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
 def _cpu_name() -> str:

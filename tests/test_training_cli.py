@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 
 from steering.catalogue import Catalogue
 from steering.sae_io import load_sae
@@ -43,6 +44,19 @@ def test_harvest_train_eval_catalogue_commands(tmp_path, tiny_model_dir, tiny_to
                  "--d-sae", "96", "--k", "4", "--batch-size", "100", "--tokens", "1500", "--warmup-steps", "2"]) == 0
     assert _last_json(capsys)["status"] == "done"
     assert load_sae(sae).cfg.hook_layer == 1
+
+    # a warm start keeps the source's features and scale, and counts its token-steps
+    warm = tmp_path / "warm"
+    assert main(["train-sae", "--acts", str(acts), "--run", str(tmp_path / "run-warm"), "--save", str(warm),
+                 "--init-from", str(sae), "--d-sae", "96", "--k", "4", "--batch-size", "100", "--tokens", "200",
+                 "--lr", "1e-7", "--warmup-steps", "1"]) == 0
+    _last_json(capsys)
+    source, started = load_sae(sae), load_sae(warm)
+    assert started.cfg.norm_scaling_factor == source.cfg.norm_scaling_factor
+    cosines = torch.nn.functional.cosine_similarity(started.W_dec.detach(), source.W_dec.detach(), dim=-1)
+    assert float(cosines.min()) > 0.99
+    training = started.cfg.metadata["training"]
+    assert training["tokens_seen"] == 200 and training["tokens_seen_total"] == 1700
 
     assert main(["eval-sae", "--sae", str(sae), "--acts", str(acts), "--corpus", str(corpus), "--ce-tokens", "48",
                  "--json", *model]) == 0

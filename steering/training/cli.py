@@ -91,7 +91,7 @@ def _harvest(args: argparse.Namespace) -> int:
 def _train_sae(args: argparse.Namespace) -> int:
     import torch
 
-    from steering.sae_io import save_sae
+    from steering.sae_io import load_sae, save_sae
     from steering.training.report import write_report
     from steering.training.store import ActivationStore
     from steering.training.train import TrainConfig, train
@@ -107,10 +107,21 @@ def _train_sae(args: argparse.Namespace) -> int:
     sae_cfg: dict[str, Any] = {"hook_layer": layer, "hook_site": hmeta.get("site", "resid_post"),
                                "model_name": hmeta.get("model_id"),
                                "metadata": {"harvest": {k: hmeta.get(k) for k in ("corpus", "outlier_factor", "n_tokens")}}}
-    sae, trainer = train(store, run, cfg, sae_cfg=sae_cfg, max_seconds=args.max_seconds, follow=args.follow)
-    config = {**vars(cfg), "stored_tokens": len(store), "acts": str(store.dir), "run": str(run)}
-    extra = {"train_seconds": trainer.train_seconds, "tokens_seen": trainer.tokens_seen, "steps": trainer.step,
+    init_from, prior_tokens = None, 0
+    if args.init_from:
+        init_from = load_sae(args.init_from)
+        prior = init_from.cfg.metadata.get("training", {})
+        prior_tokens = int(prior.get("tokens_seen_total", prior.get("tokens_seen", 0)))
+        sae_cfg["metadata"]["initialised_from"] = {"sae": str(args.init_from), "tokens_seen": prior_tokens}
+    sae, trainer = train(store, run, cfg, sae_cfg=sae_cfg, max_seconds=args.max_seconds, follow=args.follow,
+                         init_from=init_from)
+    config = {**vars(cfg), "stored_tokens": len(store), "acts": str(store.dir), "run": str(run),
+              "init_from": args.init_from}
+    extra = {"train_seconds": trainer.train_seconds, "tokens_seen": trainer.tokens_seen,
+             "tokens_seen_total": prior_tokens + trainer.tokens_seen, "steps": trainer.step,
              "total_steps": trainer.total_steps, "threads": torch.get_num_threads()}
+    if sae is not None:
+        sae.cfg.metadata["training"]["tokens_seen_total"] = prior_tokens + trainer.tokens_seen
     if sae is None:
         write_report(run, config=config, log=trainer.log, harvest=hmeta, extra={**extra, "complete": False})
         print(json.dumps({"status": "paused", "step": trainer.step, "total_steps": trainer.total_steps, "run": str(run)}))
@@ -228,6 +239,8 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--max-seconds", type=float, default=None, help="pause after a checkpoint past this time")
     p.add_argument("--follow", action="store_true",
                    help="train while a harvest is still writing: sample stored tokens with replacement (needs --tokens)")
+    p.add_argument("--init-from", default=None,
+                   help="warm-start a new run from this SAE (folder): same features, fresh optimiser and schedule")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(handler=_train_sae)

@@ -21,6 +21,11 @@ and its threshold set, so the sparse clamp path works.
 
 Checkpoints (parameters, Adam state, step, dead-feature counters, log) are
 written atomically every `checkpoint_every` steps; `train` resumes from one.
+A new run may instead warm-start from a trained SAE (`init_from`): its four
+parameters and its input scale c are copied, while the optimiser, the
+learning-rate schedule and the dead-feature counters start afresh, so more
+data can be added to a dictionary without retraining it from scratch and
+without renumbering its features.
 Batches come from `ActivationStore.batches`, a pure function of (seed, step).
 """
 
@@ -124,6 +129,23 @@ class Trainer:
         self.kth_history: list[float] = []
         self.train_seconds = 0.0
 
+    def warm_start(self, sae: SparseAutoencoder) -> None:
+        """Copy a trained SAE's parameters and input scale c (same d_in, d_sae; k-sparse or JumpReLU)."""
+        cfg = sae.cfg
+        if (cfg.d_in, cfg.d_sae) != (self.store.d_model, self.cfg.d_sae):
+            raise ValueError(f"init_from has d_in={cfg.d_in}, d_sae={cfg.d_sae}; "
+                             f"this run has d_in={self.store.d_model}, d_sae={self.cfg.d_sae}")
+        if cfg.normalize_activations not in ("expected_average_only_in", "none"):
+            raise ValueError(f"init_from normalises inputs by {cfg.normalize_activations!r}; "
+                             "only a constant input scale can be carried over")
+        with torch.no_grad():
+            self.W_enc_T.copy_(sae.W_enc.detach().float().T)
+            self.b_enc.copy_(sae.b_enc.detach().float())
+            W_dec = sae.W_dec.detach().float()
+            self.W_dec.copy_(W_dec / W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+            self.b_dec.copy_(sae.b_dec.detach().float())
+        self.scale = cfg.norm_scaling_factor if cfg.normalize_activations == "expected_average_only_in" else 1.0
+
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -214,6 +236,7 @@ def train(
     sae_cfg: dict[str, Any] | None = None,
     max_seconds: float | None = None,
     follow: bool = False,
+    init_from: SparseAutoencoder | None = None,
     progress: bool = True,
 ) -> tuple[SparseAutoencoder | None, Trainer]:
     """Train (resuming from run_dir/checkpoint.pt) and return (sae, trainer).
@@ -224,7 +247,8 @@ def train(
     store may still be growing (a harvest running beside): batches are drawn
     uniformly with replacement from the tokens stored so far, and the store
     is reopened at every checkpoint; such a run is resumable but, unlike the
-    default epoch-based order, not bit-reproducible.
+    default epoch-based order, not bit-reproducible. `init_from` warm-starts
+    a new run (ignored when resuming from a checkpoint).
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -233,6 +257,8 @@ def train(
     ckpt = run / "checkpoint.pt"
     if ckpt.exists():
         trainer.load_state_dict(torch.load(ckpt, weights_only=False))
+    elif init_from is not None:
+        trainer.warm_start(init_from)
     log_file = run / "log.jsonl"
     stream = store.batches(cfg.batch_size, cfg.seed, start_step=trainer.step)
     if follow:
