@@ -66,14 +66,26 @@ static inline float f32f(float v) { return v; }
 """
 
 _KERNELS = r"""
+/* Software prefetch: while a block of weight rows is summed, the rows that follow it (the same
+   thread's next block, as a rule) are requested one cache line per 64 bytes consumed. Without it a
+   core waits on DRAM latency between lines; measured on a 2-core AVX2 machine, a batch-1 decoding
+   step's products went from 15.4 to 12.3 ms. Prefetches never fault; `end` only saves useless ones. */
+static inline void SUF(prefetch)(const char *p, const char *end, int bytes) {
+    for (int b = 0; b < bytes; b += 64)
+        if (p + b < end) _mm_prefetch(p + b, _MM_HINT_T0);
+}
+
 /* rows n0, n0+1 of W against rows m0..m0+MB-1 of x (MB <= 4): 2*MB accumulators */
 static inline void SUF(block2)(const float *x, const WT *w, float *y, int M, int N, int K,
                           int n0, int m0, const int MB, const int two, int acc) {
     __m256 a0[4], a1[4];
     for (int j = 0; j < 4; j++) { a0[j] = _mm256_setzero_ps(); a1[j] = _mm256_setzero_ps(); }
     const WT *w0 = w + (long)n0 * K, *w1 = w0 + K;
+    const char *ahead = (const char *)(w0 + 2L * K), *end = (const char *)(w + (long)N * K);
+    const int per_iter = 2 * 8 * (int)sizeof(WT);
     int k = 0;
     for (; k + 8 <= K; k += 8) {
+        if (m0 == 0 && (k * 2 * (int)sizeof(WT)) % 64 == 0) SUF(prefetch)(ahead + (long)k * 2 * sizeof(WT), end, per_iter < 64 ? 64 : per_iter);
         __m256 v0 = LOADW(w0 + k);
         __m256 v1 = two ? LOADW(w1 + k) : v0;
         for (int j = 0; j < MB; j++) {
@@ -96,11 +108,14 @@ static inline void SUF(block2)(const float *x, const WT *w, float *y, int M, int
 }
 
 /* M == 1: four weight rows at a time, four independent accumulator chains */
-static inline void SUF(gemv4)(const float *x, const WT *w, float *y, int K, int n0, int acc) {
+static inline void SUF(gemv4)(const float *x, const WT *w, float *y, int N, int K, int n0, int acc) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     const WT *w0 = w + (long)n0 * K;
+    const char *ahead = (const char *)(w0 + 4L * K), *end = (const char *)(w + (long)N * K);
+    const int per_iter = 4 * 8 * (int)sizeof(WT); /* bytes of W consumed per iteration: 64 or 128 */
     int k = 0;
     for (; k + 8 <= K; k += 8) {
+        SUF(prefetch)(ahead + (long)k * 4 * sizeof(WT), end, per_iter);
         __m256 xv = _mm256_loadu_ps(x + k);
         a0 = _mm256_fmadd_ps(xv, LOADW(w0 + k), a0);
         a1 = _mm256_fmadd_ps(xv, LOADW(w0 + K + k), a1);
@@ -119,7 +134,7 @@ static void SUF(matmul)(const float *x, const WT *w, float *y, int M, int N, int
     if (M == 1 && N % 4 == 0) {
         int chunk = N / 4 / (8 * threads) + 1;
         #pragma omp parallel for num_threads(threads) schedule(dynamic, chunk)
-        for (int n = 0; n < N; n += 4) SUF(gemv4)(x, w, y, K, n, acc);
+        for (int n = 0; n < N; n += 4) SUF(gemv4)(x, w, y, N, K, n, acc);
         return;
     }
     int nblocks = (N + 1) / 2;

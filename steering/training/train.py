@@ -67,7 +67,7 @@ class TrainConfig:
     log_every: int = 20
     scale_sample: int = 65_536
     median_sample: int = 16_384
-    calibration_batches: int = 16
+    calibration_batches: int = 64
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def steps(self, n_tokens: int) -> int:
