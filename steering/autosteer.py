@@ -8,10 +8,11 @@ effect). Values: the top candidate is clamped to
 
     value = DEFAULT_MULTIPLIER * strength      (unit `max`, mode `clamp`, all positions)
 
-DEFAULT_MULTIPLIER = 2.0 sits inside the 1-3x max range that steered without
-breaking the language in the prototype probe (../shared/SAE_PROTOTYPE.md: 1.5x
-was fluent but weak, 3x steered with repetition, 5-6x collapsed); it is to be
-replaced by the knee of `python -m steering sweep` on the shipped SAE. A
+DEFAULT_MULTIPLIER = 1.5 is the middle of the knees measured on the shipped SAE
+(presets/*.json notes: the lowest strength at which a concept feature reached
+its full concept rate was 1.2x max for sports and music, ~1.35x for mountains,
+2-2.5x for happy and dogs; above 2.5x every concept's answers lost fluency,
+delta loss > 2 nats). A
 second feature is added only when `max_features` > 1 and its score is at least
 SECOND_FEATURE_RATIO of the first's, and then the multiplier is split between
 the two (two features at full strength broke every concept in the probe).
@@ -41,7 +42,7 @@ from typing import Any
 from steering.concepts import ConceptCandidate, find_concept_features
 from steering.interventions import FeatureClamp, SteeringError, SteeringSpec
 
-DEFAULT_MULTIPLIER = 2.0
+DEFAULT_MULTIPLIER = 1.5
 MAX_STRENGTH = 5.0
 SECOND_FEATURE_RATIO = 0.8
 MAX_CONCEPT_CHARS = 100

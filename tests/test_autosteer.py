@@ -36,7 +36,7 @@ def test_auto_steer_returns_a_valid_spec_with_the_planted_feature(planted):
     assert "feature 17" in result.rationale and "strength 1.5" in result.rationale
     d = result.to_dict()
     json.dumps(d)
-    assert d["features"][0] == {**d["features"][0], "index": 17, "value": 3.0, "mode": "clamp", "unit": "max"}
+    assert d["features"][0] == {**d["features"][0], "index": 17, "value": DEFAULT_MULTIPLIER * 1.5, "mode": "clamp", "unit": "max"}
     texts = planted.chat([{"role": "user", "content": "Hi"}], result.spec, max_tokens=4, compare=True)
     assert len(texts) == 2
 
