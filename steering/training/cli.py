@@ -120,12 +120,11 @@ def _train_sae(args: argparse.Namespace) -> int:
     extra = {"train_seconds": trainer.train_seconds, "tokens_seen": trainer.tokens_seen,
              "tokens_seen_total": prior_tokens + trainer.tokens_seen, "steps": trainer.step,
              "total_steps": trainer.total_steps, "threads": torch.get_num_threads()}
-    if sae is not None:
-        sae.cfg.metadata["training"]["tokens_seen_total"] = prior_tokens + trainer.tokens_seen
     if sae is None:
         write_report(run, config=config, log=trainer.log, harvest=hmeta, extra={**extra, "complete": False})
         print(json.dumps({"status": "paused", "step": trainer.step, "total_steps": trainer.total_steps, "run": str(run)}))
         return 0
+    sae.cfg.metadata["training"]["tokens_seen_total"] = extra["tokens_seen_total"]
     save = Path(args.save) if args.save else run / "sae"
     save_sae(sae, save, dtype=torch.float16)
     write_report(run, config=config, log=trainer.log, harvest=hmeta,
