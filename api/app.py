@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Literal
 
-import torch
 from fastapi import FastAPI, Path as PathParam, Query, Request
 from fastapi.responses import JSONResponse
 
@@ -53,6 +52,7 @@ from api.render import TokenTexts
 from api.settings import Settings
 from api.translate import ServedModel
 from steering.autosteer import MAX_CONCEPT_CHARS
+from steering.compute import ComputeThread
 from steering.engine import Engine, EngineConfig
 
 log = logging.getLogger("api")
@@ -74,6 +74,7 @@ class ServerState:
     features: FeatureService | None = None
     texts: TokenTexts | None = None
     gate: ModelGate | None = None
+    compute: ComputeThread | None = None  # the one thread that runs torch (steering.compute)
     fingerprint: str | None = None
     created: int = 0
     ready: bool = False
@@ -139,7 +140,8 @@ class ServerState:
             self.features = FeatureService(sm.loaded.model, tokenizer, sm.sae, self.catalogue, sm=sm)
         self.fingerprint = "fp_" + hashlib.sha1(f"{sm.model_id}|{sm.sae_id}|{VERSION}".encode()).hexdigest()[:10]
         self.engine = Engine(sm.loaded.model, tokenizer, sm.sae, EngineConfig(
-            max_queue=s.max_queue, retry_after_s=s.retry_after_s, threads=s.threads, max_batch=s.max_batch))
+            max_queue=s.max_queue, retry_after_s=s.retry_after_s, threads=s.threads, max_batch=s.max_batch),
+            compute=self.compute)
         self.created = int(time.time())
         self.ready = True
         log.info("ready: model %s, SAE %s%s", sm.model_id, sm.sae_id, f" ({sm.sae_note})" if sm.sae_note else "")
@@ -164,8 +166,9 @@ def create_app(
 
     async def load_in_background() -> None:
         try:
-            # Loading, fusing weights for the engine and reading the catalogue all block: a thread.
-            await asyncio.to_thread(lambda: state.start(_load(settings), catalogue))
+            # Loading, fusing weights for the engine and reading the catalogue all block; they run
+            # on the compute thread, which then runs the engine (one OpenMP team: steering.compute).
+            await state.compute.arun(lambda: state.start(_load(settings), catalogue))
         except Exception as exc:  # reported by /ready; fatal under `python -m api`
             state.error = f"{type(exc).__name__}: {exc}"
             log.error("start-up failed: %s", state.error)
@@ -175,9 +178,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.server = state
-        state.gate = ModelGate()
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
+        state.compute = ComputeThread(settings.threads)
+        state.gate = ModelGate(state.compute.arun)
         # Fail fast on a malformed preset file, before the slow model load.
         try:
             check_files(settings.presets_dir)
@@ -198,6 +200,7 @@ def create_app(
                 task.cancel()
             if state.engine is not None:
                 await asyncio.to_thread(state.engine.close)
+            await asyncio.to_thread(state.compute.close)
 
     app = FastAPI(
         title="SAE steering server",
@@ -300,6 +303,7 @@ def create_app(
         if index >= fs.total:
             raise not_found(f"Feature {index} does not exist: this SAE has {fs.total} features (0..{fs.total - 1}).",
                             "index", "feature_not_found")
-        return await asyncio.to_thread(fs.detail, index)
+        # Without a catalogue entry, detail multiplies by the unembedding: torch work, on the compute thread.
+        return await server(request).compute.arun(fs.detail, index)
 
     return app

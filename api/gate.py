@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 T = TypeVar("T")
 
 
 class ModelGate:
-    def __init__(self) -> None:
+    """`run_in_thread(fn, *args)` runs an exclusive job's function off the event loop: the
+    server passes its compute thread's `arun`, so every forward runs on one thread."""
+
+    def __init__(self, run_in_thread: Callable[..., Awaitable[Any]] = asyncio.to_thread) -> None:
+        self._run_in_thread = run_in_thread
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -75,7 +79,7 @@ class ModelGate:
             yield
 
     async def run_exclusive(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
-        """fn(*args) in a worker thread, alone on the model; raises TimeoutError as `exclusive` does.
+        """fn(*args) off the event loop (`run_in_thread`), alone on the model; raises TimeoutError as `exclusive` does.
 
         The gate is held by a task of its own until the thread returns, so a
         caller cancelled mid-way (a client gone) cannot let generation start
@@ -84,7 +88,7 @@ class ModelGate:
 
         async def job() -> T:
             async with self.exclusive(timeout):
-                return await asyncio.to_thread(fn, *args)
+                return await self._run_in_thread(fn, *args)
 
         def done(task: "asyncio.Task[T]") -> None:
             self._draining.discard(task)  # type: ignore[arg-type]

@@ -49,6 +49,7 @@ from typing import Any, Sequence
 
 import torch
 
+from steering.compute import ComputeThread
 from steering.engine import Engine, EngineConfig
 from steering.interventions import FeatureClamp, SteeringSpec
 from steering.requests import SequenceRequest
@@ -118,12 +119,15 @@ def _specs(sae: Any, n: int) -> list[SteeringSpec]:
     return specs
 
 
-def run_bench(sm: Any, threads: int, reps: int, max_tokens: int, consistency: int) -> dict:
+def run_bench(sm: Any, threads: int, reps: int, max_tokens: int, consistency: int,
+              compute: ComputeThread | None = None) -> dict:
+    """Every figure, measured with all torch work on one thread: `compute` (the one that loaded
+    the model, as in the server) or the engine's own."""
     model, tok, sae = sm.loaded.model, sm.loaded.tokenizer, sm.sae
     prompts = [sm.prompt_ids([{"role": "user", "content": q}]) for q in QUESTIONS]
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     specs = _specs(sae, 8) if sae is not None else [None] * 8
-    engine = Engine(model, tok, sae, EngineConfig(max_batch=8, threads=threads))
+    engine = Engine(model, tok, sae, EngineConfig(max_batch=8, threads=threads), compute=compute)
     configs = ("b1", "b1_clamped", "b8", "b8_clamped")
     runs: dict[str, list[float]] = {f"{k}_{m}": [] for k in configs for m in ("e2e", "decode")}
     runs["generate_e2e"] = []
@@ -144,8 +148,10 @@ def run_bench(sm: Any, threads: int, reps: int, max_tokens: int, consistency: in
                 runs[f"{name}_decode"].append(_decode_tps(res))
                 if name == "b8_clamped":
                     ttfts += [(r["first"] - r["submit"]) * 1e3 for r in res]
-            runs["generate_e2e"].append(_generate_tps(model, prompts[0], max_tokens, threads))
+            runs["generate_e2e"].append(engine.call(_generate_tps, model, prompts[0], max_tokens, threads).result())
         check = _consistency(engine, sm, specs, consistency) if consistency else None
+        on_cpu = sm.loaded.device.type == "cpu"
+        bandwidth = engine.call(read_bandwidth_gbs, threads).result() if on_cpu else None
     finally:
         engine.close()
     med = {k: statistics.median(v) for k, v in runs.items()}
@@ -155,7 +161,6 @@ def run_bench(sm: Any, threads: int, reps: int, max_tokens: int, consistency: in
 
     ttfts.sort()
     runner = getattr(engine._backend, "runner", None)
-    bandwidth = read_bandwidth_gbs(threads) if sm.loaded.device.type == "cpu" else None
     step_bytes = decode_weight_bytes(model)
     ceiling = bandwidth * 1e9 / step_bytes if bandwidth else None
     result = {
@@ -265,9 +270,12 @@ def _bench_command(args: argparse.Namespace) -> int:
     from steering.steered_model import SteeredModel
 
     threads = args.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
-    sm = SteeredModel.load(args.model, args.sae, device=args.device, dtype=args.dtype)
-    result = run_bench(sm, threads, args.reps, args.max_tokens, args.consistency)
+    compute = ComputeThread(threads)  # loads and runs everything, as the server does
+    try:
+        sm = compute.run(lambda: SteeredModel.load(args.model, args.sae, device=args.device, dtype=args.dtype))
+        result = run_bench(sm, threads, args.reps, args.max_tokens, args.consistency, compute)
+    finally:
+        compute.close()
     if not args.json:
         for key, value in result.items():
             if key not in ("conditions", "tps", "consistency"):

@@ -13,8 +13,11 @@ decode steps, and a cancelled handle's rows leave at the next step with a
 have started; past `max_queue` waiting groups, `submit` raises
 `QueueFullError` at once. Bad requests raise `SteeringError` from `submit`.
 
-The worker touches the model only while some group is in flight. The engine
-knows nothing of HTTP: the server translates requests into
+The worker is a loop on a `ComputeThread` (its own, or one shared with the
+caller that loaded the model), so all torch work of a server runs on one
+thread (see `steering.compute` for why): `call` runs any function there,
+between decoding steps. The worker touches the model only while some group
+is in flight or a call runs. The engine knows nothing of HTTP: the server translates requests into
 `SequenceRequest`s and events into its own wire format.
 """
 
@@ -25,18 +28,22 @@ import queue
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterator, Sequence
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence, TypeVar
 
 import torch
 
 from steering.backends import make_backend
+from steering.compute import STOP, ComputeThread
 from steering.generation import eos_ids
 from steering.requests import SequenceRequest, TokenEvent
 from steering.sae import SparseAutoencoder
 from steering.scheduler import Scheduler, validate_request
 
 _END = object()
+_STOP_ENGINE = object()
+T = TypeVar("T")
 
 
 class QueueFullError(RuntimeError):
@@ -118,28 +125,36 @@ class EngineConfig:
 
 @dataclass
 class Engine:
-    """Owns the model, tokenizer and SAE (shared, read-only) and one worker thread."""
+    """Owns the model, tokenizer and SAE (shared, read-only) and a worker loop on a compute thread.
+
+    Without `compute` the engine starts a thread of its own (with
+    `config.threads`) and stops it on `close`.
+    """
 
     model: torch.nn.Module
     tokenizer: object
     sae: SparseAutoencoder | None
     config: EngineConfig = field(default_factory=EngineConfig)
+    compute: ComputeThread | None = None
 
     def __post_init__(self) -> None:
         cfg = self.config
         if cfg.max_batch <= 0 or cfg.max_queue < 0:
             raise ValueError("max_batch must be positive and max_queue non-negative")
-        self._backend = make_backend(self.model, self.sae, cfg.max_batch, fast=cfg.fast_forward, prefix_tokens=cfg.prefix_cache_tokens)
+        self._owns_compute = self.compute is None
+        if self.compute is None:
+            self.compute = ComputeThread(cfg.threads, name="steering-engine")
+        # Fusing the weights is torch work too: on the compute thread.
+        self._backend = self.compute.run(
+            make_backend, self.model, self.sae, cfg.max_batch, cfg.fast_forward, cfg.prefix_cache_tokens)
         self._scheduler = Scheduler(
             self._backend, self.tokenizer, self.sae, eos_ids(self.tokenizer, self.model),
             max_batch=cfg.max_batch, prefill_chunk=cfg.prefill_chunk, prefill_budget=cfg.prefill_budget,
         )
-        self._inbox: queue.Queue = queue.Queue()
         self._waiting = 0  # groups submitted whose rows have not all started
         self._lock = threading.Lock()
         self._closed = False
-        self._worker = threading.Thread(target=self._run, name="steering-engine", daemon=True)
-        self._worker.start()
+        self._stopped = self.compute.submit(self._run)
 
     def submit(
         self, requests: Sequence[SequenceRequest], loop: asyncio.AbstractEventLoop | None = None
@@ -157,8 +172,13 @@ class Engine:
                 raise QueueFullError(self.config.retry_after_s)
             self._waiting += 1
         handle = RequestHandle(requests, loop)
-        self._inbox.put((handle, plans))
+        self.compute.put((handle, plans))
         return handle
+
+    def call(self, fn: Callable[..., T], *args: Any) -> "Future[T]":
+        """fn(*args) on the engine's thread, between decoding steps (runs with the model in its
+        unsteered state: the engine's hooks are only attached inside a step)."""
+        return self.compute.submit(fn, *args)
 
     def generate(self, requests: Sequence[SequenceRequest]) -> list[list[TokenEvent]]:
         """Blocking convenience: all events of a group, per step."""
@@ -172,9 +192,17 @@ class Engine:
     def close(self) -> None:
         """Cancel what runs, end every handle, stop the worker."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
-        self._inbox.put(None)
-        self._worker.join(timeout=30)
+        self.compute.put(_STOP_ENGINE)
+        if not self.compute.is_current():
+            try:
+                self._stopped.result(timeout=30)
+            except Exception:  # the loop's own failure; close still goes on
+                pass
+        if self._owns_compute:
+            self.compute.close()
 
     # ------------------------------------------------------------ worker
     def _run(self) -> None:
@@ -207,14 +235,13 @@ class Engine:
                         self._waiting -= len(started)
 
     def _take_inbox(self, handles: dict, waiting: set, block: bool) -> bool:
-        """Move submitted groups into the scheduler; True on shutdown."""
+        """Move submitted groups into the scheduler (running queued calls); True on shutdown."""
         while True:
-            try:
-                item = self._inbox.get(block=block)
-            except queue.Empty:
+            item = self.compute.take(block)
+            if item is None:
                 return False
             block = False
-            if item is None:
+            if item is _STOP_ENGINE or item is STOP:
                 return True
             handle, plans = item
             handles[id(handle)] = handle
