@@ -57,6 +57,16 @@ def test_harvest_train_eval_catalogue_commands(tmp_path, tiny_model_dir, tiny_to
     assert float(cosines.min()) > 0.99
     training = started.cfg.metadata["training"]
     assert training["tokens_seen"] == 200 and training["tokens_seen_total"] == 1700
+    assert training["resampled"] is None and training["calibration_l0"] == 4
+
+    # resampling at a warm start is recorded with the threshold's L0 target
+    assert main(["train-sae", "--acts", str(acts), "--run", str(tmp_path / "run-resampled"), "--save", str(warm),
+                 "--init-from", str(sae), "--d-sae", "96", "--k", "4", "--batch-size", "100", "--tokens", "200",
+                 "--resample-dead", "300", "--calibration-l0", "3.5", "--warmup-steps", "1"]) == 0
+    _last_json(capsys)
+    training = load_sae(warm).cfg.metadata["training"]
+    assert training["resampled"]["scanned_tokens"] == 300 and 0 <= training["resampled"]["features"] <= 96
+    assert training["calibration_l0"] == 3.5
 
     assert main(["eval-sae", "--sae", str(sae), "--acts", str(acts), "--corpus", str(corpus), "--ce-tokens", "48",
                  "--json", *model]) == 0

@@ -167,3 +167,44 @@ def test_training_resumes_from_a_checkpoint(pipeline):
     assert tr_b.step == 12
     torch.testing.assert_close(sae_a.W_dec, sae_b.W_dec)
     torch.testing.assert_close(sae_a.threshold, sae_b.threshold)
+
+
+def test_resample_dead_reinitialises_only_features_that_never_fire(pipeline):
+    from steering.training.train import TrainConfig, Trainer
+
+    _, _, acts, _ = pipeline
+    store = ActivationStore(acts / "train")
+    trainer = Trainer(store, TrainConfig(d_sae=64, k=4, batch_size=64))
+    silenced = torch.tensor([3, 17, 40])
+    with torch.no_grad():
+        trainer.b_enc[silenced] = -1e4  # these can never enter the top k
+    before = [p.clone() for p in trainer.params]
+    resampled = trainer.resample_dead(64 * 8)
+    assert set(silenced.tolist()) <= set(resampled.tolist())
+    live = torch.ones(64, dtype=torch.bool)
+    live[resampled] = False
+    for p, q in zip(trainer.params[:3], before[:3]):
+        torch.testing.assert_close(p[live], q[live])
+    torch.testing.assert_close(trainer.W_dec[resampled].norm(dim=-1), torch.ones(len(resampled)))
+    enc_norm = before[0][live].norm(dim=-1).mean()
+    torch.testing.assert_close(trainer.W_enc_T[resampled].norm(dim=-1), enc_norm.expand(len(resampled)))
+    assert (trainer.b_enc[resampled] == before[1][live].median()).all()
+
+
+def test_threshold_calibrates_to_the_requested_mean_l0(pipeline):
+    from steering.training.train import TrainConfig, Trainer
+
+    _, _, acts, _ = pipeline
+    store = ActivationStore(acts / "train")
+    for target in (None, 2.5):
+        cfg = TrainConfig(d_sae=64, k=4, batch_size=64, calibration_batches=3, calibration_l0=target)
+        trainer = Trainer(store, cfg)
+        theta = trainer.calibrate_threshold()
+        stream, fired, n = store.batches(64, cfg.seed + 1), 0, 0
+        for _ in range(3):
+            x = next(stream) * trainer.scale
+            pre = torch.addmm(trainer.b_enc, x - trainer.b_dec, trainer.W_enc_T.T)
+            fired, n = fired + int((pre >= theta).sum()), n + x.shape[0]
+        assert fired / n == pytest.approx(target or 4, abs=1 / n)
+    with pytest.raises(ValueError, match="calibration_l0"):
+        Trainer(store, TrainConfig(d_sae=64, k=4, batch_size=64, calibration_l0=5)).calibrate_threshold()

@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from steering.sae import SAEConfig, SparseAutoencoder
-from steering.training.sparse_step import sae_step
+from steering.training.sparse_step import batch_topk, decode, sae_step
 from steering.training.store import ActivationStore
 
 
@@ -68,6 +68,11 @@ class TrainConfig:
     scale_sample: int = 65_536
     median_sample: int = 16_384
     calibration_batches: int = 64
+    # Mean L0 the exported JumpReLU threshold is set for (None: k). A little
+    # below k leaves room for the shift between training and held-out text.
+    calibration_l0: float | None = None
+    # Warm starts only: tokens scanned for features that never fire (0: no resampling).
+    resample_tokens: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def steps(self, n_tokens: int) -> int:
@@ -128,6 +133,7 @@ class Trainer:
         self.threshold_hint: float | None = None
         self.kth_history: list[float] = []
         self.train_seconds = 0.0
+        self.resampled: dict[str, int] | None = None  # what resample_dead did at a warm start
 
     def warm_start(self, sae: SparseAutoencoder) -> None:
         """Copy a trained SAE's parameters and input scale c (same d_in, d_sae; k-sparse or JumpReLU)."""
@@ -146,6 +152,48 @@ class Trainer:
             self.b_dec.copy_(sae.b_dec.detach().float())
         self.scale = cfg.norm_scaling_factor if cfg.normalize_activations == "expected_average_only_in" else 1.0
 
+    def resample_dead(self, n_tokens: int) -> torch.Tensor:
+        """Re-initialise the features that never fire on `n_tokens` training tokens; returns their ids.
+
+        Firing is the training rule (BatchTopK over batches of `batch_size`).
+        Each resampled feature i takes a token drawn with probability
+        proportional to its squared reconstruction error e = x - x_hat
+        (Anthropic's resampling, 2023, with the residual as the direction, so
+        the new feature covers what the dictionary misses):
+            W_dec[i]   = e / ||e||
+            W_enc_T[i] = W_dec[i] * mean ||W_enc_T[j]|| over live j
+            b_enc[i]   = median b_enc[j] over live j
+        Only for a warm start, whose Adam state is fresh. The draw uses the
+        run's seed; the error pool is the scan's last 64 batches.
+        """
+        cfg = self.cfg
+        stream = self.store.batches(cfg.batch_size, cfg.seed + 2)
+        fired = torch.zeros(cfg.d_sae, dtype=torch.bool)
+        pool_x, pool_err = [], []
+        n_batches = max(1, n_tokens // cfg.batch_size)
+        with torch.no_grad():
+            for b in range(n_batches):
+                x = next(stream) * self.scale
+                pre = torch.addmm(self.b_enc, x - self.b_dec, self.W_enc_T.T)
+                sel, _ = batch_topk(pre, cfg.k * x.shape[0])
+                fired[sel.cols] = True
+                if b >= n_batches - 64:
+                    err = x - self.b_dec - decode(sel, self.W_dec)
+                    pool_x.append(err)
+                    pool_err.append(err.pow(2).sum(-1))
+            dead = torch.nonzero(~fired).squeeze(1)
+            if dead.numel() == 0:
+                return dead
+            errors, weights = torch.cat(pool_x), torch.cat(pool_err)
+            gen = torch.Generator().manual_seed(cfg.seed + 3)
+            pick = torch.multinomial(weights, dead.numel(), replacement=dead.numel() > weights.numel(), generator=gen)
+            direction = errors[pick] / errors[pick].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            live = fired
+            self.W_dec[dead] = direction
+            self.W_enc_T[dead] = direction * self.W_enc_T[live].norm(dim=-1).mean()
+            self.b_enc[dead] = self.b_enc[live].median()
+        return dead
+
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +201,7 @@ class Trainer:
             "params": [p.clone() for p in self.params], "opt": self.opt.state_dict(),
             "last_fired": self.last_fired, "scale": self.scale, "threshold_hint": self.threshold_hint,
             "kth_history": self.kth_history, "log": self.log, "train_seconds": self.train_seconds,
+            "resampled": self.resampled,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -162,6 +211,7 @@ class Trainer:
         self.opt.load_state_dict(state["opt"])
         for key in ("step", "tokens_seen", "last_fired", "scale", "threshold_hint", "kth_history", "log", "train_seconds"):
             setattr(self, key, state[key])
+        self.resampled = state.get("resampled")
 
     def save_checkpoint(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -193,13 +243,16 @@ class Trainer:
                 "lr": self.opt.param_groups[0]["lr"]}
 
     def calibrate_threshold(self) -> float:
-        """theta such that pre > theta holds for k per token on average over fresh training batches.
+        """theta such that pre > theta holds for L per token on average over fresh training batches.
 
-        The (k * n)-th largest pre-activation over all n sampled tokens pooled
+        L is cfg.calibration_l0 (default k). The (L * n)-th largest pre-activation over all n sampled tokens pooled
         (a BatchTopK over one big batch), found among the entries above half
         the smallest per-batch k-th value.
         """
         cfg = self.cfg
+        target_l0 = cfg.k if cfg.calibration_l0 is None else cfg.calibration_l0
+        if not 0 < target_l0 <= cfg.k:
+            raise ValueError(f"calibration_l0 must be in (0, k={cfg.k}], got {target_l0}")
         stream = self.store.batches(cfg.batch_size, cfg.seed + 1)
         pools, kths, n = [], [], 0
         with torch.no_grad():
@@ -211,7 +264,7 @@ class Trainer:
                 n += x.shape[0]
         pool = torch.cat(pools)
         pool = pool[pool > 0.5 * min(kths)]
-        return float(pool.topk(min(cfg.k * n, pool.numel())).values[-1])
+        return float(pool.topk(min(int(round(target_l0 * n)), pool.numel())).values[-1])
 
     def to_sae(self, threshold: float, sae_cfg: dict[str, Any]) -> SparseAutoencoder:
         cfg = SAEConfig(
@@ -259,6 +312,9 @@ def train(
         trainer.load_state_dict(torch.load(ckpt, weights_only=False))
     elif init_from is not None:
         trainer.warm_start(init_from)
+        if cfg.resample_tokens > 0:
+            resampled = trainer.resample_dead(cfg.resample_tokens)
+            trainer.resampled = {"features": int(resampled.numel()), "scanned_tokens": cfg.resample_tokens}
     log_file = run / "log.jsonl"
     stream = store.batches(cfg.batch_size, cfg.seed, start_step=trainer.step)
     if follow:
@@ -294,6 +350,7 @@ def train(
     extra = dict(sae_cfg or {})
     extra["metadata"] = {**extra.get("metadata", {}), **cfg.metadata, "training": {
         "architecture": "BatchTopK, exported as JumpReLU with a global threshold",
-        "k": cfg.k, "tokens_seen": trainer.tokens_seen, "steps": trainer.step, "lr": cfg.lr,
+        "k": cfg.k, "calibration_l0": cfg.calibration_l0 or cfg.k, "resampled": trainer.resampled,
+        "tokens_seen": trainer.tokens_seen, "steps": trainer.step, "lr": cfg.lr,
         "batch_size": cfg.batch_size, "seed": cfg.seed, "threshold": threshold, "scale": trainer.scale}}
     return trainer.to_sae(threshold, extra), trainer
