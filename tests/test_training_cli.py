@@ -83,3 +83,18 @@ def test_harvest_train_eval_catalogue_commands(tmp_path, tiny_model_dir, tiny_to
     assert reloaded.has_stats  # statistics rewritten next to the weights
     np.testing.assert_allclose(reloaded.firing_frequency.numpy(), cat.arrays["firing_frequency"])
     assert len(cat) == 96 and sum(len(cat.feature(i).contexts) for i in range(96)) > 0
+
+
+def test_layer_sweep_command_prints_a_row_per_layer(tmp_path, tiny_model_dir, tiny_tokenizer, capsys):
+    rng = np.random.default_rng(2)
+    docs = [Document("wiki", str(i), text=" ".join(rng.choice(["dog", "song", "rain", "bread"], size=10)))
+            for i in range(40)]
+    corpus = tmp_path / "corpus"
+    build_corpus(tiny_tokenizer, corpus, seq_len=24, eval_fraction=0.25, documents=docs)
+    assert main(["layer-sweep", "--layers", "1", "3", "--corpus", str(corpus), "--work", str(tmp_path / "w"),
+                 "--train-tokens", "400", "--eval-tokens", "100", "--ce-tokens", "48", "--d-sae", "32", "--k", "4",
+                 "--token-steps", "800", "--batch-size", "100", "--concepts", "dogs", "--json", "--write", str(tmp_path / "sweep.json"),
+                 "--model", str(tiny_model_dir), "--threads", "1"]) == 0
+    result = _last_json(capsys)
+    assert [r["layer"] for r in result["layers"]] == [1, 3]
+    assert json.loads((tmp_path / "sweep.json").read_text()) == result

@@ -208,3 +208,31 @@ def test_threshold_calibrates_to_the_requested_mean_l0(pipeline):
         assert fired / n == pytest.approx(target or 4, abs=1 / n)
     with pytest.raises(ValueError, match="calibration_l0"):
         Trainer(store, TrainConfig(d_sae=64, k=4, batch_size=64, calibration_l0=5)).calibrate_threshold()
+
+
+def test_layer_sweep_measures_every_layer_with_one_harvest(pipeline, tiny_llama, tiny_tokenizer, tmp_path):
+    from steering.training.layer_sweep import SweepBudget, harvest_layers, layer_sweep
+    from tests.steering_support import tiny_sm
+
+    _, corpus, acts, _ = pipeline
+    train_rows = load_rows(corpus, "train")
+    # one forward per batch records each layer exactly as a single-layer harvest does
+    stores = harvest_layers(tiny_llama, train_rows, tmp_path / "h", [1, 2], max_tokens=200, batch_size=8,
+                            outlier_factor=10.0)
+    single = ActivationStore(acts / "train")  # the pipeline harvested layer 2
+    n = min(len(stores[2]), 50)
+    torch.testing.assert_close(stores[2].get(np.arange(n)), single.get(np.arange(n)))
+    assert not torch.equal(stores[1].get(np.arange(n)), stores[2].get(np.arange(n)))
+
+    loaded = tiny_sm(tiny_llama, tiny_tokenizer).loaded
+    budget = SweepBudget(train_tokens=600, eval_tokens=200, ce_tokens=64, d_sae=32, k=4, token_steps=1200,
+                         batch_size=100, harvest_batch=8)
+    table = layer_sweep(loaded, train_rows, load_rows(corpus, "eval"), [2, 1], tmp_path / "sweep", budget,
+                        concepts=["dogs", "music"], progress=False)
+    assert [r["layer"] for r in table] == [1, 2]
+    for r in table:
+        assert r["train_tokens"] >= 600 and r["ce_tokens"] > 0
+        assert 0 < r["l0"] <= 32 and r["variance_explained"] <= 1
+        assert set(r["concepts"]) == {"dogs", "music"}
+        scores = [c["score"] for c in r["concepts"].values()]
+        assert r["concept_score"] == pytest.approx(sum(scores) / 2, abs=1e-4)

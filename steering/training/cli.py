@@ -274,6 +274,46 @@ def add_subcommands(subparsers: Any) -> None:
     _model_args(p)
     p.set_defaults(handler=_build_catalogue)
 
+    p = subparsers.add_parser("layer-sweep", help="a small SAE per candidate layer: reconstruction and concept scores")
+    p.add_argument("--layers", type=int, nargs="+", required=True)
+    p.add_argument("--corpus", default=None)
+    p.add_argument("--work", default=None, help="folder for activations and runs (default <cache>/training/layer-sweep/default)")
+    p.add_argument("--train-tokens", type=int, default=200_000)
+    p.add_argument("--eval-tokens", type=int, default=30_000)
+    p.add_argument("--ce-tokens", type=int, default=16_384)
+    p.add_argument("--d-sae", type=int, default=4096)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--token-steps", type=int, default=400_000)
+    p.add_argument("--batch-size", type=int, default=1024, help="training batch (tokens)")
+    p.add_argument("--concepts", nargs="+", default=None, help="probe concepts (default: eight of different kinds)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--write", default=None, help="also write the JSON to this file")
+    _model_args(p)
+    p.set_defaults(handler=_layer_sweep)
+
+
+def _layer_sweep(args: argparse.Namespace) -> int:
+    from steering.training.corpus import load_rows
+    from steering.training.layer_sweep import PROBE_CONCEPTS, SweepBudget, layer_sweep
+
+    loaded = _load(args)
+    corpus = Path(args.corpus) if args.corpus else training_dir("corpus", "default")
+    budget = SweepBudget(train_tokens=args.train_tokens, eval_tokens=args.eval_tokens, ce_tokens=args.ce_tokens,
+                         d_sae=args.d_sae, k=args.k, token_steps=args.token_steps, batch_size=args.batch_size)
+    work = Path(args.work) if args.work else training_dir("layer-sweep", "default")
+    table = layer_sweep(loaded, load_rows(corpus, "train"), load_rows(corpus, "eval"), args.layers, work, budget,
+                        args.concepts or PROBE_CONCEPTS, progress=not args.json)
+    out = {"layers": table, "budget": vars(budget), "threads": __import__("torch").get_num_threads()}
+    if not args.json:
+        print(f"{'layer':>5} {'L0':>6} {'VE':>7} {'dCE':>7} {'dead':>6} {'concept':>8}")
+        for r in table:
+            print(f"{r['layer']:>5} {r['l0']:>6.1f} {r['variance_explained']:>7.3f} {r['delta_ce']:>7.3f} "
+                  f"{r['dead_fraction']:>6.3f} {r['concept_score']:>8.3f}")
+    print(json.dumps(out))
+    if args.write:
+        Path(args.write).write_text(json.dumps(out, indent=2))
+    return 0
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m steering.training.cli")
