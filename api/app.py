@@ -89,8 +89,8 @@ class ServerState:
         return self
 
     async def run_alone(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(*args) in a thread with the model to itself (`api.gate`); a 503 `model_busy` when running
-        generations hold it past EXCLUSIVE_WAIT_S."""
+        """fn(*args) on the compute thread with the model to itself (`api.gate`); a 503 `model_busy`
+        when running generations hold it past EXCLUSIVE_WAIT_S."""
         try:
             return await self.gate.run_exclusive(fn, *args, timeout=EXCLUSIVE_WAIT_S)
         except TimeoutError:

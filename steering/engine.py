@@ -17,8 +17,9 @@ The worker is a loop on a `ComputeThread` (its own, or one shared with the
 caller that loaded the model), so all torch work of a server runs on one
 thread (see `steering.compute` for why): `call` runs any function there,
 between decoding steps. The worker touches the model only while some group
-is in flight or a call runs. The engine knows nothing of HTTP: the server translates requests into
-`SequenceRequest`s and events into its own wire format.
+is in flight or a call runs. The engine knows nothing of HTTP: the server
+translates requests into `SequenceRequest`s and events into its own wire
+format.
 """
 
 from __future__ import annotations
@@ -165,14 +166,14 @@ class Engine:
         `max_queue` groups are already waiting.
         """
         plans = [validate_request(r, self.sae, self._backend.max_length) for r in requests]
-        with self._lock:
+        handle = RequestHandle(requests, loop)
+        with self._lock:  # queued under the lock, so never behind close's stop marker
             if self._closed:
                 raise RuntimeError("the engine is closed")
             if self._waiting >= self.config.max_queue:
                 raise QueueFullError(self.config.retry_after_s)
             self._waiting += 1
-        handle = RequestHandle(requests, loop)
-        self.compute.put((handle, plans))
+            self.compute.put((handle, plans))
         return handle
 
     def call(self, fn: Callable[..., T], *args: Any) -> "Future[T]":
@@ -195,7 +196,7 @@ class Engine:
             if self._closed:
                 return
             self._closed = True
-        self.compute.put(_STOP_ENGINE)
+            self.compute.put(_STOP_ENGINE)
         if not self.compute.is_current():
             try:
                 self._stopped.result(timeout=30)
