@@ -57,6 +57,29 @@ static inline float hsum(__m256 v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
+static inline float hmax(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+/* e^x for 8 floats (Cephes' expf: range reduction by ln 2, degree-5 polynomial; relative
+   error ~2e-7); inputs below -88.38 give 0 (2^-127 flushed), as softmax's -inf should. */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f)), _mm256_set1_ps(88.3762626647949f));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
 static inline float bf16f(uint16_t h) {
     union { uint32_t u; float f; } c; c.u = ((uint32_t)h) << 16; return c.f;
 }
@@ -199,36 +222,75 @@ void attention(float *qkv, const int64_t *pos, const int64_t *slot, float *kv, i
         }
         for (int d = 0; d < KV * hd; d++) dst[KV * hd + d] = row[(long)(H + KV) * hd + d];
     }
-    /* 2: each query head attends its KV head's keys at positions 0..pos[i] */
+    /* 2: the g query heads of KV head j attend its keys at positions 0..pos[i]. Scores for
+       all g heads are taken per key (each key read once); exp is vectorised (exp8); the
+       padding past n up to a multiple of 8 scores -inf, so its weight is exactly 0. */
     #pragma omp parallel num_threads(threads)
     {
-        float *w = (float *)malloc(sizeof(float) * (size_t)cap);
+        const long wstride = (long)cap + 8;
+        float *w = (float *)malloc(sizeof(float) * (size_t)(g * wstride));
         #pragma omp for schedule(dynamic, 1)
         for (int t = 0; t < BT * KV; t++) {
             int i = t / KV, j = t % KV;
-            long n = pos[i] + 1;
+            long n = pos[i] + 1, n8 = (n + 7) & ~7L;
             const float *base = kv + slot[i] * slot_stride;
-            for (int gi = 0; gi < g; gi++) {
-                int h = j * g + gi;
-                const float *q = qkv + (long)i * width + (long)h * hd;
-                float mx = -INFINITY, sum = 0.f;
-                for (long p = 0; p < n; p++) {
-                    const float *k = base + p * tok_stride + (long)j * hd;
+            const float *q0 = qkv + (long)i * width + (long)(j * g) * hd;
+            for (long p = 0; p < n; p++) {
+                const float *k = base + p * tok_stride + (long)j * hd;
+                for (int gi = 0; gi < g; gi++) {
+                    const float *q = q0 + (long)gi * hd;
                     __m256 a = _mm256_setzero_ps();
                     int d = 0;
                     for (; d + 8 <= hd; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), a);
                     float sc = hsum(a);
                     for (; d < hd; d++) sc += q[d] * k[d];
-                    w[p] = sc * scale;
-                    if (w[p] > mx) mx = w[p];
+                    w[gi * wstride + p] = sc * scale;
                 }
-                for (long p = 0; p < n; p++) { w[p] = expf(w[p] - mx); sum += w[p]; }
-                float *o = out + (long)i * H * hd + (long)h * hd, inv = 1.f / sum;
-                for (int d = 0; d < hd; d++) o[d] = 0.f;
-                for (long p = 0; p < n; p++) {
-                    const float *v = base + p * tok_stride + (long)(KV + j) * hd;
-                    float wp = w[p] * inv;
-                    for (int d = 0; d < hd; d++) o[d] += wp * v[d];
+            }
+            for (int gi = 0; gi < g; gi++) {
+                float *wg = w + gi * wstride;
+                for (long p = n; p < n8; p++) wg[p] = -INFINITY;
+                __m256 m8 = _mm256_set1_ps(-INFINITY);
+                for (long p = 0; p < n8; p += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(wg + p));
+                __m256 mx = _mm256_set1_ps(hmax(m8)), s8 = _mm256_setzero_ps();
+                for (long p = 0; p < n8; p += 8) {
+                    __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(wg + p), mx));
+                    _mm256_storeu_ps(wg + p, e);
+                    s8 = _mm256_add_ps(s8, e);
+                }
+                const float inv = 1.f / hsum(s8);
+                float *o = out + (long)i * H * hd + (long)(j * g + gi) * hd;
+                const float *v0 = base + (long)(KV + j) * hd;
+                if (hd == 64) {  /* the common head size: the output row stays in registers */
+                    __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0, o4 = o0, o5 = o0, o6 = o0, o7 = o0;
+                    for (long p = 0; p < n; p++) {
+                        const float *v = v0 + p * tok_stride;
+                        __m256 wp = _mm256_set1_ps(wg[p]);
+                        o0 = _mm256_fmadd_ps(wp, _mm256_loadu_ps(v), o0);
+                        o1 = _mm256_fmadd_ps(wp, _mm256_loadu_ps(v + 8), o1);
+                        o2 = _mm256_fmadd_ps(wp, _mm256_loadu_ps(v + 16), o2);
+                        o3 = _mm256_fmadd_ps(wp, _mm256_loadu_ps(v + 24), o3);
+                        o4 = _mm256_fmadd_ps(wp, _mm256_loadu_ps(v + 32), o4);
+                        o5 = _mm256_fmadd_ps(wp, _mm256_loadu_ps(v + 40), o5);
+                        o6 = _mm256_fmadd_ps(wp, _mm256_loadu_ps(v + 48), o6);
+                        o7 = _mm256_fmadd_ps(wp, _mm256_loadu_ps(v + 56), o7);
+                    }
+                    __m256 sc = _mm256_set1_ps(inv);
+                    _mm256_storeu_ps(o, _mm256_mul_ps(o0, sc));
+                    _mm256_storeu_ps(o + 8, _mm256_mul_ps(o1, sc));
+                    _mm256_storeu_ps(o + 16, _mm256_mul_ps(o2, sc));
+                    _mm256_storeu_ps(o + 24, _mm256_mul_ps(o3, sc));
+                    _mm256_storeu_ps(o + 32, _mm256_mul_ps(o4, sc));
+                    _mm256_storeu_ps(o + 40, _mm256_mul_ps(o5, sc));
+                    _mm256_storeu_ps(o + 48, _mm256_mul_ps(o6, sc));
+                    _mm256_storeu_ps(o + 56, _mm256_mul_ps(o7, sc));
+                } else {
+                    for (int d = 0; d < hd; d++) o[d] = 0.f;
+                    for (long p = 0; p < n; p++) {
+                        const float *v = v0 + p * tok_stride;
+                        for (int d = 0; d < hd; d++) o[d] += wg[p] * v[d];
+                    }
+                    for (int d = 0; d < hd; d++) o[d] *= inv;
                 }
             }
         }
