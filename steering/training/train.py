@@ -169,7 +169,7 @@ class Trainer:
         cfg = self.cfg
         stream = self.store.batches(cfg.batch_size, cfg.seed + 2)
         fired = torch.zeros(cfg.d_sae, dtype=torch.bool)
-        pool_x, pool_err = [], []
+        pool_residuals, pool_err = [], []
         n_batches = max(1, n_tokens // cfg.batch_size)
         with torch.no_grad():
             for b in range(n_batches):
@@ -179,12 +179,12 @@ class Trainer:
                 fired[sel.cols] = True
                 if b >= n_batches - 64:
                     err = x - self.b_dec - decode(sel, self.W_dec)
-                    pool_x.append(err)
+                    pool_residuals.append(err)
                     pool_err.append(err.pow(2).sum(-1))
             dead = torch.nonzero(~fired).squeeze(1)
             if dead.numel() == 0:
                 return dead
-            errors, weights = torch.cat(pool_x), torch.cat(pool_err)
+            errors, weights = torch.cat(pool_residuals), torch.cat(pool_err)
             gen = torch.Generator().manual_seed(cfg.seed + 3)
             pick = torch.multinomial(weights, dead.numel(), replacement=dead.numel() > weights.numel(), generator=gen)
             direction = errors[pick] / errors[pick].norm(dim=-1, keepdim=True).clamp_min(1e-8)
