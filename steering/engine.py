@@ -110,6 +110,7 @@ class EngineConfig:
     max_queue: int = 64
     # Seconds a client is told to wait when the queue is full (Retry-After).
     retry_after_s: float = 2.0
+    # torch threads of the engine's own compute thread (a shared one was given its own).
     threads: int | None = None
     # Rows decoded together in one forward pass.
     max_batch: int = 8
@@ -207,8 +208,6 @@ class Engine:
 
     # ------------------------------------------------------------ worker
     def _run(self) -> None:
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
         handles: dict[int, RequestHandle] = {}
         waiting: set[int] = set()
         sched = self._scheduler

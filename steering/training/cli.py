@@ -293,6 +293,8 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def _layer_sweep(args: argparse.Namespace) -> int:
+    import torch
+
     from steering.training.corpus import load_rows
     from steering.training.layer_sweep import PROBE_CONCEPTS, SweepBudget, layer_sweep
 
@@ -303,7 +305,7 @@ def _layer_sweep(args: argparse.Namespace) -> int:
     work = Path(args.work) if args.work else training_dir("layer-sweep", "default")
     table = layer_sweep(loaded, load_rows(corpus, "train"), load_rows(corpus, "eval"), args.layers, work, budget,
                         args.concepts or PROBE_CONCEPTS, progress=not args.json)
-    out = {"layers": table, "budget": vars(budget), "threads": __import__("torch").get_num_threads()}
+    out = {"layers": table, "budget": vars(budget), "threads": torch.get_num_threads()}
     if not args.json:
         print(f"{'layer':>5} {'L0':>6} {'VE':>7} {'dCE':>7} {'dead':>6} {'concept':>8}")
         for r in table:

@@ -42,6 +42,16 @@ def keep_mask(hidden: Tensor, outlier_factor: float = 10.0) -> Tensor:
     return keep
 
 
+def kept_activations(hidden: Tensor, row0: int, outlier_factor: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Of hidden [B, T, d] for corpus rows row0.., the kept activations float32 [n, d], their
+    (row, position) index int [n, 2], and how many positions > 0 were dropped as outliers."""
+    keep = keep_mask(hidden, outlier_factor)
+    b_idx, t_idx = torch.nonzero(keep, as_tuple=True)
+    acts = hidden[b_idx, t_idx].float().cpu().numpy()
+    index = np.stack([(b_idx + row0).cpu().numpy(), t_idx.cpu().numpy()], axis=1)
+    return acts, index, int((~keep[:, 1:]).sum())
+
+
 def hidden_at(model: nn.Module, tokens: Tensor, layer: int, site: str = "resid_post") -> Tensor:
     """The activations [B, T, d] at the site, with the forward stopped there."""
     with capture(model, layer, site, stop=True) as store:
@@ -92,12 +102,8 @@ def harvest(
     row = start_row
     while row < n_rows and written < limit:
         batch = torch.from_numpy(np.ascontiguousarray(rows[row : row + batch_size], dtype=np.int64)).to(device)
-        hidden = hidden_at(model, batch, layer, site)
-        keep = keep_mask(hidden, outlier_factor)
-        b_idx, t_idx = torch.nonzero(keep, as_tuple=True)
-        acts = hidden[b_idx, t_idx].float().cpu().numpy()
-        index = np.stack([(b_idx + row).cpu().numpy(), t_idx.cpu().numpy()], axis=1)
-        dropped += int((~keep[:, 1:]).sum())
+        acts, index, n_dropped = kept_activations(hidden_at(model, batch, layer, site), row, outlier_factor)
+        dropped += n_dropped
         row += batch.shape[0]
         writer.append(acts, index, rows_done=row)
         written += acts.shape[0]

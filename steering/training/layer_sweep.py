@@ -25,6 +25,7 @@ rule is the caller's (the CLI prints both columns).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from torch import nn
 
 from steering.hooks import capture, run_until_capture
 from steering.training.evaluate import activation_metrics, ce_losses
-from steering.training.harvest import keep_mask
+from steering.training.harvest import kept_activations
 from steering.training.store import ActivationStore, ActivationWriter
 from steering.training.train import TrainConfig, train
 
@@ -76,34 +77,18 @@ def harvest_layers(model: nn.Module, rows: np.ndarray, out: Path, layers: Sequen
     row = 0
     while row < rows.shape[0] and min(written.values()) < max_tokens:
         batch = torch.from_numpy(np.ascontiguousarray(rows[row : row + batch_size], dtype=np.int64)).to(device)
-        with _captures(model, layers, deepest) as stores:
+        with contextlib.ExitStack() as stack:  # every layer recorded; only the deepest stops the forward
+            stores = {layer: stack.enter_context(capture(model, layer, "resid_post", stop=layer == deepest))
+                      for layer in layers}
             run_until_capture(model, input_ids=batch, use_cache=False)
-        row += batch.shape[0]
         for layer in layers:
-            hidden = stores[layer][0]
-            keep = keep_mask(hidden, outlier_factor)
-            b_idx, t_idx = torch.nonzero(keep, as_tuple=True)
-            acts = hidden[b_idx, t_idx].float().cpu().numpy()
-            index = np.stack([b_idx.cpu().numpy() + row - batch.shape[0], t_idx.cpu().numpy()], axis=1)
-            writers[layer].append(acts, index, rows_done=row)
+            acts, index, _ = kept_activations(stores[layer][0], row, outlier_factor)
+            writers[layer].append(acts, index, rows_done=row + batch.shape[0])
             written[layer] += acts.shape[0]
+        row += batch.shape[0]
     for layer, writer in writers.items():
         writer.finish({"layer": layer, "site": "resid_post", "outlier_factor": outlier_factor})
     return {layer: ActivationStore(out / f"L{layer}") for layer in layers}
-
-
-class _captures:
-    """Nested `capture` contexts, one per layer; only the deepest stops the forward."""
-
-    def __init__(self, model: nn.Module, layers: Sequence[int], deepest: int):
-        self.contexts = {layer: capture(model, layer, "resid_post", stop=layer == deepest) for layer in layers}
-
-    def __enter__(self) -> dict[int, list[torch.Tensor]]:
-        return {layer: ctx.__enter__() for layer, ctx in self.contexts.items()}
-
-    def __exit__(self, *exc: Any) -> None:
-        for ctx in reversed(list(self.contexts.values())):
-            ctx.__exit__(*exc)
 
 
 def concept_score(sm: Any, concepts: Sequence[str]) -> dict[str, Any]:
