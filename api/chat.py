@@ -1,6 +1,6 @@
 """POST /v1/chat/completions: submit to the engine, then stream or collect its events.
 
-The async side only moves tokens: the engine's worker thread runs the model,
+The async side only moves tokens: the engine's compute thread runs the model,
 and events arrive through the handle's asyncio queue. A client that goes away
 cancels its group (`handle.cancel()`), which the worker honours before its
 next decoding step:

@@ -1,4 +1,4 @@
-"""The generation engine: one worker thread that continuously batches submitted groups.
+"""The generation engine: one worker loop, on a compute thread, that continuously batches submitted groups.
 
 A caller submits a group (one chat request: its n choices, plus the unsteered
 baselines of an A/B compare) and gets a `RequestHandle` whose events it reads
