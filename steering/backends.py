@@ -61,9 +61,10 @@ class Backend(Protocol):
 class FastBackend:
     """LlamaRunner over a KVPool with `slots` slots, and an optional prefix cache."""
 
-    def __init__(self, runner: LlamaRunner, sae: SparseAutoencoder | None, slots: int, prefix_cache: PrefixCache | None = None):
+    def __init__(self, runner: LlamaRunner, sae: SparseAutoencoder | None, slots: int,
+                 prefix_cache: PrefixCache | None = None, kv_keep: int = 0):
         self.runner, self.sae, self.prefix_cache = runner, sae, prefix_cache
-        self.pool = runner.new_pool(slots)
+        self.pool = runner.new_pool(slots, keep=kv_keep)
         self.max_length = runner.max_length
         self.device = runner.device
 
@@ -162,13 +163,15 @@ _RUNNERS_LOCK = threading.Lock()
 
 
 def make_backend(
-    model: nn.Module, sae: SparseAutoencoder | None, slots: int, fast: bool = True, prefix_tokens: int = 2048
+    model: nn.Module, sae: SparseAutoencoder | None, slots: int, fast: bool = True, prefix_tokens: int = 2048,
+    kv_keep: int = 0,
 ) -> Backend:
-    """FastBackend (with a prefix cache of `prefix_tokens` positions, 0: none) where the model qualifies, else HFBackend."""
+    """FastBackend (with a prefix cache of `prefix_tokens` positions, 0: none; its KV pool keeps
+    `kv_keep` positions per slot when idle) where the model qualifies, else HFBackend."""
     if fast and unsupported_reason(model) is None:
         with _RUNNERS_LOCK:
             runner = _RUNNERS.get(model)
             if runner is None or not runner.is_current(model):
                 runner = _RUNNERS[model] = LlamaRunner(model)
-        return FastBackend(runner, sae, slots, PrefixCache(max_tokens=prefix_tokens) if prefix_tokens > 0 else None)
+        return FastBackend(runner, sae, slots, PrefixCache(max_tokens=prefix_tokens) if prefix_tokens > 0 else None, kv_keep)
     return HFBackend(model, sae, slots)

@@ -119,6 +119,9 @@ class EngineConfig:
     prefill_budget: int = 64
     # Prompt-prefix K/V kept for reuse (positions; 0: no prefix cache).
     prefix_cache_tokens: int = 2048
+    # KV positions per slot that stay allocated while idle (float32 K/V of the default model:
+    # 46 KB per position and slot, touched pages only).
+    kv_keep_positions: int = 512
     # False: always the Hugging Face forward (slower; for comparisons).
     fast_forward: bool = True
     # When idle, wait this long after a submission for others (a burst) to prefill them together.
@@ -148,7 +151,8 @@ class Engine:
             self.compute = ComputeThread(cfg.threads, name="steering-engine")
         # Fusing the weights is torch work too: on the compute thread.
         self._backend = self.compute.run(
-            make_backend, self.model, self.sae, cfg.max_batch, cfg.fast_forward, cfg.prefix_cache_tokens)
+            make_backend, self.model, self.sae, cfg.max_batch, cfg.fast_forward, cfg.prefix_cache_tokens,
+            cfg.kv_keep_positions)
         self._scheduler = Scheduler(
             self._backend, self.tokenizer, self.sae, eos_ids(self.tokenizer, self.model),
             max_batch=cfg.max_batch, prefill_chunk=cfg.prefill_chunk, prefill_budget=cfg.prefill_budget,

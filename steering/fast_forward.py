@@ -15,19 +15,21 @@ positions p [B, T], rows in KV slots s0..s0+B-1, per layer l:
 Two ways to run a layer, chosen once per model:
 
 - kernels (`steering.cpu_kernels`, CPUs with AVX2/FMA and a C compiler;
-  float32 or bfloat16 weights): five calls per layer, RMSNorm, SwiGLU and
-  the residual adds fused into the products, RoPE + K/V store + attention
-  in one more. Activations, KV cache and logits are float32 whatever the
-  weights (bfloat16 weights: half the memory traffic of float32, none of
-  bfloat16's rounding of activations), and every token's result depends on
-  its own row only (batch-invariant, bit for bit).
+  float32 or bfloat16 weights): the layers run in one C loop
+  (`DecoderStack`), up to the SAE's site and from it (the edit in between
+  through `cpu_kernels.clamp` where the SAE allows, else `apply_plan`);
+  per layer five products with RMSNorm, SwiGLU and the residual adds fused
+  in, RoPE + K/V store + attention in one more. Activations, KV cache and
+  logits are float32 whatever the weights (bfloat16 weights: half the memory
+  traffic of float32, none of bfloat16's rounding of activations), and every
+  token's result depends on its own row only (batch-invariant, bit for bit).
 - torch ops (any device and dtype): the model's dtype throughout, SDPA with
   an additive mask; grouped-query heads are folded into the query length,
   so K/V are never copied.
 
 The SAE edit runs at its site (`resid_post` after layer L, `resid_pre`
-before it) through `apply_plan` with the batch's BatchPlan, exactly what
-`steering.hooks` does on the HF model. Logits come only for each row's last
+before it) with the batch's BatchPlan: the function `steering.hooks` applies
+to the HF model (up to float rounding in the C clamp). Logits come only for each row's last
 (or `last`) token. Hooks on the HF modules are not run, except on `lm_head`
 (then the model's own `norm` and `lm_head` run, for tests and debugging):
 the engine owns the model while it generates (see `api.gate`).
@@ -108,6 +110,8 @@ class LlamaRunner:
             self.cos = cos[0].to(act)  # [max_length, head_dim]
             half = self.head_dim // 2
             self.sin_signed = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1).to(act)
+        self.stack = cpu_kernels.DecoderStack(self.layers, self.n_heads, self.n_kv_heads, self.head_dim) if kernel is not None else None
+        self._clamp_cache: tuple | None = None  # (plan, sae, clamp kernel arguments) of the latest plan
         self._norm = _rmsnorm_f32 if act == torch.float32 else _rmsnorm
         self._fingerprint = _fingerprint(model)
         self.n_q = self.n_heads * self.head_dim
@@ -118,8 +122,10 @@ class LlamaRunner:
         """Whether the copies made here still match the model's parameters (none replaced or edited in place)."""
         return model is self.model and _fingerprint(model) == self._fingerprint
 
-    def new_pool(self, slots: int) -> KVPool:
-        return KVPool(len(self.layers), self.n_kv_heads, self.head_dim, slots, self.act_dtype, self.device, self.max_length)
+    def new_pool(self, slots: int, keep: int = 0) -> KVPool:
+        # The kernels never read a position past a row's own: fresh storage needs no zeroing.
+        return KVPool(len(self.layers), self.n_kv_heads, self.head_dim, slots, self.act_dtype, self.device,
+                      self.max_length, keep=keep, zero_fill=self.stack is None)
 
     def forward(
         self,
@@ -142,16 +148,25 @@ class LlamaRunner:
         B, T = ids.shape
         span = int(positions[:, -1].max()) + 1
         pool.reserve(span)
-        site = (sae.cfg.hook_layer, sae.cfg.hook_site) if sae is not None and plan is not None and not plan.is_empty else None
+        split = None  # the SAE edit runs after layers 0..split-1
+        if sae is not None and plan is not None and not plan.is_empty:
+            split = sae.cfg.hook_layer + (1 if sae.cfg.hook_site == "resid_post" else 0)
         h = self.embed(ids).to(self.act_dtype).contiguous()
-        layer = self._layer_kernels if self.linear is not F.linear else self._layer_torch
         state = self._prepare(pool, slot0, positions, span)
-        for index, weights in enumerate(self.layers):
-            if site == (index, "resid_pre"):
-                h = apply_plan(sae, plan, h, positions).contiguous()
-            h = layer(h, weights, pool.kv[index], state)
-            if site == (index, "resid_post"):
-                h = apply_plan(sae, plan, h, positions).contiguous()
+        if self.stack is not None:
+            first = 0
+            for stop in ([split] if split is not None else []) + [len(self.layers)]:
+                self.stack.run(h, first, stop, pool.kv, state["pos"], state["slots"], self.cos, self.sin_signed)
+                if stop == split:
+                    h = self._clamp(sae, plan, h, state["pos"], positions)  # type: ignore[arg-type]
+                first = stop
+        else:
+            for index, weights in enumerate(self.layers):
+                if index == split:
+                    h = apply_plan(sae, plan, h, positions)  # type: ignore[arg-type]
+                h = self._layer_torch(h, weights, pool.kv[index], state)
+            if split == len(self.layers):
+                h = apply_plan(sae, plan, h, positions)  # type: ignore[arg-type]
         h = h[:, -1] if last is None else h[torch.arange(B, device=self.device), last.to(self.device)]
         head = self.lm_head
         if self.linear is F.linear or head._forward_hooks or head._forward_pre_hooks:
@@ -176,15 +191,17 @@ class LlamaRunner:
             "where": (slots * pool.capacity + positions).flatten(),  # rows of the flattened [slots * capacity]
         }
 
-    def _layer_kernels(self, h: Tensor, weights: tuple, kv: Tensor, state: dict) -> Tensor:
-        """One decoder layer through `steering.cpu_kernels`: five calls, h updated in place."""
-        ln1, eps1, w_qkv, w_o, ln2, eps2, w_gu, w_down = weights
-        linear = self.linear
-        qkv = linear(h, w_qkv, norm=ln1, eps=eps1)
-        att = cpu_kernels.attention(qkv.view(-1, qkv.shape[-1]), state["pos"], state["slots"], kv, self.cos, self.sin_signed, self.n_heads)
-        linear(att, w_o, out=h)
-        linear(linear(h, w_gu, norm=ln2, eps=eps2), w_down, glu=True, out=h)
-        return h
+    def _clamp(self, sae: SparseAutoencoder, plan: BatchPlan, h: Tensor, flat_positions: Tensor, positions: Tensor) -> Tensor:
+        """The batch's SAE edit on h [B, T, d] (kernels path): in place through `cpu_kernels.clamp`
+        where the SAE encodes a feature from its own column (ReLU / threshold) and scales its input
+        by a constant, else `apply_plan`. Same function either way, up to float rounding."""
+        cached = self._clamp_cache
+        if cached is None or cached[0] is not plan or cached[1] is not sae:
+            cached = self._clamp_cache = (plan, sae, _clamp_arguments(sae, plan))
+        args = cached[2]
+        if args is None:
+            return apply_plan(sae, plan, h, positions).contiguous()
+        return cpu_kernels.clamp(h, plan.rows, flat_positions, plan.start, *args)
 
     def _layer_torch(self, h: Tensor, weights: tuple, kv: Tensor, state: dict) -> Tensor:
         """One decoder layer in torch ops (any device and dtype)."""
@@ -203,6 +220,19 @@ class LlamaRunner:
         h = h + F.linear(att, w_o)
         gate, up = F.linear(self._norm(h, ln2, eps2), w_gu).split(self.inter, dim=-1)
         return h + F.linear(F.silu(gate) * up, w_down)
+
+
+def _clamp_arguments(sae: SparseAutoencoder, plan: BatchPlan) -> tuple | None:
+    """`cpu_kernels.clamp`'s SAE arguments for this plan (float32, contiguous), or None where it
+    cannot compute this SAE's edit (TopK encoders, per-token normalisation, not on the CPU)."""
+    mode = sae.cfg.normalize_activations
+    if plan.encoder == "full" or mode not in ("none", "expected_average_only_in") or plan.rows.device.type != "cpu":
+        return None
+    scale = float(sae.cfg.norm_scaling_factor) if mode == "expected_average_only_in" else 1.0
+    f32 = lambda t: t.detach().to(torch.float32).contiguous()  # noqa: E731
+    b_dec = f32(sae.b_dec) if sae.cfg.apply_b_dec_to_input else None
+    return (f32(plan.a), f32(plan.b), f32(plan.W_enc.T), f32(plan.b_enc), f32(plan.threshold), f32(plan.W_dec),
+            b_dec, scale, plan.encoder == "threshold")
 
 
 def _fingerprint(model: nn.Module) -> tuple:

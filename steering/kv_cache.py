@@ -12,9 +12,11 @@ slots 0..B-1, so a decode step reads `kv[:B]`, a view, without gathering; when a
 one is moved into its slot (`move`), which is the only copy.
 
 Capacity grows by doubling (rounded to `block`) when a sequence needs more
-positions, and `release` frees everything when the engine falls idle: a
-sequence's memory is reusable as soon as it finishes or is cancelled, and the
-pool never holds more than `slots` x the longest running sequence.
+positions, and `release` frees what lies past `keep` positions per slot when
+the engine falls idle (so that the next burst does not stall every stream on
+regrowing the first few hundred positions): a sequence's memory is reusable as
+soon as it finishes or is cancelled, and the pool never holds more than
+`slots` x max(keep, the longest running sequence).
 
 This module knows nothing of models, requests or HTTP.
 """
@@ -41,12 +43,19 @@ class KVPool:
         device: torch.device,
         max_length: int,
         block: int = 128,
+        keep: int = 0,
+        zero_fill: bool = True,
     ):
         if slots <= 0:
             raise ValueError(f"slots must be positive, got {slots}")
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
         self.slots, self.dtype, self.device = slots, dtype, device
         self.max_length, self.block = max_length, block
+        # Positions per slot that `release` leaves allocated (rounded down to `block`).
+        self.keep = max(0, min(keep, max_length)) // block * block
+        # False: new storage is left uninitialised (for readers that never look past a row's length;
+        # zeroing costs a page fault per 4 KiB at once, a stall of every running stream).
+        self.zero_fill = zero_fill
         self.capacity = 0
         self.kv: list[Tensor] = []
 
@@ -60,8 +69,7 @@ class KVPool:
         while cap < length:
             cap *= 2
         cap = min(-(-cap // self.block) * self.block, max(self.max_length, length))
-        shape = (self.slots, cap, 2 * self.n_kv_heads, self.head_dim)
-        new = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
+        new = self._allocate(cap)
         for old, fresh in zip(self.kv, new):
             fresh[:, : self.capacity].copy_(old)
         self.kv, self.capacity = new, cap
@@ -74,8 +82,15 @@ class KVPool:
             t[dst, :length].copy_(t[src, :length])
 
     def release(self) -> None:
-        """Free all storage (the pool regrows on the next `reserve`)."""
-        self.kv, self.capacity = [], 0
+        """Free the storage past `keep` positions per slot (all of it with keep 0); the pool regrows
+        on the next `reserve`. What stays holds nothing: every slot is free."""
+        if self.capacity > self.keep:
+            self.kv, self.capacity = self._allocate(self.keep) if self.keep else [], self.keep
+
+    def _allocate(self, capacity: int) -> list[Tensor]:
+        shape = (self.slots, capacity, 2 * self.n_kv_heads, self.head_dim)
+        make = torch.zeros if self.zero_fill else torch.empty
+        return [make(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
 
     @property
     def nbytes(self) -> int:

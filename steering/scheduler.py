@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from torch import Tensor
 
@@ -148,9 +148,10 @@ class Scheduler:
             logits = self.backend.decode(
                 [r.next_token for r in rows], [r.length for r in rows], self._decode_plan(), [r.plan for r in rows]
             )
+            greedy = _greedy_tokens(rows, logits)
             for i, row in enumerate(rows):
                 row.length += 1
-                out.append((row, self._choose(row, logits[i])))
+                out.append((row, self._choose(row, logits[i], greedy[i])))
         self._prefill(out)
         self._reap()
         if self.idle:
@@ -255,10 +256,10 @@ class Scheduler:
         return self._plan
 
     # ------------------------------------------------------------ sampling
-    def _choose(self, row: Row, logits: Tensor) -> TokenEvent:
-        """Sample row's next token from its logits [V] and turn it into an event."""
+    def _choose(self, row: Row, logits: Tensor, greedy: int | None = None) -> TokenEvent:
+        """Sample row's next token from its logits [V] (`greedy`: its argmax, already taken) and turn it into an event."""
         params = row.request.sampling
-        token = row.sampler.choose(logits)
+        token = greedy if greedy is not None and row.sampler.generator is None else row.sampler.choose(logits)
         logprob, top = None, ()
         if params.logprobs:
             lp, best = token_logprobs(logits, token, params.top_logprobs)
@@ -276,3 +277,10 @@ class Scheduler:
             row.finished = True
             return TokenEvent(row.index, token, text + row.stream.flush(), logprob, top, "length", row.count)
         return TokenEvent(row.index, token, text, logprob, top, None, row.count)
+
+
+def _greedy_tokens(rows: Sequence[Row], logits: Tensor) -> list[int | None]:
+    """Every greedy row's argmax in one call (one per row costs ~0.1 ms each here); None for sampled rows."""
+    if not any(r.sampler.generator is None for r in rows):
+        return [None] * len(rows)
+    return logits.argmax(dim=-1).tolist()

@@ -67,6 +67,21 @@ def test_kv_pool_grows_keeping_contents_moves_and_releases():
     assert pool.nbytes == 0 and pool.capacity == 0
 
 
+def test_kv_pool_keeps_its_first_positions_when_idle_and_can_skip_zeroing():
+    pool = KVPool(n_layers=2, n_kv_heads=2, head_dim=4, slots=3, dtype=torch.float32, device=torch.device("cpu"),
+                  max_length=1000, block=8, keep=20, zero_fill=False)
+    assert pool.keep == 16  # rounded down to the block
+    pool.reserve(5)
+    pool.release()
+    assert pool.capacity == 8 and pool.nbytes > 0  # below `keep`: kept as it is
+    pool.reserve(40)
+    pool.kv[0][1, :3] = 2.0
+    pool.reserve(70)
+    assert pool.capacity == 128 and bool((pool.kv[0][1, :3] == 2.0).all())  # grown without zeroing, contents kept
+    pool.release()
+    assert pool.capacity == 16 and pool.nbytes == 2 * 3 * 16 * 4 * 4 * 4
+
+
 def test_kernels_are_exact_in_float32_and_batch_invariant():
     from steering import cpu_kernels
 
@@ -110,3 +125,58 @@ def test_runner_cache_notices_weights_edited_in_place(tiny_llama, tiny_tokenizer
     after = run()
     ref = tiny_llama.generate(torch.tensor([req[0].prompt_ids]), max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=2)
     assert after == ref[0, 10:].tolist() and after != before
+
+
+@pytest.mark.parametrize("architecture,normalize,b_dec_in", [
+    ("relu", "none", False), ("jumprelu", "expected_average_only_in", True), ("relu", "expected_average_only_in", True),
+])
+def test_clamp_kernel_is_apply_plan(architecture, normalize, b_dec_in):
+    from steering import cpu_kernels
+    from steering.fast_forward import _clamp_arguments
+    from steering.interventions import apply_plan
+
+    if cpu_kernels.load() is None:
+        pytest.skip("no C compiler or no AVX2/FMA: the torch fallback is used")
+    extra = {"norm_scaling_factor": 0.37} if normalize != "none" else {}
+    sae = make_sae(d_in=70, architecture=architecture, normalize_activations=normalize, apply_b_dec_to_input=b_dec_in, **extra)
+    specs = [
+        SteeringSpec((FeatureClamp(3, 4.0), FeatureClamp(9, 2.0, "scale"))),
+        None,
+        SteeringSpec((FeatureClamp(9, -3.0, "add"), FeatureClamp(200, 0.0)), "generated"),
+        SteeringSpec((FeatureClamp(50, 1.5, "scale"),)),
+    ]
+    plan = build_plan(sae, specs, [4, 4, 5, 4])
+    args = _clamp_arguments(sae, plan)
+    assert args is not None
+    x = torch.randn(4, 7, 70, generator=torch.Generator().manual_seed(3)) * 3
+    positions = torch.arange(7).expand(4, 7).contiguous()
+    expected = apply_plan(sae, plan, x, positions)
+    got = cpu_kernels.clamp(x.clone(), plan.rows, positions, plan.start, *args)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[1], x[1]) and not torch.equal(got[2, 5:], x[2, 5:]) and torch.equal(got[2, :5], x[2, :5])
+    assert _clamp_arguments(make_sae(architecture="topk"), build_plan(make_sae(architecture="topk"), specs[:1])) is None
+
+
+def test_attention_kernel_is_batch_invariant_and_matches_torch():
+    from steering import cpu_kernels
+
+    if cpu_kernels.load() is None:
+        pytest.skip("no C compiler or no AVX2/FMA: the torch fallback is used")
+    gen = torch.Generator().manual_seed(4)
+    H, KV, hd, cap, B = 6, 2, 64, 64, 8
+    kv = torch.randn(B, cap, 2 * KV, hd, generator=gen)
+    qkv = torch.randn(B, (H + 2 * KV) * hd, generator=gen)
+    pos = torch.tensor([0, 3, 9, 17, 30, 31, 40, 63])
+    slots = torch.arange(B)
+    cos, sin = torch.ones(cap, hd), torch.zeros(cap, hd)  # RoPE as the identity, to compare with plain attention
+    together = cpu_kernels.attention(qkv.clone(), pos, slots, kv.clone(), cos, sin, H)  # one task per KV head
+    for i in range(B):  # alone: one task per query head
+        alone = cpu_kernels.attention(qkv[i : i + 1].clone(), pos[i : i + 1], slots[i : i + 1], kv.clone(), cos, sin, H)
+        assert torch.equal(alone[0], together[i])
+        kv_i = kv.clone()
+        kv_i[i, pos[i]] = qkv[i, H * hd :].view(2 * KV, hd)
+        keys, values = kv_i[i, : pos[i] + 1, :KV], kv_i[i, : pos[i] + 1, KV:]  # [n, KV, hd]
+        q = qkv[i, : H * hd].view(H, hd)
+        scores = torch.einsum("hd,nhd->hn", q, keys.repeat_interleave(H // KV, dim=1)) / hd**0.5
+        ref = torch.einsum("hn,nhd->hd", scores.softmax(-1), values.repeat_interleave(H // KV, dim=1))
+        torch.testing.assert_close(together[i].view(H, hd), ref, atol=1e-5, rtol=1e-5)
