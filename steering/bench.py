@@ -3,7 +3,9 @@
 Every figure comes from one run on the current machine, against the model and
 SAE that `SteeredModel.load` serves by default. Each repetition runs every
 configuration once, in turn (interleaved, so a change in machine load hits
-all of them alike), and each figure is the median over repetitions:
+all of them alike; every other repetition in reverse order, so that no
+configuration always follows the same one), and each figure is the median
+over repetitions:
 
     b1           one stream, greedy, `--max-tokens` new tokens, no clamps
     b1_clamped   the same with 3 clamped features
@@ -27,7 +29,8 @@ Each ratio is the median over repetitions of the ratio within a repetition:
 
 `decode_tps_b1` is b1's decode rate; `decode_ceiling_tps_b1` is the
 memory-bound ceiling of a batch-1 step on this machine, measured read
-bandwidth (`read_bandwidth_gbs`, same threads) / bytes of weights a step reads
+bandwidth (`read_bandwidth_gbs`, same threads, once per repetition, the
+median) / bytes of weights a step reads
 (every Linear, LM head included), and `decode_fraction_of_ceiling_b1` the
 share of it reached (CPU only). `ttft_ms_p50/p95` are the first-token
 latencies of the b8_clamped streams (8 submissions at once). `--consistency N` (default 64) also runs N greedy requests with
@@ -135,23 +138,31 @@ def run_bench(sm: Any, threads: int, reps: int, max_tokens: int, consistency: in
     load_before = os.getloadavg()[0]
     try:
         _stream_times(engine, [SequenceRequest(prompts[0], SamplingParams(max_tokens=8, temperature=0.0))])  # warm-up
-        for _ in range(reps):
+        on_cpu = sm.loaded.device.type == "cpu"
+        bandwidths: list[float] = []
+        for rep in range(reps):
             batches = {
                 "b1": [SequenceRequest(prompts[0], params)],
                 "b1_clamped": [SequenceRequest(prompts[0], params, specs[0])],
                 "b8": [SequenceRequest(p, params) for p in prompts],
                 "b8_clamped": [SequenceRequest(p, params, s) for p, s in zip(prompts, specs)],
+                "generate": None,
             }
-            for name, requests in batches.items():
+            # Every other repetition runs the configurations in reverse, so that what runs
+            # before a configuration (and any drift within a repetition) is the same for all.
+            for name, requests in (reversed(batches.items()) if rep % 2 else batches.items()):
+                if requests is None:
+                    runs["generate_e2e"].append(engine.call(_generate_tps, model, prompts[0], max_tokens, threads).result())
+                    continue
                 res = _stream_times(engine, requests)
                 runs[f"{name}_e2e"].append(_e2e_tps(res))
                 runs[f"{name}_decode"].append(_decode_tps(res))
                 if name == "b8_clamped":
                     ttfts += [(r["first"] - r["submit"]) * 1e3 for r in res]
-            runs["generate_e2e"].append(engine.call(_generate_tps, model, prompts[0], max_tokens, threads).result())
+            if on_cpu:
+                bandwidths.append(engine.call(read_bandwidth_gbs, threads).result())
         check = _consistency(engine, sm, specs, consistency) if consistency else None
-        on_cpu = sm.loaded.device.type == "cpu"
-        bandwidth = engine.call(read_bandwidth_gbs, threads).result() if on_cpu else None
+        bandwidth = statistics.median(bandwidths) if bandwidths else None
     finally:
         engine.close()
     med = {k: statistics.median(v) for k, v in runs.items()}
