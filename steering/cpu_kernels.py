@@ -195,6 +195,8 @@ class DecoderStack:
         self._fn = lib.layers_bf16 if w_qkv[0].dtype == torch.bfloat16 else lib.layers_f32
         self._weights = [_pointers(t) for t in (w_qkv, w_o, w_gu, w_down, ln1, ln2)]
         self._eps = [(ctypes.c_float * len(e))(*e) for e in (eps1, eps2)]
+        if head_dim > 512:
+            raise ValueError("the attention kernel takes head_dim <= 512")
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.d_model, self.d_inter = w_o[0].shape[0], w_down[0].shape[1]
         self._kv: tuple[list[Tensor], ctypes.Array] | None = None
@@ -205,12 +207,15 @@ class DecoderStack:
         slots, cos, sin_signed as for `attention` (kv: one cache tensor per layer)."""
         M = h.numel() // self.d_model
         H, KV, hd, I = self.n_heads, self.n_kv_heads, self.head_dim, self.d_inter
-        if self._kv is None or self._kv[0] is not kv:  # the pool's list changes only when it grows
-            self._kv = (kv, _pointers(kv))
+        cached = self._kv  # a local: another thread's engine may run the same stack with its own pool
+        if cached is None or cached[0] is not kv:  # a pool's list changes only when it grows
+            cached = self._kv = (kv, _pointers(kv))
+        if not (h.is_contiguous() and h.dtype == torch.float32):
+            raise ValueError("h must be a contiguous float32 tensor")
         qkv = torch.empty((M, (H + 2 * KV) * hd), dtype=torch.float32)
         att = torch.empty((M, H * hd), dtype=torch.float32)
         gu = torch.empty((M, 2 * I), dtype=torch.float32)
-        self._fn(h.data_ptr(), M, first, last, *self._weights, *self._eps, self._kv[1], kv[0].shape[1],
+        self._fn(h.data_ptr(), M, first, last, *self._weights, *self._eps, cached[1], kv[0].shape[1],
                  positions.data_ptr(), slots.data_ptr(), cos.data_ptr(), sin_signed.data_ptr(),
                  qkv.data_ptr(), att.data_ptr(), gu.data_ptr(), self.d_model, H, KV, hd, I,
                  float(hd) ** -0.5, torch.get_num_threads())
@@ -230,6 +235,8 @@ def clamp(x: Tensor, rows: Tensor, positions: Tensor, start: Tensor, a: Tensor, 
     lib = _lib
     assert lib is not None, "call cpu_kernels.load() first"
     B, T, d = x.shape
+    if not (x.is_contiguous() and x.dtype == torch.float32):
+        raise ValueError("x must be a contiguous float32 tensor")
     lib.clamp(x.data_ptr(), T, d, rows.data_ptr(), rows.numel(), positions.data_ptr(), start.data_ptr(),
               enc.shape[0], a.data_ptr(), b.data_ptr(), enc.data_ptr(), b_enc.data_ptr(), theta.data_ptr(),
               dec.data_ptr(), b_dec.data_ptr() if b_dec is not None else None, float(scale), int(threshold))

@@ -151,6 +151,8 @@ class LlamaRunner:
         split = None  # the SAE edit runs after layers 0..split-1
         if sae is not None and plan is not None and not plan.is_empty:
             split = sae.cfg.hook_layer + (1 if sae.cfg.hook_site == "resid_post" else 0)
+            if not 0 <= split <= len(self.layers):
+                raise ValueError(f"the SAE hooks layer {sae.cfg.hook_layer}; the model has {len(self.layers)} layers")
         h = self.embed(ids).to(self.act_dtype).contiguous()
         state = self._prepare(pool, slot0, positions, span)
         if self.stack is not None:
@@ -174,12 +176,11 @@ class LlamaRunner:
             return head(self.norm(h.to(self.dtype))).float()
         return self.linear(h, self.w_head, norm=self.norm_weight, eps=self.norm_eps)
 
-
     def _prepare(self, pool: KVPool, slot0: int, positions: Tensor, span: int) -> dict:
         """Per-forward values every layer shares."""
         B, T = positions.shape
         slots = (torch.arange(B, device=self.device)[:, None] + slot0).expand(B, T)
-        if self.linear is not F.linear:
+        if self.stack is not None:
             return {"pos": positions.reshape(-1).contiguous(), "slots": slots.reshape(-1).contiguous()}
         # additive mask [B, 1, g*T, span]: query (head-in-group, t) sees keys at positions <= p[b, t]
         seen = torch.arange(span, device=self.device)[None, None, :] <= positions[:, :, None]
