@@ -146,15 +146,15 @@ def run_bench(sm: Any, threads: int, reps: int, max_tokens: int, consistency: in
                 "b1_clamped": [SequenceRequest(prompts[0], params, specs[0])],
                 "b8": [SequenceRequest(p, params) for p in prompts],
                 "b8_clamped": [SequenceRequest(p, params, s) for p, s in zip(prompts, specs)],
-                "generate": None,
             }
             # Every other repetition runs the configurations in reverse, so that what runs
             # before a configuration (and any drift within a repetition) is the same for all.
-            for name, requests in (reversed(batches.items()) if rep % 2 else batches.items()):
-                if requests is None:
+            order = [*batches, "generate"]
+            for name in (reversed(order) if rep % 2 else order):
+                if name == "generate":
                     runs["generate_e2e"].append(engine.call(_generate_tps, model, prompts[0], max_tokens, threads).result())
                     continue
-                res = _stream_times(engine, requests)
+                res = _stream_times(engine, batches[name])
                 runs[f"{name}_e2e"].append(_e2e_tps(res))
                 runs[f"{name}_decode"].append(_decode_tps(res))
                 if name == "b8_clamped":

@@ -146,8 +146,6 @@ def linear(
     return out if out is not None else y.view(*x.shape[:-1], N)
 
 
-linear_bf16 = linear  # the name it had first
-
 
 def attention(qkv: Tensor, positions: Tensor, slots: Tensor, kv: Tensor, cos: Tensor, sin_signed: Tensor, n_heads: int) -> Tensor:
     """RoPE, K/V store and causal attention for one layer, all tokens at once (needs `load()`).
@@ -182,7 +180,7 @@ class DecoderStack:
 
     `layers` holds per layer (ln1 [D], eps1, W_qkv [(H + 2 KV) hd, D], W_o [D, H hd], ln2 [D],
     eps2, W_gate_up [2 I, D], W_down [D, I]): float32 norms, weights all bfloat16 or all
-    float32, contiguous (the caller keeps them alive). `run` computes, on h [M, D] float32 in
+    float32, contiguous (held here, so the C side's pointers stay valid). `run` computes, on h [M, D] float32 in
     place, what five `linear` calls and one `attention` per layer compute, without
     returning to Python between them (at batch 1 the calls' Python cost was ~15% of a step).
     """

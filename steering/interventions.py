@@ -163,6 +163,8 @@ class BatchPlan:
     b: Tensor
     start: Tensor
     needs_encode: bool
+    # Some row clamps only generated tokens (start > 0): decided here, not by a per-step check.
+    needs_positions: bool
     # How the clamped features are encoded, decided once per plan (not per step):
     # "relu" / "threshold" use only their own encoder columns; "full" (TopK) encodes all.
     encoder: str
@@ -216,6 +218,7 @@ def build_plan(
             b=b.to(dev, dtype),
             start=start.to(dev),
             needs_encode=bool((a != 0).any()),
+            needs_positions=bool((start > 0).any()),
             encoder=_encoder_kind(sae),
             W_enc=sae.W_enc[:, idx.to(dev)].detach().clone(),
             b_enc=sae.b_enc[idx.to(dev)].detach().clone(),
@@ -260,7 +263,7 @@ def apply_plan(
     coeff = plan.b[:, None, :].expand(xs.shape[0], xs.shape[1], -1)  # [R, T, m]
     if plan.needs_encode:
         coeff = coeff + plan.a[:, None, :] * _clamped_activations(sae, plan, x_n)
-    if bool((plan.start > 0).any()):
+    if plan.needs_positions:
         if positions is None:
             pos = torch.arange(x.shape[1], device=x.device).expand(xs.shape[0], -1)
         else:
