@@ -14,7 +14,7 @@ the wait) and holds new ones back while it runs. The request's cheap checks
 (model, preset, features) run first, so a bad request never costs a search.
 
 `applied_steering` is the response's `steering` extension: the merged
-clamps as `{index, value, mode, unit}` and `positions` (fields a preset file
+clamps as `{index, value, mode, unit}`, `positions` and `generated_limit` (fields a preset file
 and a request's `steering` both take), the preset's name, and auto-steer's
 choice with its ranked candidates (`match: concept`, as in
 /v1/features/search).
@@ -59,7 +59,8 @@ def applied_steering(
     opts = body.steering
     if opts is None:
         return None
-    spec = spec if spec is not None else SteeringSpec(positions=opts.positions or "all")
+    spec = spec if spec is not None else SteeringSpec(positions=opts.positions or "all",
+                                                      generated_limit=opts.generated_limit)
     clamps = [AppliedFeature(index=c.index, value=float(c.value), mode=c.mode, unit=c.unit) for c in spec.features]
     concept = None
     if auto is not None and opts.concept is not None:
@@ -67,4 +68,5 @@ def applied_steering(
         concept = ConceptSteering(concept=auto.concept, strength=auto.strength,
                                   features=[f.index for f in auto.features], rationale=auto.rationale,
                                   candidates=candidates)
-    return AppliedSteering(features=clamps, positions=spec.positions, preset=opts.preset, concept=concept)
+    return AppliedSteering(features=clamps, positions=spec.positions, generated_limit=spec.generated_limit,
+                           preset=opts.preset, concept=concept)

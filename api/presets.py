@@ -57,7 +57,7 @@ class PresetEntry:
     def spec(self) -> SteeringSpec:
         p = self.preset
         clamps = tuple(FeatureClamp(f.index, f.value, f.mode, f.unit) for f in p.features)
-        return SteeringSpec(features=clamps, positions=p.positions)
+        return SteeringSpec(features=clamps, positions=p.positions, generated_limit=p.generated_limit)
 
     def info(self) -> PresetInfo:
         return PresetInfo(**self.preset.model_dump(), available=self.available, unavailable_reason=self.reason)

@@ -31,6 +31,7 @@ MAX_N = 8
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
 MAX_STEERING_FEATURES = 64
+MAX_GENERATED_LIMIT = 1 << 20
 # |value| of a feature clamp. In `max` units 1000 is a thousand times the
 # feature's largest activation seen in the data, far past where text breaks
 # down (Anthropic's Golden Gate demo used 10x).
@@ -104,10 +105,18 @@ class SteeringOptions(BaseModel):
         max_length=MAX_STEERING_FEATURES,
         description="Feature clamps, merged over the preset's: on the same index the request wins.",
     )
-    positions: Literal["all", "generated"] | None = Field(
+    positions: Literal["all", "prompt", "generated"] | None = Field(
         None,
-        description="Where clamps apply: `all` tokens (prompt and generated) or only `generated` ones. "
-        "Default: the preset's, else `all`.",
+        description="Where clamps apply: `all` tokens (prompt and generated), only the `prompt`'s, or only "
+        "`generated` ones. With `generated_limit` a pair: both come from the request if it sets either, "
+        "else from the preset (default `all`, no limit).",
+    )
+    generated_limit: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_GENERATED_LIMIT,
+        description="Clamp only the first N generated tokens, then let the plain model continue (a nudge; "
+        "null: every generated token). Not with positions `prompt`.",
     )
     compare: bool = Field(
         False,
@@ -256,7 +265,8 @@ class AppliedSteering(BaseModel):
     (presets/README.md) or back into a request's `steering` to reproduce it without the concept search."""
 
     features: list[AppliedFeature] = Field(description="The merged clamps applied to the steered choices.")
-    positions: Literal["all", "generated"]
+    positions: Literal["all", "prompt", "generated"]
+    generated_limit: int | None = Field(None, description="Clamps stop after this many generated tokens (null: never).")
     preset: str | None = Field(None, description="The preset named by the request.")
     concept: ConceptSteering | None = Field(None, description="Auto-steer's choice; null without steering.concept.")
 
@@ -357,7 +367,9 @@ class Preset(BaseModel):
     model: str = Field(description="The model id the features belong to (GET /v1/models).")
     sae: str = Field(description="The SAE id the feature indices refer to.")
     features: list[PresetFeature] = Field(min_length=1, max_length=MAX_STEERING_FEATURES)
-    positions: Literal["all", "generated"] = "all"
+    positions: Literal["all", "prompt", "generated"] = "all"
+    generated_limit: int | None = Field(None, ge=0, le=MAX_GENERATED_LIMIT,
+                                        description="Clamp only the first N generated tokens (null: all).")
     system_prompt: str | None = None
     concept_words: list[str] = Field(default_factory=list, description="Words that mark an answer as on the concept.")
     concept_features: list[Annotated[int, Field(ge=0)]] | None = Field(

@@ -9,8 +9,9 @@ Rules:
 - Steering merges in three layers, each over the one before (on the same
   feature index the later wins): the preset's features, then auto-steer's
   for `steering.concept` (an `AutoSteerResult` the caller has computed, see
-  `api.concepts`), then the request's own `features`. `positions` is the
-  request's, else the preset's, else `all`. A preset's system prompt is
+  `api.concepts`), then the request's own `features`. `positions` and
+  `generated_limit` are a pair: the request's if it sets either, else the
+  preset's, else `all` with no limit. A preset's system prompt is
   prepended when the messages have none.
 - max_tokens: max_completion_tokens, else max_tokens, else
   min(settings.default_max_tokens, context left after the prompt).
@@ -107,10 +108,17 @@ def _steering(
             raise bad_request(f"Preset {opts.preset!r} cannot be used here: {entry.reason}.",
                               "steering.preset", "preset_unavailable")
         preset, system_prompt = entry.spec(), entry.preset.system_prompt
+    # positions and generated_limit travel as a pair: the request's if it sets either, else the preset's
+    window_set = bool({"positions", "generated_limit"} & opts.model_fields_set)
     own = SteeringSpec(
         features=tuple(FeatureClamp(f.index, f.value, f.mode, f.unit) for f in opts.features),
-        positions=opts.positions or (preset.positions if opts.preset is not None else "all"),
+        positions=(opts.positions or "all") if window_set else preset.positions,
+        generated_limit=opts.generated_limit if window_set else preset.generated_limit,
     )
+    try:
+        own.validate_window()  # even without clamps: a contradictory window is an error, not ignored
+    except SteeringError as e:
+        raise bad_request(str(e), f"steering.{e.param}") from None
     concept = auto.spec if auto is not None and opts.concept is not None else SteeringSpec()
     if own.is_empty and preset.is_empty and concept.is_empty and opts.concept is None:
         return None, system_prompt

@@ -78,6 +78,7 @@ class AutoSteerResult:
             "concept": self.concept,
             "strength": self.strength,
             "positions": self.spec.positions,
+            "generated_limit": self.spec.generated_limit,
             "features": [
                 {"index": f.index, "value": f.value, "mode": f.mode, "unit": f.unit, "score": f.score,
                  "specificity": f.specificity, "logit_rank": f.logit_rank, "promoted_tokens": list(f.promoted_tokens)}

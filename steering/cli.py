@@ -1,8 +1,8 @@
 """Command line: `python -m steering COMMAND ...`.
 
     generate "PROMPT" [--clamp INDEX=VALUE[:MODE][:UNIT]]... [--compare]
-             [--max-tokens N] [--seed S] [--temperature T] [--positions all|generated]
-             [--system TEXT] [--model M] [--sae PATH] [--dtype D] [--device D]
+             [--max-tokens N] [--seed S] [--temperature T] [--positions all|prompt|generated]
+             [--generated-limit N] [--system TEXT] [--model M] [--sae PATH] [--dtype D] [--device D]
 
 Other subcommands (training, evaluation, benchmarks) register themselves
 through `add_subcommands(subparsers)` functions of their own modules.
@@ -42,7 +42,7 @@ def _generate(args: argparse.Namespace) -> int:
     except SteeringError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    spec = SteeringSpec(features=clamps, positions=args.positions)
+    spec = SteeringSpec(features=clamps, positions=args.positions, generated_limit=args.generated_limit)
     sm = SteeredModel.load(args.model, args.sae, device=args.device, dtype=args.dtype)
     if sm.sae_note:
         print(f"note: {sm.sae_note}", file=sys.stderr)
@@ -62,7 +62,8 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"error ({exc.param}): {exc}", file=sys.stderr)
         return 2
     label = ", ".join(f"{c.index}={c.value:g}:{c.mode}:{c.unit}" for c in clamps) or "no clamps"
-    print(f"=== steered ({label}; positions {args.positions}; seed {args.seed}) ===")
+    limit = f", first {args.generated_limit} generated tokens" if args.generated_limit is not None else ""
+    print(f"=== steered ({label}; positions {args.positions}{limit}; seed {args.seed}) ===")
     print(texts[0].strip())
     if args.compare:
         print(f"\n=== unsteered (same seed {args.seed}) ===")
@@ -77,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     gen.add_argument("--clamp", action="append", default=[], metavar="INDEX=VALUE[:MODE][:UNIT]",
                      help="clamp a feature; MODE clamp|add|scale (default clamp), UNIT max|raw (default max)")
-    gen.add_argument("--positions", choices=("all", "generated"), default="all")
+    gen.add_argument("--positions", choices=("all", "prompt", "generated"), default="all")
+    gen.add_argument("--generated-limit", type=int, default=None, metavar="N",
+                     help="clamp only the first N generated tokens (default: all of them)")
     gen.add_argument("--compare", action="store_true", help="also print the unsteered answer from the same seed")
     gen.add_argument("--max-tokens", type=int, default=64)
     gen.add_argument("--seed", type=int, default=0)

@@ -34,7 +34,10 @@ def add_target_arguments(p: argparse.ArgumentParser, several: bool = False) -> N
     what.add_argument("--preset", help="preset name (presets/NAME.json) or path to a preset file"
                       + ("; several comma-separated, or `all`" if several else ""))
     what.add_argument("--feature", action="append", metavar="I=V[:MODE[:UNIT]]", help="a clamp (repeatable)")
-    p.add_argument("--positions", choices=("all", "generated"), default=None, help="override the positions")
+    p.add_argument("--positions", choices=("all", "prompt", "generated"), default=None,
+                   help="override the positions (with --generated-limit: a pair; setting either replaces both)")
+    p.add_argument("--generated-limit", type=int, default=None, metavar="N",
+                   help="clamp only the first N generated tokens (overrides the preset's window, see --positions)")
     p.add_argument("--concept-words", default=None, help="comma-separated concept words (overrides the preset's)")
     p.add_argument("--concept-features", default=None,
                    help="comma-separated feature indices judged on the answers (default: the preset's, else its positive clamps)")
@@ -73,9 +76,11 @@ def _target(args: argparse.Namespace, preset: EvalPreset | None) -> EvalTarget:
     words = [w.strip() for w in args.concept_words.split(",")] if args.concept_words else None
     feats = [int(i) for i in args.concept_features.split(",") if i.strip()] if args.concept_features else None
     if preset is None:
-        spec = SteeringSpec(tuple(parse_clamp(t) for t in args.feature), args.positions or "all")
+        spec = SteeringSpec(tuple(parse_clamp(t) for t in args.feature), args.positions or "all", args.generated_limit)
         return EvalTarget(", ".join(args.feature), spec, Concept.for_spec(spec, words or (), feats, args.fire_fraction))
-    spec = SteeringSpec(preset.spec.features, args.positions) if args.positions else preset.spec
+    window_set = args.positions is not None or args.generated_limit is not None
+    spec = (SteeringSpec(preset.spec.features, args.positions or "all", args.generated_limit) if window_set
+            else preset.spec)
     words = words if words is not None else list(preset.concept_words)
     if feats is None and preset.concept_features is not None:
         feats = list(preset.concept_features)

@@ -5,7 +5,7 @@ the project's own set is steering/data/neutral_prompts.txt (no animals,
 places, food, emotions, pirates, sports or code).
 
 Presets: JSON files (presets/NAME.json: name, description, model, sae,
-features [{index, value, mode, unit}], positions, system_prompt,
+features [{index, value, mode, unit}], positions, generated_limit, system_prompt,
 concept_words, notes). This loader is lenient: it reads the fields the
 evaluation needs (and an optional `concept_features` list of indices judged
 on answers) and ignores the rest. The server validates presets strictly with
@@ -68,7 +68,7 @@ def load_preset(name_or_path: str | Path, presets_dir: str | Path = "presets") -
     cf = data.get("concept_features")
     return EvalPreset(
         name=str(data.get("name", path.stem)),
-        spec=SteeringSpec(clamps, data.get("positions", "all")),
+        spec=SteeringSpec(clamps, data.get("positions", "all"), data.get("generated_limit")),
         concept_words=tuple(data.get("concept_words") or ()),
         concept_features=tuple(int(i) for i in cf) if cf is not None else None,
         system_prompt=data.get("system_prompt"),
@@ -81,8 +81,9 @@ def load_preset(name_or_path: str | Path, presets_dir: str | Path = "presets") -
 def scaled_spec(spec: SteeringSpec, multiplier: float) -> SteeringSpec:
     """Every clamp's value times `multiplier` (whatever its mode or unit)."""
     clamps = tuple(dataclasses.replace(c, value=c.value * multiplier) for c in spec.features)
-    return SteeringSpec(clamps, spec.positions)
+    return SteeringSpec(clamps, spec.positions, spec.generated_limit)
 
 
 def spec_to_dict(spec: SteeringSpec) -> dict[str, Any]:
-    return {"features": [dataclasses.asdict(c) for c in spec.features], "positions": spec.positions}
+    return {"features": [dataclasses.asdict(c) for c in spec.features], "positions": spec.positions,
+            "generated_limit": spec.generated_limit}

@@ -202,7 +202,7 @@ class LlamaRunner:
         args = cached[2]
         if args is None:
             return apply_plan(sae, plan, h, positions).contiguous()
-        return cpu_kernels.clamp(h, plan.rows, flat_positions, plan.start, *args)
+        return cpu_kernels.clamp(h, plan.rows, flat_positions, plan.start, plan.end, *args)
 
     def _layer_torch(self, h: Tensor, weights: tuple, kv: Tensor, state: dict) -> Tensor:
         """One decoder layer in torch ops (any device and dtype)."""

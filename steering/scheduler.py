@@ -85,7 +85,7 @@ def validate_request(req: SequenceRequest, sae: SparseAutoencoder | None, max_le
 def _variant(row: Row) -> object:
     """What a row's prompt K/V depend on besides its tokens: its clamps, if they act on the prompt."""
     spec = row.request.steering
-    return None if spec is None or spec.is_empty or spec.positions == "generated" else spec
+    return None if spec is None else spec.prompt_variant
 
 
 class Scheduler:

@@ -16,6 +16,7 @@ STRONG = [{"index": i, "value": 60.0, "mode": "clamp", "unit": "raw"} for i in (
 def client(tiny_llama, tiny_tokenizer, tmp_path):
     presets = tmp_path / "presets"
     write_preset(presets, "pirate", system_prompt="You are a pirate.", features=STRONG)
+    write_preset(presets, "nudge", features=STRONG, positions="all", generated_limit=0)
     app = create_app(Settings(presets_dir=presets, default_max_tokens=16), tiny_steered_model(tiny_llama, tiny_tokenizer))
     with TestClient(app) as c:
         yield c
@@ -177,6 +178,26 @@ def test_request_features_win_over_the_preset(client):
     out = complete(client, steering={"preset": "pirate", "features": override})
     sys_msgs = [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hello"}]
     assert out["choices"][0]["message"] == complete(client, messages=sys_msgs)["choices"][0]["message"]
+
+
+def test_clamp_windows_prompt_and_generated_limit(client):
+    def text(**steering):
+        out = complete(client, max_tokens=12, temperature=0, steering=steering)
+        return out["choices"][0]["message"]["content"], out["steering"]
+
+    # What windows do to tokens is tested on the engine (tests/test_generation.py); here: the wire.
+    always, _ = text(features=STRONG)
+    prompt_only, report = text(features=STRONG, positions="prompt")
+    assert report["positions"] == "prompt" and report["generated_limit"] is None
+    limit0, report = text(features=STRONG, generated_limit=0)
+    assert (report["positions"], report["generated_limit"]) == ("all", 0)
+    assert limit0 == prompt_only  # a zero limit clamps the prompt only
+    assert text(features=STRONG, generated_limit=1000)[0] == always
+    # The pair comes from the preset unless the request sets either field.
+    by_preset, report = text(preset="nudge")
+    assert by_preset == prompt_only and (report["positions"], report["generated_limit"]) == ("all", 0)
+    _, report = text(preset="nudge", positions="generated")
+    assert (report["positions"], report["generated_limit"]) == ("generated", None)
 
 
 def test_developer_role_and_content_parts(client):

@@ -29,6 +29,7 @@ def test_valid_presets_load_and_merge(tmp_path, sae):
     assert len(reg) == 1 and entry.available and entry.preset.system_prompt == "Be calm."
     spec = entry.spec()
     assert spec.positions == "generated" and spec.features[0].mode == "add" and spec.features[0].value == 5
+    assert spec.generated_limit is None
 
 
 def test_missing_folder_means_no_presets(tmp_path, sae):
@@ -46,7 +47,9 @@ def test_missing_folder_means_no_presets(tmp_path, sae):
         ({"description": None}, "description"),
         ({"name": "bad name!"}, "name"),
         ({"colour": "red"}, "colour"),
-        ({"positions": "prompt"}, "positions"),
+        ({"positions": "middle"}, "positions"),
+        ({"generated_limit": -2}, "generated_limit"),
+        ({"positions": "prompt", "generated_limit": 4}, "generated_limit"),
         ({"features": [{"index": 500, "value": 2}]}, "features[0].index"),  # past d_sae of the loaded SAE
         ({"features": [{"index": 1, "value": 2}, {"index": 1, "value": 3}]}, "features[1].index"),
         ({"concept_features": [-1]}, "concept_features[0]"),

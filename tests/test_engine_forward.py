@@ -27,9 +27,10 @@ def hf_last_logits(model, ids, sae=None, spec=None, prompt_length=None):
 def test_ragged_batch_decode_equals_hf_forward_with_per_row_clamps(tiny_llama, site, kernels):
     sae = make_sae(layer=2, hook_site=site)
     runner = LlamaRunner(tiny_llama, use_kernels=kernels)
-    pool = runner.new_pool(3)
-    prompts = [list(range(10, 17)), list(range(30, 33)), list(range(50, 62))]
-    specs = [SteeringSpec((FeatureClamp(0, 30.0),)), None, SteeringSpec((FeatureClamp(4, 20.0, "add"),), "generated")]
+    pool = runner.new_pool(4)
+    prompts = [list(range(10, 17)), list(range(30, 33)), list(range(50, 62)), list(range(70, 76))]
+    specs = [SteeringSpec((FeatureClamp(0, 30.0),)), None, SteeringSpec((FeatureClamp(4, 20.0, "add"),), "generated"),
+             SteeringSpec((FeatureClamp(0, 30.0),), "prompt")]
     with torch.inference_mode():
         for slot, (ids, spec) in enumerate(zip(prompts, specs)):
             plan = build_plan(sae, [spec], [len(ids)])
@@ -37,7 +38,7 @@ def test_ragged_batch_decode_equals_hf_forward_with_per_row_clamps(tiny_llama, s
                 chunk = ids[start : start + 5]
                 out = runner.forward(pool, slot, torch.tensor([chunk]), torch.arange(start, start + len(chunk))[None], sae, plan)
             torch.testing.assert_close(out[0], hf_last_logits(tiny_llama, ids, sae, spec), atol=1e-4, rtol=1e-4)
-        nxt = [5, 6, 7]
+        nxt = [5, 6, 7, 8]
         plan = build_plan(sae, specs, [len(p) for p in prompts])
         pos = torch.tensor([[len(p)] for p in prompts])
         logits = runner.forward(pool, 0, torch.tensor(nxt)[:, None], pos, sae, plan)
@@ -143,17 +144,20 @@ def test_clamp_kernel_is_apply_plan(architecture, normalize, b_dec_in):
         SteeringSpec((FeatureClamp(3, 4.0), FeatureClamp(9, 2.0, "scale"))),
         None,
         SteeringSpec((FeatureClamp(9, -3.0, "add"), FeatureClamp(200, 0.0)), "generated"),
-        SteeringSpec((FeatureClamp(50, 1.5, "scale"),)),
+        SteeringSpec((FeatureClamp(50, 1.5, "scale"),), "all", 1),
+        SteeringSpec((FeatureClamp(3, 2.0),), "prompt"),
     ]
-    plan = build_plan(sae, specs, [4, 4, 5, 4])
+    plan = build_plan(sae, specs, [4, 4, 5, 4, 3])
     args = _clamp_arguments(sae, plan)
     assert args is not None
-    x = torch.randn(4, 7, 70, generator=torch.Generator().manual_seed(3)) * 3
-    positions = torch.arange(7).expand(4, 7).contiguous()
+    x = torch.randn(5, 7, 70, generator=torch.Generator().manual_seed(3)) * 3
+    positions = torch.arange(7).expand(5, 7).contiguous()
     expected = apply_plan(sae, plan, x, positions)
-    got = cpu_kernels.clamp(x.clone(), plan.rows, positions, plan.start, *args)
+    got = cpu_kernels.clamp(x.clone(), plan.rows, positions, plan.start, plan.end, *args)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert torch.equal(got[1], x[1]) and not torch.equal(got[2, 5:], x[2, 5:]) and torch.equal(got[2, :5], x[2, :5])
+    assert torch.equal(got[3, 5:], x[3, 5:]) and not torch.equal(got[3, :5], x[3, :5])  # prompt + 1 generated token
+    assert torch.equal(got[4, 3:], x[4, 3:]) and not torch.equal(got[4, :3], x[4, :3])  # the prompt only
     assert _clamp_arguments(make_sae(architecture="topk"), build_plan(make_sae(architecture="topk"), specs[:1])) is None
 
 

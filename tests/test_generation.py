@@ -60,6 +60,27 @@ def test_batched_rows_match_running_alone_and_clamps_stay_in_their_row(tiny_llam
     assert unsteered[0] != together[1]
 
 
+def test_windows_clamp_the_prompt_and_the_first_generated_tokens_only(tiny_llama, tiny_tokenizer):
+    sae = make_sae(layer=2)
+    clamps = (FeatureClamp(0, 40.0), FeatureClamp(1, 40.0))
+
+    def tokens(*specs):
+        return run(tiny_llama, tiny_tokenizer, sae, [SequenceRequest(PROMPTS[1], greedy(), s) for s in specs])[0]
+
+    plain, always, limited, prompt_only, limit0 = tokens(
+        None, SteeringSpec(clamps), SteeringSpec(clamps, "all", 3), SteeringSpec(clamps, "prompt"),
+        SteeringSpec(clamps, "all", 0))
+    # Tokens 1..N+1 come from clamped forwards (the prompt's last token, then the first N generated ones).
+    assert limited[:4] == always[:4] and limited != always
+    assert prompt_only == limit0 and prompt_only[0] == always[0] and prompt_only != always
+    assert plain not in (limited, prompt_only)
+    # Windows are per row: the same rows batched with others give the same tokens.
+    assert tokens(SteeringSpec(clamps, "all", 3)) == [limited]
+    mixed = run(tiny_llama, tiny_tokenizer, sae, [SequenceRequest(PROMPTS[0], greedy(), SteeringSpec(clamps)),
+                                                  SequenceRequest(PROMPTS[1], greedy(), SteeringSpec(clamps, "all", 3))])[0]
+    assert mixed[1] == limited
+
+
 def test_seeded_sampling_is_reproducible_whatever_else_is_in_the_batch(tiny_llama, tiny_tokenizer):
     sae = make_sae(layer=2)
     mine = SequenceRequest(PROMPTS[0], SamplingParams(max_tokens=10, temperature=1.0, seed=7, ignore_eos=True))

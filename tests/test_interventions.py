@@ -95,6 +95,50 @@ def test_generated_positions_only_touch_tokens_at_or_after_the_prompt():
     assert torch.equal(out[1, :4], x[1, :4]) and not torch.allclose(out[1, 4:], x[1, 4:])
 
 
+@pytest.mark.parametrize("positions,limit,window", [
+    ("prompt", None, (0, 4)),      # the prompt only
+    ("all", 2, (0, 6)),            # the prompt and the first two generated tokens
+    ("generated", 1, (4, 5)),      # the first generated token only
+    ("all", 0, (0, 4)),            # a zero limit is the prompt only
+])
+def test_windows_clamp_exactly_their_positions(positions, limit, window):
+    sae = make_sae()
+    x = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(8))
+    spec = SteeringSpec((FeatureClamp(5, 8.0),), positions=positions, generated_limit=limit)
+    plan = build_plan(sae, [spec, None], prompt_lengths=[4, 4])
+    assert plan.needs_positions and spec.clamp_window(4) == window
+    out = apply_plan(sae, plan, x, torch.arange(8).expand(2, 8))
+    inside = torch.zeros(8, dtype=torch.bool)
+    inside[window[0]: window[1]] = True
+    assert torch.equal(out[0, ~inside], x[0, ~inside]) and torch.equal(out[1], x[1])
+    assert not torch.isclose(out[0, inside], x[0, inside]).all(dim=-1).any()  # every token inside is edited
+
+
+@pytest.mark.parametrize("limit", [-1, 2.5, True, "3"])
+def test_bad_generated_limits_name_the_parameter(limit):
+    with pytest.raises(SteeringError) as err:
+        build_plan(make_sae(), [SteeringSpec((FeatureClamp(1, 1.0),), generated_limit=limit)], [4])
+    assert err.value.param == "generated_limit"
+
+
+def test_a_limit_needs_generated_tokens_and_prompt_lengths():
+    sae = make_sae()
+    with pytest.raises(SteeringError, match="positions 'prompt' clamps none") as err:
+        build_plan(sae, [SteeringSpec((FeatureClamp(1, 1.0),), positions="prompt", generated_limit=3)], [4])
+    assert err.value.param == "generated_limit"
+    with pytest.raises(SteeringError, match="prompt lengths"):
+        build_plan(sae, [SteeringSpec((FeatureClamp(1, 1.0),), generated_limit=3)])
+    assert not build_plan(sae, [SteeringSpec((FeatureClamp(1, 1.0),))]).needs_positions
+
+
+def test_prompt_variant_is_what_the_prompt_kv_depends_on():
+    clamps = (FeatureClamp(1, 2.0),)
+    assert SteeringSpec(clamps).prompt_variant == SteeringSpec(clamps, "prompt").prompt_variant
+    assert SteeringSpec(clamps).prompt_variant == SteeringSpec(clamps, "all", 5).prompt_variant
+    assert SteeringSpec(clamps, "generated").prompt_variant is None and SteeringSpec().prompt_variant is None
+    assert SteeringSpec(clamps).prompt_variant != SteeringSpec((FeatureClamp(1, 3.0),)).prompt_variant
+
+
 def test_clamp_sets_the_feature_to_the_value_in_max_units():
     sae = make_sae(architecture="jumprelu")
     x = torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(7))
@@ -129,7 +173,7 @@ def test_bad_specs_name_the_parameter(clamp, param):
 def test_bad_positions_and_duplicates_and_unknown_max():
     sae = make_sae()
     with pytest.raises(SteeringError, match="positions"):
-        build_plan(sae, [SteeringSpec((FeatureClamp(1, 1.0),), positions="prompt")])
+        build_plan(sae, [SteeringSpec((FeatureClamp(1, 1.0),), positions="middle")])
     with pytest.raises(SteeringError) as err:
         build_plan(sae, [SteeringSpec((FeatureClamp(1, 1.0), FeatureClamp(1, 2.0)))])
     assert err.value.param == "features[1].index"
@@ -142,10 +186,10 @@ def test_bad_positions_and_duplicates_and_unknown_max():
 
 def test_merge_request_wins_on_same_index():
     preset = SteeringSpec((FeatureClamp(1, 2.0), FeatureClamp(2, 3.0)))
-    request = SteeringSpec((FeatureClamp(2, -1.0, "add"),), positions="generated")
+    request = SteeringSpec((FeatureClamp(2, -1.0, "add"),), positions="generated", generated_limit=7)
     merged = request.merged_over(preset)
     assert {c.index: (c.value, c.mode) for c in merged.features} == {1: (2.0, "clamp"), 2: (-1.0, "add")}
-    assert merged.positions == "generated"
+    assert merged.positions == "generated" and merged.generated_limit == 7
 
 
 def test_parse_clamp_cli_form():

@@ -202,13 +202,14 @@ void attention(float *qkv, const int64_t *pos, const int64_t *slot, float *kv, i
 }
 
 /* A batch's SAE feature clamps on x [B*T, d] in place (see `clamp` in Python): for plan row i
-   (batch row rows[i]) and each of its T tokens at a position >= start[i], with x_n = c x,
+   (batch row rows[i]) and each of its T tokens at a position in [start[i], end[i]), with x_n = c x,
        pre_j = (x_n - b_dec) . e_j + b_enc_j          (b_dec == NULL: no b_dec term)
        f_j   = relu(pre_j) (act 0) or pre_j [pre_j > theta_j] (act 1)
        x    += sum_j (a_ij f_j + b_ij) d_j / c
    e_j, d_j: rows of enc, dec [m, d] (the clamped features' encoder columns and decoder rows).
    Every coefficient is taken from the unedited x before any is applied. */
-void clamp(float *x, int T, int d, const int64_t *rows, int R, const int64_t *pos, const int64_t *start, int m,
+void clamp(float *x, int T, int d, const int64_t *rows, int R, const int64_t *pos, const int64_t *start,
+           const int64_t *end, int m,
            const float *a, const float *b, const float *enc, const float *b_enc, const float *theta,
            const float *dec, const float *b_dec, float c, int act) {
     float *coef = (float *)malloc(sizeof(float) * (size_t)(m > 0 ? m : 1));
@@ -216,7 +217,7 @@ void clamp(float *x, int T, int d, const int64_t *rows, int R, const int64_t *po
     for (int i = 0; i < R; i++) {
         for (int t = 0; t < T; t++) {
             const long row = rows[i] * T + t;
-            if (pos[row] < start[i]) continue;
+            if (pos[row] < start[i] || pos[row] >= end[i]) continue;
             float *xr = x + row * d;
             for (int j = 0; j < m; j++) {
                 const float aj = a[(long)i * m + j];
