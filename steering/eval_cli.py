@@ -2,7 +2,7 @@
 
     eval-steering --preset NAME_OR_PATH[,NAME...] | --preset all | --feature I=V[:MODE[:UNIT]]...
                   [--concept-words w1,w2] [--concept-features i,j] [--prompts FILE]
-                  [--max-tokens N] [--seed S] [--temperature T] [--json | --markdown]
+                  [--max-tokens N] [--seed S] [--samples K] [--temperature T] [--json | --markdown]
 
 Several presets (or `all`: every presets/*.json made for the loaded model and
 SAE) are evaluated together against one shared baseline. `--markdown` prints
@@ -48,6 +48,8 @@ def add_target_arguments(p: argparse.ArgumentParser, several: bool = False) -> N
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--temperature", type=float, default=0.7, help="0 for greedy")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=1,
+                   help="answers per prompt (sample k of prompt j of n is seeded SEED + k*n + j); rates over all of them")
     p.add_argument("--batch-size", type=int, default=64, help="rows per generation batch")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     add_model_arguments(p)
@@ -112,7 +114,7 @@ def resolve_targets(args: argparse.Namespace, sm: Any) -> tuple[list[EvalTarget]
     else:
         targets.append(_target(args, None))
     settings = EvalSettings(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
-                            batch_size=args.batch_size)
+                            samples=args.samples, batch_size=args.batch_size)
     prompts = load_prompts(args.prompts)[: args.limit_prompts]
     return targets, settings, prompts
 

@@ -84,6 +84,9 @@ class EvalSettings:
     temperature: float = 0.7
     top_p: float = 1.0
     seed: int = 0
+    # Answers per prompt: sample k of prompt j (of n) is seeded seed + k * n + j. More samples, less
+    # noise: on 46 prompts one answer moves a rate by 2.2 points.
+    samples: int = 1
     system_prompt: str | None = None  # steered rows of evaluate_specs/evaluate only
     batch_size: int = 64  # rows per generate_batch call
     score_batch_size: int = 8  # rows per scoring forward (full logits: keep small)
@@ -125,6 +128,7 @@ class EvalResult:
     label: str
     spec: dict[str, Any]
     n_prompts: int
+    n_answers: int  # per side: n_prompts x settings.samples
     concept_words: list[str]
     concept_features: list[int]
     concept_rule: str
@@ -151,11 +155,11 @@ class EvalResult:
 
     def efficacy(self) -> dict[str, Any]:
         """The compact record a preset keeps of its measured efficacy (rates in [0, 1], losses in nats)."""
-        keys = ("n_prompts", "concept_rule", "concept_rate", "baseline_concept_rate", "word_rate",
+        keys = ("n_prompts", "n_answers", "concept_rule", "concept_rate", "baseline_concept_rate", "word_rate",
                 "baseline_word_rate", "feature_rate", "baseline_feature_rate", "repeated_4gram",
                 "baseline_repeated_4gram", "delta_loss")
         out: dict[str, Any] = {k: getattr(self, k) for k in keys}
-        out.update({k: self.settings.get(k) for k in ("max_tokens", "temperature", "seed", "fire_fraction")})
+        out.update({k: self.settings.get(k) for k in ("max_tokens", "temperature", "seed", "samples", "fire_fraction")})
         out["meets_targets"] = self.meets()
         return out
 
@@ -310,6 +314,10 @@ def evaluate_targets(
     """
     t0 = time.perf_counter()
     prompts = list(prompts) if prompts is not None else load_prompts()
+    n_prompts = len(prompts)
+    if settings.samples < 1:
+        raise SteeringError(f"samples must be >= 1, got {settings.samples}", "samples")
+    prompts = prompts * settings.samples  # row j of the expanded list is seeded seed + j
     features: list[int] = list(dict.fromkeys(i for t in targets for i in t.concept.features))
     if sm.sae is not None:
         for t in targets:
@@ -351,7 +359,7 @@ def evaluate_targets(
                 steered_tokens=len(answers[k].ids), baseline_tokens=len(answers[j].ids)))
         loss, base_loss = mean(r.steered_loss for r in rows), mean(r.baseline_loss for r in rows)
         results.append(EvalResult(
-            label=t.label, spec=spec_to_dict(t.spec), n_prompts=n,
+            label=t.label, spec=spec_to_dict(t.spec), n_prompts=n_prompts, n_answers=n,
             concept_words=list(t.concept.words), concept_features=list(t.concept.features),
             concept_rule=t.concept.rule,
             concept_rate=rate(x[2] for x in judged), baseline_concept_rate=rate(x[2] for x in base_judged),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.presets import PresetError, PresetRegistry
+from api.presets import PresetError, PresetRegistry, read_preset
 from api.settings import Settings
+from steering.interventions import SteeringSpec
 from tests.api_support import MODEL_ID, SAE_ID, chat_body, tiny_sae, tiny_steered_model, write_preset
 
 
@@ -149,3 +152,18 @@ def test_concept_fields_and_efficacy_are_listed(tmp_path, tiny_llama, tiny_token
         same = chat_body(steering={"preset": "plain"})
         assert c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"] == \
             c.post("/v1/chat/completions", json=same).json()["choices"][0]["message"]
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "presets").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_presets_parse_and_their_efficacy_verdict_follows_the_numbers(path):
+    preset = read_preset(path)
+    SteeringSpec(positions=preset.positions, generated_limit=preset.generated_limit).validate_window()
+    assert preset.concept_words and preset.efficacy is not None and preset.notes
+    for eff in (preset.efficacy, preset.efficacy.get("holdout") or preset.efficacy):
+        meets = (eff["concept_rate"] >= 0.8 and eff["baseline_concept_rate"] <= 0.05
+                 and eff["repeated_4gram"] <= 0.2 and eff["delta_loss"] <= 1.0)
+        assert eff["meets_targets"] is meets and eff["n_prompts"] >= 30
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -30,6 +31,7 @@ from steering.steering_eval import (
     load_preset,
     load_prompts,
     scaled_spec,
+    spec_to_dict,
     score_answers,
 )
 from tests.steering_support import hook_acts, tiny_sm
@@ -106,10 +108,11 @@ def test_load_prompts_skips_comments_and_blank_lines(tmp_path):
 
 
 def test_scaled_spec_multiplies_every_value():
-    spec = SteeringSpec((FeatureClamp(1, 2.0), FeatureClamp(2, -1.0, "add", "raw")), "generated")
+    spec = SteeringSpec((FeatureClamp(1, 2.0), FeatureClamp(2, -1.0, "add", "raw")), "generated", 6)
     out = scaled_spec(spec, 1.5)
     assert [c.value for c in out.features] == [3.0, -1.5]
     assert out.positions == "generated" and out.features[1].mode == "add" and out.features[1].unit == "raw"
+    assert out.generated_limit == 6 and spec_to_dict(out)["generated_limit"] == 6
 
 
 def test_concept_features_default_to_positive_clamps():
@@ -123,12 +126,12 @@ def test_concept_features_default_to_positive_clamps():
 def test_load_preset_reads_fields_and_ignores_extras(tmp_path):
     path = tmp_path / "dog.json"
     path.write_text(json.dumps({
-        "name": "dog", "description": "d", "model": "m", "sae": "s", "positions": "generated",
+        "name": "dog", "description": "d", "model": "m", "sae": "s", "positions": "generated", "generated_limit": 4,
         "features": [{"index": 5, "value": 2.5, "label": "dogs"}, {"index": 9, "value": 1, "mode": "add", "unit": "raw"}],
         "concept_words": ["dog", "puppy"], "concept_features": [5], "system_prompt": "Hi", "efficacy": {"x": 1},
     }))
     p = load_preset("dog", presets_dir=tmp_path)
-    assert p.spec == SteeringSpec((FeatureClamp(5, 2.5), FeatureClamp(9, 1.0, "add", "raw")), "generated")
+    assert p.spec == SteeringSpec((FeatureClamp(5, 2.5), FeatureClamp(9, 1.0, "add", "raw")), "generated", 4)
     assert p.concept_words == ("dog", "puppy") and p.concept_features == (5,)
     assert (p.system_prompt, p.model, p.sae) == ("Hi", "m", "s")
     assert load_preset(path).name == "dog"
@@ -202,6 +205,24 @@ def test_baseline_uses_same_seed_and_strong_clamp_changes_answers(tiny_llama, ti
     assert result.feature_rate is not None and result.concept_features == [5, 9]
 
 
+def test_samples_answer_each_prompt_again_with_later_seeds(tiny_llama, tiny_tokenizer):
+    sm = tiny_sm(tiny_llama, tiny_tokenizer)
+    spec = SteeringSpec((FeatureClamp(5, 4.0),))
+    settings = EvalSettings(max_tokens=6, temperature=1.0, seed=3, samples=2)
+    result = evaluate(sm, spec, None, PROMPTS, settings)
+    assert (result.n_prompts, result.n_answers, len(result.rows)) == (3, 6, 6)
+    assert [r.prompt for r in result.rows] == PROMPTS * 2
+    for k, row in enumerate(result.rows):  # sample k // 3 of prompt k % 3: seed 3 + k
+        alone = sm.chat([{"role": "user", "content": row.prompt}], spec, max_tokens=6, temperature=1.0, seed=3 + k)
+        assert row.steered == alone[0]
+    one = evaluate(sm, spec, None, PROMPTS, dataclasses.replace(settings, samples=1))
+    assert [r.steered for r in one.rows] == [r.steered for r in result.rows[:3]]
+    assert result.efficacy()["n_answers"] == 6 and result.efficacy()["samples"] == 2
+    with pytest.raises(SteeringError) as err:
+        evaluate(sm, spec, None, PROMPTS, dataclasses.replace(settings, samples=0))
+    assert err.value.param == "samples"
+
+
 def test_rates_aggregate_by_hand(tiny_llama, tiny_tokenizer, monkeypatch):
     sm = tiny_sm(tiny_llama, tiny_tokenizer)
     prompts = ["p1", "p2", "p3", "p4"]
@@ -255,7 +276,7 @@ def test_targets_share_one_baseline_and_keep_their_own_concepts(tiny_llama, tiny
 
 def test_meets_checks_all_four_targets():
     def result(**kw):
-        base = dict(label="x", spec={}, n_prompts=1, concept_words=[], concept_features=[], concept_rule="",
+        base = dict(label="x", spec={}, n_prompts=1, n_answers=1, concept_words=[], concept_features=[], concept_rule="",
                     concept_rate=0.9, baseline_concept_rate=0.0, word_rate=None, baseline_word_rate=None,
                     feature_rate=None, baseline_feature_rate=None, repeated_4gram=0.1, baseline_repeated_4gram=0.0,
                     loss=2.0, baseline_loss=1.5, delta_loss=0.5, settings={}, seconds=0.0)
@@ -313,6 +334,11 @@ def test_cli_eval_steering_json(tiny_model_dir, tiny_tokenizer, tmp_path, capsys
     out = json.loads(capsys.readouterr().out)
     assert out["label"] == "probe" and out["n_prompts"] == 2 and out["concept_words"] == ["the"]
     assert out["concept_features"] == [3] and out["spec"]["features"][0]["index"] == 3
+    assert (out["spec"]["positions"], out["spec"]["generated_limit"]) == ("all", None)
+    # --generated-limit replaces the preset's window (positions default to all)
+    assert main([*args, "--generated-limit", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["spec"]["positions"], out["spec"]["generated_limit"]) == ("all", 2)
     (tmp_path / "presets").mkdir()
     for name, idx in (("one", 3), ("two", 4)):
         (tmp_path / "presets" / f"{name}.json").write_text(json.dumps(
