@@ -249,6 +249,21 @@ class ConceptSteering(BaseModel):
                                 "`features` unless the request's own features overrode them).")
     rationale: str
     candidates: list["FeatureMatch"] = Field(description="The ranked concept candidates (`match: concept`).")
+    probe: list["ConceptProbe"] = Field(default_factory=list, description="Each candidate's probe (short seeded "
+                                        "answers with it clamped), the evidence auto-steer picked by.")
+
+
+class ConceptProbe(BaseModel):
+    """One candidate's probe (steering.concept_probe): rates over `n_answers` answers, delta loss in nats."""
+
+    index: int
+    concept_rate: float
+    baseline_rate: float
+    lift: float = Field(description="concept_rate - baseline_rate; auto-steer takes the largest among "
+                        "candidates with baseline_rate <= 0.25 (a broader judge cannot tell).")
+    repeated_4gram: float
+    delta_loss: float | None
+    n_answers: int
 
 
 class AppliedFeature(BaseModel):

@@ -108,18 +108,20 @@ def _steering(
             raise bad_request(f"Preset {opts.preset!r} cannot be used here: {entry.reason}.",
                               "steering.preset", "preset_unavailable")
         preset, system_prompt = entry.spec(), entry.preset.system_prompt
-    # positions and generated_limit travel as a pair: the request's if it sets either, else the preset's
+    concept = auto.spec if auto is not None and opts.concept is not None else SteeringSpec()
+    # positions and generated_limit travel as a pair: the request's if it sets either, else
+    # auto-steer's for a concept, else the preset's (the same order as the features' layers)
     window_set = bool({"positions", "generated_limit"} & opts.model_fields_set)
+    window = preset if opts.concept is None or auto is None else concept
     own = SteeringSpec(
         features=tuple(FeatureClamp(f.index, f.value, f.mode, f.unit) for f in opts.features),
-        positions=(opts.positions or "all") if window_set else preset.positions,
-        generated_limit=opts.generated_limit if window_set else preset.generated_limit,
+        positions=(opts.positions or "all") if window_set else window.positions,
+        generated_limit=opts.generated_limit if window_set else window.generated_limit,
     )
     try:
         own.validate_window()  # even without clamps: a contradictory window is an error, not ignored
     except SteeringError as e:
         raise bad_request(str(e), f"steering.{e.param}") from None
-    concept = auto.spec if auto is not None and opts.concept is not None else SteeringSpec()
     if own.is_empty and preset.is_empty and concept.is_empty and opts.concept is None:
         return None, system_prompt
     if served.sae is None:

@@ -3,24 +3,40 @@
     result = auto_steer(sm, "dogs", strength=1.0)
     sm.chat(messages, result.spec)          # result.features says what was used
 
-Features come from `concepts.find_concept_features` (specificity x logit
-effect). Values: the top candidate is clamped to
+Candidates: the SEARCH_CANDIDATES best of `concepts.find_concept_features`
+(specificity x logit effect) plus `extra` features (a catalogue's
+LABEL_CANDIDATES best label matches, which servers and CLIs pass). The
+search alone is a weak guide at layer 15: its top features are often token
+detectors that do not steer, and on the six shipped concepts auto-steer by
+search score turned 0-28% of answers to the concept by words (README,
+"Auto-steer"). So
+each candidate is probed (`steering.concept_probe`: a few short seeded
+answers with the candidate clamped, judged by concept words and by the
+feature firing) and the one that lifts the concept rate most over the plain
+answers wins (ties: the smaller delta loss); a candidate whose judge (the
+concept words or its own firing) marks more than a quarter of the plain
+answers is too broad to judge and is passed over. If none lifts the concept, the first judged candidate among
+the label matches (in `extra`'s order), then the search's order, is used
+alone; with `probe=None`, the search's top. Value and window:
 
-    value = DEFAULT_MULTIPLIER * strength      (unit `max`, mode `clamp`, all positions)
+    value = DEFAULT_MULTIPLIER * strength   (unit `max`, mode `clamp`,
+            all positions, generated_limit DEFAULT_WINDOW)
 
-DEFAULT_MULTIPLIER = 1.5 is the middle of the knees measured on the shipped SAE
-(presets/*.json notes: the lowest strength at which a concept feature reached
-its full concept rate was 1.2x max for sports and music, ~1.35x for mountains,
-2-2.5x for happy and dogs; above 2.5x every concept's answers lost fluency,
-delta loss > 2 nats). A
-second feature is added only when `max_features` > 1 and its score is at least
-SECOND_FEATURE_RATIO of the first's, and then the multiplier is split between
-the two (two features at full strength broke every concept in the probe).
+DEFAULT_MULTIPLIER = 1.75 for the first DEFAULT_WINDOW = 12 tokens follows
+the shipped presets, whose single-feature knees with a 12-token window were
+1.55x (mountains) and 1.7x (cooking): a short nudge costs less fluency than a
+clamp held over the whole answer for the same concept rate (presets/*.json
+notes); the probe runs at this value and window. A second feature is added
+only when `max_features` > 1 and its probe lift (or, unprobed, its score) is
+at least SECOND_FEATURE_RATIO of the first's, and then the multiplier is
+split between the two (two features at full strength broke every concept in
+the prototype probe).
 
-Search results are cached per SAE and per concept (lowercased, whitespace
-collapsed) in memory, in a WeakKeyDictionary keyed by the SAE module, so a
-new SAE never sees another's features; `strength` is applied after the cache.
-The search runs forwards on the shared model: a server must run it where it
+Search and probe results are cached per SAE and per (concept lowercased
+with whitespace collapsed, extra features, probe settings) in memory, in a
+WeakKeyDictionary keyed by the SAE module, so a new SAE never sees another's
+features; `strength` is applied after the cache. Search and probe run
+forwards and generation on the shared model: a server must run them where it
 runs feature search (holding `api.gate` exclusively), not beside generation;
 `is_cached` says when a call will run none.
 
@@ -37,17 +53,23 @@ import math
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
+from steering.concept_probe import ProbeResult, ProbeSettings, best_probe, judged, probe_specs
 from steering.concepts import ConceptCandidate, find_concept_features
 from steering.interventions import FeatureClamp, SteeringError, SteeringSpec
 
-DEFAULT_MULTIPLIER = 1.5
+DEFAULT_MULTIPLIER = 1.75
+DEFAULT_WINDOW = 12
+DEFAULT_PROBE = ProbeSettings()
+SEARCH_CANDIDATES = 4
+SEARCH_POOL = 32
+LABEL_CANDIDATES = 4
 MAX_STRENGTH = 5.0
 SECOND_FEATURE_RATIO = 0.8
 MAX_CONCEPT_CHARS = 100
 
-_CACHE: "weakref.WeakKeyDictionary[Any, dict[str, list[ConceptCandidate]]]" = weakref.WeakKeyDictionary()
+_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], _Choice]]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
@@ -71,6 +93,7 @@ class AutoSteerResult:
     features: tuple[UsedFeature, ...]
     rationale: str
     candidates: tuple[ConceptCandidate, ...] = field(default=(), repr=False)
+    probes: tuple[ProbeResult, ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able; `features` can be pasted into a preset's `features`."""
@@ -85,6 +108,7 @@ class AutoSteerResult:
                 for f in self.features
             ],
             "rationale": self.rationale,
+            "probe": [p.to_dict() for p in self.probes],
         }
 
 
@@ -103,25 +127,51 @@ def _check(concept: Any, strength: Any) -> tuple[str, float]:
     return concept.strip(), float(strength)
 
 
-def concept_candidates(sm: Any, concept: str) -> list[ConceptCandidate]:
-    """find_concept_features for the concept, cached per SAE and concept."""
+@dataclass(frozen=True)
+class _Choice:
+    """A concept's cached search and probe (independent of strength)."""
+
+    candidates: tuple[ConceptCandidate, ...]
+    probes: tuple[ProbeResult, ...]
+    labelled: tuple[int, ...] = ()  # the `extra` (label-matched) features, best match first
+
+
+def _cache_key(concept: str, extra: Sequence[int], probe: ProbeSettings | None) -> tuple[Any, ...]:
+    return _key(concept), tuple(sorted({int(i) for i in extra})), probe
+
+
+def concept_candidates(sm: Any, concept: str, extra: Sequence[int] = ()) -> list[ConceptCandidate]:
+    """The probe pool: the search's SEARCH_CANDIDATES best by score, then the `extra` features (e.g. a
+    catalogue's label matches) in the search's order, each once."""
+    extra_set = {int(i) for i in extra}
+    found = find_concept_features(sm, concept, limit=SEARCH_POOL + len(extra_set), pool=SEARCH_POOL,
+                                  extra=sorted(extra_set))
+    return found[:SEARCH_CANDIDATES] + [c for c in found[SEARCH_CANDIDATES:] if c.index in extra_set]
+
+
+def _choice(sm: Any, concept: str, extra: Sequence[int], probe: ProbeSettings | None) -> _Choice:
     if sm.sae is None:
         raise SteeringError("this server has no SAE loaded; steering is unavailable", "steering")
-    key = _key(concept)
+    key = _cache_key(concept, extra, probe)
     with _LOCK:
         cached = _CACHE.get(sm.sae, {}).get(key)
     if cached is not None:
         return cached
-    found = find_concept_features(sm, concept, limit=5)
+    candidates = tuple(concept_candidates(sm, concept, extra))
+    probes: tuple[ProbeResult, ...] = ()
+    if probe is not None and candidates:
+        specs = [(c.index, _spec(sm, [c], DEFAULT_MULTIPLIER)[1]) for c in candidates]
+        probes = tuple(probe_specs(sm, concept, specs, probe))
+    choice = _Choice(candidates, probes, tuple(dict.fromkeys(int(i) for i in extra)))
     with _LOCK:
-        _CACHE.setdefault(sm.sae, {})[key] = found
-    return found
+        _CACHE.setdefault(sm.sae, {})[key] = choice
+    return choice
 
 
-def is_cached(sm: Any, concept: str) -> bool:
-    """True when `auto_steer(sm, concept, ...)` will run no forward pass (its search is cached)."""
+def is_cached(sm: Any, concept: str, extra: Sequence[int] = (), probe: ProbeSettings | None = DEFAULT_PROBE) -> bool:
+    """True when `auto_steer(sm, concept, ..., extra=extra, probe=probe)` will run no forward pass."""
     with _LOCK:
-        return sm.sae is not None and _key(concept) in _CACHE.get(sm.sae, {})
+        return sm.sae is not None and _cache_key(concept, extra, probe) in _CACHE.get(sm.sae, {})
 
 
 def clear_cache() -> None:
@@ -137,29 +187,71 @@ def _use(sm: Any, c: ConceptCandidate, value: float) -> UsedFeature:
                        c.promoted_tokens)
 
 
-def auto_steer(sm: Any, concept: str, strength: float = 1.0, max_features: int = 1) -> AutoSteerResult:
-    """Pick features and values for `concept`; raises SteeringError (param `steering.*`) when it cannot."""
+def _spec(sm: Any, chosen: Sequence[ConceptCandidate], value: float) -> tuple[tuple[UsedFeature, ...], SteeringSpec]:
+    used = tuple(_use(sm, c, value) for c in chosen)
+    spec = SteeringSpec(tuple(FeatureClamp(u.index, u.value, u.mode, u.unit) for u in used), "all", DEFAULT_WINDOW)
+    return used, spec
+
+
+def _pick(choice: _Choice, max_features: int) -> tuple[list[ConceptCandidate], ProbeResult | None]:
+    """The probe's best judged lift; probed with no lift, a judged label match, else the search's order;
+    unprobed, the search's score."""
+    by_index = {c.index: c for c in choice.candidates}
+    best = best_probe(choice.probes)
+    if best is not None:
+        ranked = sorted((r for r in choice.probes if r.lift > 0 and judged(r)),
+                        key=lambda r: (-r.lift, r.delta_loss if r.delta_loss is not None else math.inf))
+        chosen = [by_index[best.index]]
+        chosen += [by_index[r.index] for r in ranked[1:max_features] if r.lift >= SECOND_FEATURE_RATIO * best.lift]
+        return chosen, best
+    if not choice.probes:  # unprobed: the search's order
+        top = choice.candidates[0]
+        return [top] + [c for c in choice.candidates[1:max_features]
+                        if c.score >= SECOND_FEATURE_RATIO * top.score], None
+    # Probed and nothing lifted: a label match (named for the concept) before the search's order,
+    # skipping candidates the probe found too broad to judge.
+    broad = {r.index for r in choice.probes if not judged(r)}
+    order = [by_index[i] for i in choice.labelled if i in by_index] + list(choice.candidates)
+    fallback = next((c for c in order if c.index not in broad), choice.candidates[0])
+    return [fallback], None
+
+
+def auto_steer(sm: Any, concept: str, strength: float = 1.0, max_features: int = 1, extra: Sequence[int] = (),
+               probe: ProbeSettings | None = DEFAULT_PROBE) -> AutoSteerResult:
+    """Pick features and values for `concept`; raises SteeringError (param `steering.*`) when it cannot.
+
+    `extra`: feature indices that join the candidates (a catalogue's label
+    matches); `probe`: the probe's budget, None to pick by the search's score
+    alone (no generation)."""
     concept, strength = _check(concept, strength)
-    candidates = concept_candidates(sm, concept)
-    if not candidates:
+    choice = _choice(sm, concept, extra, probe)
+    if not choice.candidates:
         raise SteeringError(f"no feature of this SAE fires more on text about {concept!r} than on unrelated text",
                             "steering.concept")
-    chosen = [candidates[0]]
-    if max_features > 1:
-        chosen += [c for c in candidates[1:max_features] if c.score >= SECOND_FEATURE_RATIO * candidates[0].score]
+    chosen, best = _pick(choice, max_features)
     value = DEFAULT_MULTIPLIER * strength / len(chosen)
-    used = tuple(_use(sm, c, value) for c in chosen)
-    spec = SteeringSpec(tuple(FeatureClamp(u.index, u.value, u.mode, u.unit) for u in used), "all")
+    used, spec = _spec(sm, chosen, value)
     spec.validate(sm.sae)
     top = chosen[0]
-    rationale = (
-        f"feature {top.index}: specificity {top.specificity:.3f} (fires on {100 * top.concept_fire_rate:.0f}% of "
-        f"texts about {concept!r}, {100 * top.neutral_fire_rate:.0f}% of unrelated ones), concept token rank "
-        f"{top.logit_rank} among promoted tokens; clamped to {value:g} x max activation "
-        f"({DEFAULT_MULTIPLIER:g} x strength {strength:g}"
-        + (f", split over {len(chosen)} features" if len(chosen) > 1 else "") + ")"
-    )
-    return AutoSteerResult(concept, strength, spec, used, rationale, tuple(candidates))
+    clamp = (f"clamped to {value:g} x max activation ({DEFAULT_MULTIPLIER:g} x strength {strength:g}"
+             + (f", split over {len(chosen)} features" if len(chosen) > 1 else "")
+             + f") for the first {DEFAULT_WINDOW} generated tokens")
+    search = (f"specificity {top.specificity:.3f} (fires on {100 * top.concept_fire_rate:.0f}% of texts about "
+              f"{concept!r}, {100 * top.neutral_fire_rate:.0f}% of unrelated ones), concept token rank "
+              f"{top.logit_rank} among promoted tokens")
+    if best is not None:
+        n = best.n_answers
+        dl = "n/a" if best.delta_loss is None else f"{best.delta_loss:+.2f} nats"
+        why = (f"the best of {len(choice.probes)} candidates in a probe ({n} short answers each): "
+               f"{round(best.concept_rate * n)}/{n} answers carried the concept, {round(best.baseline_rate * n)}/{n} "
+               f"plain ones, delta loss {dl}; search: {search}")
+    elif choice.probes:
+        why = (f"no candidate lifted the concept in the probe, so the best label match the probe could judge "
+               f"(else the search's top): {search}")
+    else:
+        why = search
+    rationale = f"feature {top.index}: {why}; {clamp}"
+    return AutoSteerResult(concept, strength, spec, used, rationale, choice.candidates, choice.probes)
 
 
 # --------------------------------------------------------------------- CLI
@@ -171,15 +263,15 @@ def _search_command(args: Any) -> int:
     from steering.eval_cli import load_for_cli
 
     sm = load_for_cli(args)
-    catalogue = _catalogue_for(args.sae, sm)
-    extra = [f.index for f in catalogue.search(args.concept, args.limit)] if catalogue is not None else []
+    catalogue = catalogue_for(args.sae, sm)
+    extra = label_matches(catalogue, args.concept, max(args.limit, LABEL_CANDIDATES))
     texts = None
     if args.texts:
         with open(args.texts, encoding="utf-8") as fh:
             texts = [ln.strip() for ln in fh if ln.strip() and not ln.startswith("#")]
     try:
         found = find_concept_features(sm, args.concept, texts=texts, limit=args.limit, extra=extra)
-        result = auto_steer(sm, args.concept, args.strength) if args.try_prompt else None
+        result = auto_steer(sm, args.concept, args.strength, extra=extra[:LABEL_CANDIDATES]) if args.try_prompt else None
     except SteeringError as exc:
         print(f"error ({exc.param}): {exc}", file=sys.stderr)
         return 2
@@ -208,7 +300,12 @@ def _search_command(args: Any) -> int:
     return 0
 
 
-def _catalogue_for(sae_arg: str | None, sm: Any) -> Any | None:
+def label_matches(catalogue: Any | None, concept: str, limit: int = LABEL_CANDIDATES) -> list[int]:
+    """Indices of the catalogue's best label matches for the concept (none without a catalogue)."""
+    return [f.index for f in catalogue.search(concept, limit)] if catalogue is not None else []
+
+
+def catalogue_for(sae_arg: str | None, sm: Any) -> Any | None:
     """The catalogue stored with the loaded SAE, if there is one (labels and contexts for the table)."""
     from pathlib import Path
 

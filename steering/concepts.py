@@ -223,7 +223,7 @@ def logit_effects(model: nn.Module, directions: Tensor) -> Tensor:
     return d @ W_U.T
 
 
-def _number_forms(word: str) -> list[str]:
+def number_forms(word: str) -> list[str]:
     """The word, and its simple singular (a trailing s dropped) or plural (s added)."""
     if word.lower().endswith("s") and len(word) > 3:
         return [word, word[:-1]]
@@ -235,7 +235,7 @@ def concept_token_ids(tokenizer: Any, concept: str, words: Sequence[str] = ()) -
     as written, capitalised, and after a space."""
     ids: list[int] = []
     for word in [concept.strip(), *(w.strip() for w in words if w.strip())]:
-        for form in _number_forms(word):
+        for form in number_forms(word):
             for variant in (form, form.capitalize(), " " + form, " " + form.capitalize()):
                 for tid in tokenizer(variant, add_special_tokens=False)["input_ids"]:
                     if tokenizer.decode([tid]).strip():

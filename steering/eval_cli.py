@@ -1,14 +1,19 @@
 """`python -m steering eval-steering`: the steering evaluation from the command line.
 
     eval-steering --preset NAME_OR_PATH[,NAME...] | --preset all | --feature I=V[:MODE[:UNIT]]...
+                  | --concept TEXT [--strength S]
                   [--concept-words w1,w2] [--concept-features i,j] [--prompts FILE]
                   [--max-tokens N] [--seed S] [--samples K] [--temperature T] [--json | --markdown]
 
 Several presets (or `all`: every presets/*.json made for the loaded model and
 SAE) are evaluated together against one shared baseline. `--markdown` prints
 one table row per target with a column saying whether it meets the
-project's targets (`steering_eval.Bounds`). The argument helpers here are
-shared with `python -m steering sweep`.
+project's targets (`steering_eval.Bounds`). `--concept` measures auto-steer:
+the target is the spec `steering.autosteer.auto_steer` picks for TEXT (what a
+chat request with `"steering": {"concept": TEXT, "strength": S}` would use),
+judged by the features it picked and by the concept words (default: TEXT in
+simple singular and plural). The argument helpers here are shared with
+`python -m steering sweep`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ def add_target_arguments(p: argparse.ArgumentParser, several: bool = False) -> N
     what.add_argument("--preset", help="preset name (presets/NAME.json) or path to a preset file"
                       + ("; several comma-separated, or `all`" if several else ""))
     what.add_argument("--feature", action="append", metavar="I=V[:MODE[:UNIT]]", help="a clamp (repeatable)")
+    what.add_argument("--concept", default=None, metavar="TEXT",
+                      help="auto-steer: evaluate the features and values auto-steer picks for TEXT")
+    p.add_argument("--strength", type=float, default=1.0, help="auto-steer strength (with --concept)")
     p.add_argument("--positions", choices=("all", "prompt", "generated"), default=None,
                    help="override the positions (with --generated-limit: a pair; setting either replaces both)")
     p.add_argument("--generated-limit", type=int, default=None, metavar="N",
@@ -74,9 +82,26 @@ def _check_preset(preset: EvalPreset, sm: Any) -> str | None:
     return None
 
 
-def _target(args: argparse.Namespace, preset: EvalPreset | None) -> EvalTarget:
+def _concept_target(args: argparse.Namespace, sm: Any, words: list[str] | None,
+                    feats: list[int] | None) -> EvalTarget:
+    """Auto-steer's choice for `args.concept`, in the requested window (auto-steer's own: all positions)."""
+    from steering.autosteer import auto_steer, catalogue_for, label_matches
+    from steering.concepts import number_forms
+
+    auto = auto_steer(sm, args.concept, args.strength, extra=label_matches(catalogue_for(args.sae, sm), args.concept))
+    spec = auto.spec
+    if args.positions is not None or args.generated_limit is not None:
+        spec = SteeringSpec(spec.features, args.positions or "all", args.generated_limit)
+    print(f"note: auto-steer: {auto.rationale}", file=sys.stderr)
+    words = words if words is not None else number_forms(auto.concept)
+    return EvalTarget(f"concept:{auto.concept}", spec, Concept.for_spec(spec, words, feats, args.fire_fraction))
+
+
+def _target(args: argparse.Namespace, preset: EvalPreset | None, sm: Any = None) -> EvalTarget:
     words = [w.strip() for w in args.concept_words.split(",")] if args.concept_words else None
     feats = [int(i) for i in args.concept_features.split(",") if i.strip()] if args.concept_features else None
+    if preset is None and getattr(args, "concept", None) is not None:
+        return _concept_target(args, sm, words, feats)
     if preset is None:
         spec = SteeringSpec(tuple(parse_clamp(t) for t in args.feature), args.positions or "all", args.generated_limit)
         return EvalTarget(", ".join(args.feature), spec, Concept.for_spec(spec, words or (), feats, args.fire_fraction))
@@ -112,7 +137,7 @@ def resolve_targets(args: argparse.Namespace, sm: Any) -> tuple[list[EvalTarget]
                 raise SteeringError(why, "preset")
             targets.append(_target(args, preset))
     else:
-        targets.append(_target(args, None))
+        targets.append(_target(args, None, sm))
     settings = EvalSettings(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
                             samples=args.samples, batch_size=args.batch_size)
     prompts = load_prompts(args.prompts)[: args.limit_prompts]

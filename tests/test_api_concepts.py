@@ -11,7 +11,8 @@ import api.app as app_module
 from api.app import create_app
 from api.settings import Settings
 from steering import autosteer
-from steering.autosteer import DEFAULT_MULTIPLIER, clear_cache
+from steering.autosteer import DEFAULT_MULTIPLIER, DEFAULT_WINDOW, clear_cache
+from steering.concept_probe import ProbeResult, ProbeSettings
 from steering.concepts import concept_texts, neutral_texts
 from tests.api_support import chat_body, sse_events, tiny_steered_model, write_preset
 from tests.steering_support import plant_feature
@@ -20,10 +21,17 @@ CONCEPT = "zzzz zzzz zzzz zzzz zzzz"
 PLANTED = 17
 
 
+def probe_favouring_planted(sm, concept, specs, settings=ProbeSettings()):
+    """probe_specs stand-in: what a random tiny model generates is arbitrary, so the probe credits
+    the planted feature (3 of 4 answers) and nothing else."""
+    return [ProbeResult(i, 0.75 if i == PLANTED else 0.0, 0.0, 0.0, 0.5, 4) for i, _ in specs]
+
+
 @pytest.fixture
-def sm(tiny_llama, tiny_tokenizer):
+def sm(tiny_llama, tiny_tokenizer, monkeypatch):
     """The tiny model and SAE, with feature 17 planted as a detector and promoter of 'z'."""
     clear_cache()
+    monkeypatch.setattr(autosteer, "probe_specs", probe_favouring_planted)
     sm = tiny_steered_model(tiny_llama, tiny_tokenizer)
     plant_feature(sm, PLANTED, concept_texts(CONCEPT) + neutral_texts(CONCEPT))
     yield sm
@@ -53,10 +61,13 @@ def test_concept_picks_the_planted_feature_and_reports_it(client):
     out = complete(client, max_tokens=10, steering={"concept": CONCEPT, "strength": 1.5})
     report = out["steering"]
     assert report["features"] == [{"index": PLANTED, "value": DEFAULT_MULTIPLIER * 1.5, "mode": "clamp", "unit": "max"}]
-    assert report["positions"] == "all" and report["preset"] is None
+    assert (report["positions"], report["generated_limit"], report["preset"]) == ("all", DEFAULT_WINDOW, None)
     concept = report["concept"]
     assert concept["concept"] == CONCEPT and concept["strength"] == 1.5 and concept["features"] == [PLANTED]
-    assert f"feature {PLANTED}" in concept["rationale"]
+    assert f"feature {PLANTED}:" in concept["rationale"] and "3/4 answers carried the concept" in concept["rationale"]
+    # every candidate's probe is reported; the pick is the one with the lift
+    assert [p["index"] for p in concept["probe"]] == [c["index"] for c in concept["candidates"]]
+    assert [p["lift"] for p in concept["probe"] if p["index"] == PLANTED] == [0.75]
     top = concept["candidates"][0]
     assert top["index"] == PLANTED and top["match"] == "concept" and top["score"] == top["concept"]["score"]
     scores = top["concept"]
@@ -64,7 +75,7 @@ def test_concept_picks_the_planted_feature_and_reports_it(client):
     assert scores["concept_fire_rate"] == 1.0 and scores["concept_mean"] > scores["neutral_mean"]
     assert scores["score"] == pytest.approx(scores["specificity"] * scores["logit_score"])
     # The report pastes back: the same features without the concept give the same answer.
-    again = complete(client, max_tokens=10, steering={"features": report["features"], "positions": report["positions"]})
+    again = complete(client, max_tokens=10, steering={k: report[k] for k in ("features", "positions", "generated_limit")})
     assert again["choices"][0]["message"] == out["choices"][0]["message"]
     plain = complete(client, max_tokens=10)
     assert plain["steering"] is None
@@ -102,7 +113,11 @@ def test_merge_order_preset_then_concept_then_request(client):
     out = complete(client, steering={"preset": "mix", "concept": CONCEPT,
                                      "features": [{"index": 5, "value": 2.0, "unit": "raw"}]})
     report = out["steering"]
-    assert report["preset"] == "mix" and report["positions"] == "generated"  # the preset's positions
+    # the window follows the layers too: auto-steer's over the preset's ("generated"), the request's over both
+    assert report["preset"] == "mix" and (report["positions"], report["generated_limit"]) == ("all", DEFAULT_WINDOW)
+    windowed = complete(client, steering={"preset": "mix", "concept": CONCEPT, "positions": "prompt"})["steering"]
+    assert (windowed["positions"], windowed["generated_limit"]) == ("prompt", None)
+    assert complete(client, steering={"preset": "mix"})["steering"]["positions"] == "generated"
     by_index = {f["index"]: f for f in report["features"]}
     assert by_index[PLANTED] == {"index": PLANTED, "value": DEFAULT_MULTIPLIER, "mode": "clamp", "unit": "max"}
     assert by_index[5] == {"index": 5, "value": 2.0, "mode": "clamp", "unit": "raw"}
@@ -207,7 +222,7 @@ def test_raw_values_past_the_request_bound_are_reported_as_used(client, sm, monk
     sm.sae.max_activation[PLANTED] = float("nan")
     (best,) = autosteer.concept_candidates(sm, CONCEPT)[:1]
     big = dataclasses.replace(best, max_activation=500.0)
-    monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, concept: [big])
+    monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, concept, extra=(): [big])
     out = complete(client, steering={"concept": CONCEPT, "strength": 5})
     assert out["steering"]["features"] == [{"index": PLANTED, "value": DEFAULT_MULTIPLIER * 5 * 500.0,
                                             "mode": "clamp", "unit": "raw"}]

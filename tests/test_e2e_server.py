@@ -135,3 +135,18 @@ def test_ready_models_and_feature_search(server, model_id):
     assert ready["model"] == model_id and ready["sae"]["d_sae"] > 0
     found = httpx.get(f"{server}/v1/features/search", params={"q": "Golden Gate Bridge", "limit": 5, "mode": "activation"}, timeout=60).json()
     assert 0 < len(found["data"]) <= 5 and all(m["activation"] > 0 for m in found["data"])
+
+
+def test_auto_steer_probes_candidates_and_reports_its_pick(client, model_id):
+    # The real search and probe on the shipped SAE (the catalogue's label matches join the candidates).
+    kw = dict(model=model_id, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0.8, seed=3)
+    out = client.chat.completions.create(**kw, extra_body={"steering": {"concept": "mountains", "compare": True}})
+    report = out.model_extra["steering"]
+    concept = report["concept"]
+    probes = {p["index"]: p for p in concept["probe"]}
+    assert set(probes) == {c["index"] for c in concept["candidates"]} and len(probes) >= 2
+    (picked,) = concept["features"]
+    judged = [p for p in probes.values() if p["baseline_rate"] <= 0.25]  # concept_probe.MAX_BASELINE_RATE
+    assert probes[picked]["lift"] == max(p["lift"] for p in judged) > 0
+    assert report["features"][0]["index"] == picked and report["generated_limit"] is not None
+    assert out.choices[0].message.content != out.choices[1].message.content
