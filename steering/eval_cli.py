@@ -84,7 +84,7 @@ def _check_preset(preset: EvalPreset, sm: Any) -> str | None:
 
 def _concept_target(args: argparse.Namespace, sm: Any, words: list[str] | None,
                     feats: list[int] | None) -> EvalTarget:
-    """Auto-steer's choice for `args.concept`, in the requested window (auto-steer's own: all positions)."""
+    """Auto-steer's choice for `args.concept`, in the requested window (else auto-steer's own)."""
     from steering.autosteer import auto_steer, catalogue_for, label_matches
     from steering.concepts import number_forms
 
