@@ -25,8 +25,8 @@ set, so `eval-steering --concept` does not measure auto-steer on the
 prompts it was chosen on.
 
 Cost: (candidates + 1) x len(prompts) answers of `max_tokens` tokens, plus
-one scoring forward per answer (the shipped SmolLM2 on 2 CPU cores: 6-11 s
-for 5-8 candidates with the defaults).
+one scoring forward per answer (the shipped SmolLM2 and SAE on 2 CPU cores:
+auto-steer's search and probe of 5-8 candidates took 7-12 s with the defaults).
 """
 
 from __future__ import annotations

@@ -168,6 +168,13 @@ def test_probe_of_an_empty_spec_equals_its_baseline(planted):
     assert strong.baseline_rate == empty.baseline_rate and strong.delta_loss != pytest.approx(0.0, abs=1e-6)
 
 
+def test_probe_prompts_are_distinct_and_outside_the_evaluation_set():
+    from steering.eval_inputs import load_prompts
+
+    assert len(set(PROBE_PROMPTS)) == len(PROBE_PROMPTS) >= 4
+    assert not {p.lower() for p in PROBE_PROMPTS} & {p.lower() for p in load_prompts()}
+
+
 def test_best_probe_needs_a_positive_lift():
     def res(i, c, b, dl):
         return ProbeResult(i, c, b, 0.0, dl, 4)
