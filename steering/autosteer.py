@@ -35,7 +35,7 @@ the prototype probe).
 Search and probe results are cached per SAE and per (concept lowercased
 with whitespace collapsed, extra features, probe settings) in memory, in a
 WeakKeyDictionary keyed by the SAE module, so a new SAE never sees another's
-features; `strength` is applied after the cache. Search and probe run
+features, and bounded (the MAX_CACHED_CONCEPTS most recently used per SAE); `strength` is applied after the cache. Search and probe run
 forwards and generation on the shared model: a server must run them where it
 runs feature search (holding `api.gate` exclusively), not beside generation;
 `is_cached` says when a call will run none.
@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -69,7 +70,9 @@ MAX_STRENGTH = 5.0
 SECOND_FEATURE_RATIO = 0.8
 MAX_CONCEPT_CHARS = 100
 
-_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], _Choice]]" = weakref.WeakKeyDictionary()
+# Per SAE, the MAX_CACHED_CONCEPTS most recently used concepts (least recently used dropped first).
+MAX_CACHED_CONCEPTS = 256
+_CACHE: "weakref.WeakKeyDictionary[Any, OrderedDict[tuple[Any, ...], _Choice]]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
@@ -155,6 +158,8 @@ def _choice(sm: Any, concept: str, extra: Sequence[int], probe: ProbeSettings | 
     key = _cache_key(concept, extra, probe)
     with _LOCK:
         cached = _CACHE.get(sm.sae, {}).get(key)
+        if cached is not None:
+            _CACHE[sm.sae].move_to_end(key)
     if cached is not None:
         return cached
     candidates = tuple(concept_candidates(sm, concept, extra))
@@ -164,7 +169,11 @@ def _choice(sm: Any, concept: str, extra: Sequence[int], probe: ProbeSettings | 
         probes = tuple(probe_specs(sm, concept, specs, probe))
     choice = _Choice(candidates, probes, tuple(dict.fromkeys(int(i) for i in extra)))
     with _LOCK:
-        _CACHE.setdefault(sm.sae, {})[key] = choice
+        per_sae = _CACHE.setdefault(sm.sae, OrderedDict())
+        per_sae[key] = choice
+        per_sae.move_to_end(key)
+        while len(per_sae) > MAX_CACHED_CONCEPTS:
+            per_sae.popitem(last=False)
     return choice
 
 

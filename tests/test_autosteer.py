@@ -65,6 +65,16 @@ def test_search_is_cached_per_concept_and_strength_applies_after(planted, monkey
     assert len(calls) == 2
 
 
+def test_cache_keeps_the_most_recently_used_concepts(planted, monkeypatch):
+    monkeypatch.setattr(autosteer, "MAX_CACHED_CONCEPTS", 2)
+    for concept in (CONCEPT, "zzzz", "zzz zzz"):
+        auto_steer(planted, concept, 1.0, probe=None)
+        if concept == "zzzz":
+            auto_steer(planted, CONCEPT, 1.0, probe=None)  # a hit makes CONCEPT the most recent
+    assert autosteer.is_cached(planted, CONCEPT, probe=None) and autosteer.is_cached(planted, "zzz zzz", probe=None)
+    assert not autosteer.is_cached(planted, "zzzz", probe=None)
+
+
 def test_second_feature_splits_the_strength(planted, monkeypatch):
     cands = autosteer.concept_candidates(planted, CONCEPT)
     close = [cands[0], type(cands[1])(**{**cands[1].to_dict(), "score": cands[0].score * 0.9})]
