@@ -10,8 +10,8 @@ then value = DEFAULT_MULTIPLIER x strength in `max` units for the first
 DEFAULT_WINDOW generated tokens). The library caches a concept's search and
 probe per SAE; a cached concept runs no forward pass and is resolved at
 once. An uncached one runs forwards and a short generation on the shared
-model, so it takes the model gate exclusively (`ServerState.run_alone`, `api.gate`) like
-a search by text: it waits for running generations (503 `model_busy` after
+model, so it takes the model gate exclusively (`ServerState.run_alone`,
+`api.gate`) like a search by text: it waits for running generations (503 `model_busy` after
 the wait) and holds new ones back while it runs. The request's cheap checks
 (model, preset, features) run first, so a bad request never costs a search.
 

@@ -38,6 +38,12 @@ MAX_GENERATED_LIMIT = 1 << 20
 MAX_FEATURE_VALUE = 1000.0
 MAX_SEED = 2**63 - 1
 
+# Shared field types of a clamp spec (the request's `steering`, a preset file, the response's report).
+ClampMode = Literal["clamp", "add", "scale"]
+ClampUnit = Literal["max", "raw"]
+Positions = Literal["all", "prompt", "generated"]
+GeneratedLimit = Annotated[int | None, Field(ge=0, le=MAX_GENERATED_LIMIT)]
+
 # NaN and +-inf are rejected everywhere: Python's json (and so FastAPI) reads
 # the non-standard literals NaN and Infinity, and 1e999 becomes inf.
 _STRICT = ConfigDict(allow_inf_nan=False, extra="forbid")
@@ -86,11 +92,11 @@ class SteeringFeature(BaseModel):
             "`scale` a plain factor."
         ),
     )
-    mode: Literal["clamp", "add", "scale"] = Field(
+    mode: ClampMode = Field(
         "clamp",
         description="`clamp`: set the feature's activation to value; `add`: add value to it; `scale`: multiply it by value.",
     )
-    unit: Literal["max", "raw"] = Field(
+    unit: ClampUnit = Field(
         "max", description="Unit of value for `clamp` and `add`: `max` (multiples of the feature's max activation) or `raw`."
     )
 
@@ -105,16 +111,14 @@ class SteeringOptions(BaseModel):
         max_length=MAX_STEERING_FEATURES,
         description="Feature clamps, merged over the preset's: on the same index the request wins.",
     )
-    positions: Literal["all", "prompt", "generated"] | None = Field(
+    positions: Positions | None = Field(
         None,
         description="Where clamps apply: `all` tokens (prompt and generated), only the `prompt`'s, or only "
         "`generated` ones. With `generated_limit` a pair: both come from the request if it sets either, "
         "else from the preset (default `all`, no limit).",
     )
-    generated_limit: int | None = Field(
+    generated_limit: GeneratedLimit = Field(
         None,
-        ge=0,
-        le=MAX_GENERATED_LIMIT,
         description="Clamp only the first N generated tokens, then let the plain model continue (a nudge; "
         "null: every generated token). Not with positions `prompt`.",
     )
@@ -271,8 +275,8 @@ class AppliedFeature(BaseModel):
 
     index: int
     value: float
-    mode: Literal["clamp", "add", "scale"]
-    unit: Literal["max", "raw"]
+    mode: ClampMode
+    unit: ClampUnit
 
 
 class AppliedSteering(BaseModel):
@@ -280,7 +284,7 @@ class AppliedSteering(BaseModel):
     (presets/README.md) or back into a request's `steering` to reproduce it without the concept search."""
 
     features: list[AppliedFeature] = Field(description="The merged clamps applied to the steered choices.")
-    positions: Literal["all", "prompt", "generated"]
+    positions: Positions
     generated_limit: int | None = Field(None, description="Clamps stop after this many generated tokens (null: never).")
     preset: str | None = Field(None, description="The preset named by the request.")
     concept: ConceptSteering | None = Field(None, description="Auto-steer's choice; null without steering.concept.")
@@ -361,14 +365,9 @@ EFFICACY_RATES = frozenset({"concept_rate", "baseline_concept_rate", "word_rate"
                             "feature_rate", "baseline_feature_rate", "repeated_4gram", "baseline_repeated_4gram"})
 
 
-class PresetFeature(BaseModel):
-    """A preset's clamp: the same fields as a request's steering feature."""
+class PresetFeature(SteeringFeature):
+    """A preset's clamp: a request's steering feature, and a label."""
 
-    model_config = _STRICT
-    index: int = Field(ge=0)
-    value: float = Field(ge=-MAX_FEATURE_VALUE, le=MAX_FEATURE_VALUE)
-    mode: Literal["clamp", "add", "scale"] = "clamp"
-    unit: Literal["max", "raw"] = "max"
     # Human notes on the feature, e.g. its catalogue label; not used by the engine.
     label: str | None = None
 
@@ -382,9 +381,8 @@ class Preset(BaseModel):
     model: str = Field(description="The model id the features belong to (GET /v1/models).")
     sae: str = Field(description="The SAE id the feature indices refer to.")
     features: list[PresetFeature] = Field(min_length=1, max_length=MAX_STEERING_FEATURES)
-    positions: Literal["all", "prompt", "generated"] = "all"
-    generated_limit: int | None = Field(None, ge=0, le=MAX_GENERATED_LIMIT,
-                                        description="Clamp only the first N generated tokens (null: all).")
+    positions: Positions = "all"
+    generated_limit: GeneratedLimit = Field(None, description="Clamp only the first N generated tokens (null: all).")
     system_prompt: str | None = None
     concept_words: list[str] = Field(default_factory=list, description="Words that mark an answer as on the concept.")
     concept_features: list[Annotated[int, Field(ge=0)]] | None = Field(

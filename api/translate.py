@@ -108,11 +108,12 @@ def _steering(
             raise bad_request(f"Preset {opts.preset!r} cannot be used here: {entry.reason}.",
                               "steering.preset", "preset_unavailable")
         preset, system_prompt = entry.spec(), entry.preset.system_prompt
-    concept = auto.spec if auto is not None and opts.concept is not None else SteeringSpec()
+    by_concept = auto is not None and opts.concept is not None
+    concept = auto.spec if by_concept else SteeringSpec()
     # positions and generated_limit travel as a pair: the request's if it sets either, else
     # auto-steer's for a concept, else the preset's (the same order as the features' layers)
     window_set = bool({"positions", "generated_limit"} & opts.model_fields_set)
-    window = preset if opts.concept is None or auto is None else concept
+    window = concept if by_concept else preset
     own = SteeringSpec(
         features=tuple(FeatureClamp(f.index, f.value, f.mode, f.unit) for f in opts.features),
         positions=(opts.positions or "all") if window_set else window.positions,

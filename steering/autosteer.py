@@ -56,7 +56,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from steering.concept_probe import ProbeResult, ProbeSettings, best_probe, judged, probe_specs
+from steering.concept_probe import ProbeResult, ProbeSettings, judged, probe_specs, ranked_probes
 from steering.concepts import ConceptCandidate, find_concept_features
 from steering.interventions import FeatureClamp, SteeringError, SteeringSpec
 
@@ -206,10 +206,9 @@ def _pick(choice: _Choice, max_features: int) -> tuple[list[ConceptCandidate], P
     """The probe's best judged lift; probed with no lift, a judged label match, else the search's order;
     unprobed, the search's score."""
     by_index = {c.index: c for c in choice.candidates}
-    best = best_probe(choice.probes)
-    if best is not None:
-        ranked = sorted((r for r in choice.probes if r.lift > 0 and judged(r)),
-                        key=lambda r: (-r.lift, r.delta_loss if r.delta_loss is not None else math.inf))
+    ranked = ranked_probes(choice.probes)
+    if ranked:
+        best = ranked[0]
         chosen = [by_index[best.index]]
         chosen += [by_index[r.index] for r in ranked[1:max_features] if r.lift >= SECOND_FEATURE_RATIO * best.lift]
         return chosen, best

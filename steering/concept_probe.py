@@ -106,14 +106,14 @@ def judged(r: ProbeResult, max_baseline: float = MAX_BASELINE_RATE) -> bool:
     return r.baseline_rate <= max_baseline
 
 
+def ranked_probes(results: Sequence[ProbeResult], max_baseline: float = MAX_BASELINE_RATE) -> list[ProbeResult]:
+    """The judged candidates that lift the concept rate, largest lift first (ties: the smaller
+    delta loss, a scored one before an unscored one, then the earlier one)."""
+    lifted = [r for r in results if r.lift > 0 and judged(r, max_baseline)]
+    return sorted(lifted, key=lambda r: (-r.lift, r.delta_loss if r.delta_loss is not None else float("inf")))
+
+
 def best_probe(results: Sequence[ProbeResult], max_baseline: float = MAX_BASELINE_RATE) -> ProbeResult | None:
-    """The judged candidate with the largest lift (ties: the smaller delta loss, then the earlier
-    one); None when no judged candidate lifts the concept rate at all."""
-    best: ProbeResult | None = None
-    for r in results:
-        if r.lift <= 0 or not judged(r, max_baseline):
-            continue
-        key = (r.lift, -(r.delta_loss if r.delta_loss is not None else float("inf")))
-        if best is None or key > (best.lift, -(best.delta_loss if best.delta_loss is not None else float("inf"))):
-            best = r
-    return best
+    """The first of `ranked_probes`; None when no judged candidate lifts the concept rate at all."""
+    ranked = ranked_probes(results, max_baseline)
+    return ranked[0] if ranked else None

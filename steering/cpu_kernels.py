@@ -221,13 +221,15 @@ class DecoderStack:
 
 
 def clamp(x: Tensor, rows: Tensor, positions: Tensor, start: Tensor, end: Tensor, a: Tensor, b: Tensor,
-          enc: Tensor, b_enc: Tensor, theta: Tensor, dec: Tensor, b_dec: Tensor | None, scale: float, threshold: bool) -> Tensor:
+          enc: Tensor, b_enc: Tensor, theta: Tensor, dec: Tensor, b_dec: Tensor | None, scale: float,
+          threshold: bool) -> Tensor:
     """SAE feature clamps on x [B, T, d] in place (float32, contiguous); see `steering.interventions`.
 
     rows [R], start, end [R] int64: the clamped batch rows and the window of positions each clamps
     (start <= p < end); positions [B, T] int64 (contiguous): every token's position. a, b [R, m]:
-    the affine coefficients; enc, dec [m, d]: the features' encoder columns and decoder rows; b_enc, theta [m]; b_dec [d] (None:
-    not subtracted from the input); scale: the SAE's input normalisation factor c (x_n = c x).
+    the affine coefficients; enc, dec [m, d]: the features' encoder columns and decoder rows;
+    b_enc, theta [m]; b_dec [d] (None: not subtracted from the input); scale: the SAE's input
+    normalisation factor c (x_n = c x).
     Activations are relu(pre), or pre where pre > theta when `threshold`.
     """
     lib = _lib
@@ -236,6 +238,7 @@ def clamp(x: Tensor, rows: Tensor, positions: Tensor, start: Tensor, end: Tensor
     if not (x.is_contiguous() and x.dtype == torch.float32):
         raise ValueError("x must be a contiguous float32 tensor")
     lib.clamp(x.data_ptr(), T, d, rows.data_ptr(), rows.numel(), positions.data_ptr(), start.data_ptr(),
-              end.data_ptr(), enc.shape[0], a.data_ptr(), b.data_ptr(), enc.data_ptr(), b_enc.data_ptr(), theta.data_ptr(),
-              dec.data_ptr(), b_dec.data_ptr() if b_dec is not None else None, float(scale), int(threshold))
+              end.data_ptr(), enc.shape[0], a.data_ptr(), b.data_ptr(), enc.data_ptr(), b_enc.data_ptr(),
+              theta.data_ptr(), dec.data_ptr(), b_dec.data_ptr() if b_dec is not None else None, float(scale),
+              int(threshold))
     return x

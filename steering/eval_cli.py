@@ -82,6 +82,13 @@ def _check_preset(preset: EvalPreset, sm: Any) -> str | None:
     return None
 
 
+def _in_window(args: argparse.Namespace, spec: SteeringSpec) -> SteeringSpec:
+    """The spec in the command line's window if it sets --positions or --generated-limit (a pair)."""
+    if args.positions is None and args.generated_limit is None:
+        return spec
+    return SteeringSpec(spec.features, args.positions or "all", args.generated_limit)
+
+
 def _concept_target(args: argparse.Namespace, sm: Any, words: list[str] | None,
                     feats: list[int] | None) -> EvalTarget:
     """Auto-steer's choice for `args.concept`, in the requested window (else auto-steer's own)."""
@@ -89,9 +96,7 @@ def _concept_target(args: argparse.Namespace, sm: Any, words: list[str] | None,
     from steering.concepts import number_forms
 
     auto = auto_steer(sm, args.concept, args.strength, extra=label_matches(catalogue_for(args.sae, sm), args.concept))
-    spec = auto.spec
-    if args.positions is not None or args.generated_limit is not None:
-        spec = SteeringSpec(spec.features, args.positions or "all", args.generated_limit)
+    spec = _in_window(args, auto.spec)
     print(f"note: auto-steer: {auto.rationale}", file=sys.stderr)
     words = words if words is not None else number_forms(auto.concept)
     return EvalTarget(f"concept:{auto.concept}", spec, Concept.for_spec(spec, words, feats, args.fire_fraction))
@@ -100,14 +105,12 @@ def _concept_target(args: argparse.Namespace, sm: Any, words: list[str] | None,
 def _target(args: argparse.Namespace, preset: EvalPreset | None, sm: Any = None) -> EvalTarget:
     words = [w.strip() for w in args.concept_words.split(",")] if args.concept_words else None
     feats = [int(i) for i in args.concept_features.split(",") if i.strip()] if args.concept_features else None
-    if preset is None and getattr(args, "concept", None) is not None:
+    if preset is None and args.concept is not None:
         return _concept_target(args, sm, words, feats)
     if preset is None:
         spec = SteeringSpec(tuple(parse_clamp(t) for t in args.feature), args.positions or "all", args.generated_limit)
         return EvalTarget(", ".join(args.feature), spec, Concept.for_spec(spec, words or (), feats, args.fire_fraction))
-    window_set = args.positions is not None or args.generated_limit is not None
-    spec = (SteeringSpec(preset.spec.features, args.positions or "all", args.generated_limit) if window_set
-            else preset.spec)
+    spec = _in_window(args, preset.spec)
     words = words if words is not None else list(preset.concept_words)
     if feats is None and preset.concept_features is not None:
         feats = list(preset.concept_features)

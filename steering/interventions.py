@@ -169,6 +169,11 @@ class SteeringSpec:
         return start, prompt_length + self.generated_limit
 
     @property
+    def needs_prompt_length(self) -> bool:
+        """Whether the window depends on the prompt's length (anything but all positions, no limit)."""
+        return self.positions != "all" or self.generated_limit is not None
+
+    @property
     def prompt_variant(self) -> object:
         """What this spec does to a prompt's K/V (hashable; None: nothing): its clamps, unless it
         clamps only generated tokens. `all` and `prompt` edit a prompt alike."""
@@ -242,7 +247,7 @@ def build_plan(
         if spec is None or spec.is_empty:
             continue
         spec.validate(sae)
-        if (spec.positions != "all" or spec.generated_limit is not None) and prompt_lengths is None:
+        if spec.needs_prompt_length and prompt_lengths is None:
             raise SteeringError(f"positions {spec.positions!r} with generated_limit {spec.generated_limit} "
                                 "needs the prompt lengths", "positions")
         rows.append(r)
@@ -256,7 +261,7 @@ def build_plan(
     for i, (r, spec) in enumerate(zip(rows, row_specs)):
         for clamp in spec.features:
             a[i, column[clamp.index]], b[i, column[clamp.index]] = clamp.affine(sae)
-        if spec.positions != "all" or spec.generated_limit is not None:
+        if spec.needs_prompt_length:
             start[i], end[i] = spec.clamp_window(int(prompt_lengths[r]))  # type: ignore[index]
     idx = torch.tensor(features, dtype=torch.long)
     dev, dtype = sae.W_dec.device, sae.W_dec.dtype
