@@ -51,9 +51,9 @@ from api.protocol import (
 from api.render import TokenTexts
 from api.settings import Settings
 from api.translate import ServedModel
-from steering.autosteer import MAX_CONCEPT_CHARS
-from steering.compute import ComputeThread
-from steering.engine import Engine, EngineConfig
+from steering.concepts.autosteer import MAX_CONCEPT_CHARS
+from steering.engine.compute import ComputeThread
+from steering.engine.worker import Engine, EngineConfig
 
 log = logging.getLogger("api")
 VERSION = "0.1.0"
@@ -74,7 +74,7 @@ class ServerState:
     features: FeatureService | None = None
     texts: TokenTexts | None = None
     gate: ModelGate | None = None
-    compute: ComputeThread | None = None  # the one thread that runs torch (steering.compute)
+    compute: ComputeThread | None = None  # the one thread that runs torch (steering.engine.compute)
     fingerprint: str | None = None
     created: int = 0
     ready: bool = False
@@ -167,7 +167,7 @@ def create_app(
     async def load_in_background() -> None:
         try:
             # Loading, fusing weights for the engine and reading the catalogue all block; they run
-            # on the compute thread, which then runs the engine (one OpenMP team: steering.compute).
+            # on the compute thread, which then runs the engine (one OpenMP team: steering.engine.compute).
             await state.compute.arun(lambda: state.start(_load(settings), catalogue))
         except Exception as exc:  # reported by /ready; fatal under `python -m api`
             state.error = f"{type(exc).__name__}: {exc}"

@@ -4,7 +4,7 @@
     job = to_engine(body, state.served, state.presets, auto)
     report = applied_steering(body, job.spec, auto, state.features)
 
-`resolve_concept` runs `steering.autosteer.auto_steer` (concept search plus
+`resolve_concept` runs `steering.concepts.autosteer.auto_steer` (concept search plus
 the catalogue's label matches, a short generation probe of each candidate,
 then value = DEFAULT_MULTIPLIER x strength in `max` units for the first
 DEFAULT_WINDOW generated tokens). The library caches a concept's search and
@@ -33,8 +33,8 @@ from api.errors import bad_request
 from api.features import FeatureService
 from api.protocol import AppliedFeature, AppliedSteering, ChatCompletionRequest, ConceptProbe, ConceptSteering
 from api.translate import check_steering
-from steering import autosteer
-from steering.autosteer import AutoSteerResult
+from steering.concepts import autosteer
+from steering.concepts.autosteer import AutoSteerResult
 from steering.interventions import SteeringError, SteeringSpec
 
 

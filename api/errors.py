@@ -30,8 +30,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from steering.chat import ChatFormatError
-from steering.engine import QueueFullError
+from steering.chat_template import ChatFormatError
+from steering.engine.worker import QueueFullError
 from steering.interventions import SteeringError
 
 log = logging.getLogger(__name__)

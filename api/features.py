@@ -2,7 +2,7 @@
 
 Two sources, one answer shape (`api.protocol.FeatureDetail`):
 
-- the SAE's catalogue, when one ships next to its weights (`steering.catalogue`,
+- the SAE's catalogue, when one ships next to its weights (`steering.sae.catalogue`,
   found by `find_catalogue`): label, statistics, top contexts, logit effects
   and neighbours as the catalogue stores them;
 - otherwise the SAE itself: statistics from its `max_activation` and
@@ -16,13 +16,13 @@ Search by text runs the text through the model up to the SAE's hook site and
 ranks features by their peak activation on it, relative to each feature's max
 activation when the statistics are known (raw otherwise). Search by concept
 reads the text as a concept and ranks features by
-`steering.concepts.find_concept_features` (specificity on text about the
+`steering.concepts.search.find_concept_features` (specificity on text about the
 concept x logit effect); the catalogue's label matches join its pool. Those
 forwards must not overlap the engine's (see `api.gate`); the caller holds
 the gate.
 
 The catalogue is used by duck typing (`feature(i)`, `search(q, limit)`), so
-this module works before and after `steering.catalogue` exists.
+this module works before and after `steering.sae.catalogue` exists.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ import torch
 
 from api.protocol import (ConceptScores, FeatureDetail, FeatureList, FeatureMatch, FeatureSummary, Neighbour,
                           TokenEffect)
-from steering.concepts import ConceptCandidate, find_concept_features
+from steering.concepts.search import ConceptCandidate, find_concept_features
 from steering.hooks import capture, run_until_capture
-from steering.sae import SparseAutoencoder
+from steering.sae.autoencoder import SparseAutoencoder
 
 log = logging.getLogger(__name__)
 TOP_TOKENS = 10
@@ -56,7 +56,7 @@ def find_catalogue(sae_dir: Path | None) -> Any | None:
     if not sae_dir.is_dir():
         return None
     try:
-        from steering.catalogue import Catalogue  # type: ignore[import-not-found]
+        from steering.sae.catalogue import Catalogue  # type: ignore[import-not-found]
     except ImportError:
         return None
     try:
@@ -76,7 +76,7 @@ def _as_dict(obj: Any) -> dict[str, Any]:
         return {}
     if isinstance(obj, dict):
         return obj
-    if hasattr(obj, "to_dict"):  # steering.catalogue.FeatureInfo: contexts with the peak marked
+    if hasattr(obj, "to_dict"):  # steering.sae.catalogue.FeatureInfo: contexts with the peak marked
         return obj.to_dict()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)

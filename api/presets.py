@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from api.protocol import Preset, PresetInfo
 from steering.interventions import FeatureClamp, SteeringError, SteeringSpec
-from steering.sae import SparseAutoencoder
+from steering.sae.autoencoder import SparseAutoencoder
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
-from steering.autosteer import MAX_CONCEPT_CHARS, MAX_STRENGTH
+from steering.concepts.autosteer import MAX_CONCEPT_CHARS, MAX_STRENGTH
 
 # Documented bounds (also in docs/api.md).
 MAX_N = 8
@@ -228,7 +228,7 @@ class Usage(BaseModel):
 
 
 class ConceptScores(BaseModel):
-    """Why a feature matches a concept (`steering.concepts`): specificity and logit effect."""
+    """Why a feature matches a concept (`steering.concepts.search`): specificity and logit effect."""
 
     score: float = Field(description="specificity x logit_score; candidates are ranked by it.")
     specificity: float = Field(description="(concept_mean - neutral_mean) x concept_fire_rate.")
@@ -258,7 +258,7 @@ class ConceptSteering(BaseModel):
 
 
 class ConceptProbe(BaseModel):
-    """One candidate's probe (steering.concept_probe): rates over `n_answers` answers, delta loss in nats."""
+    """One candidate's probe (steering.concepts.probe): rates over `n_answers` answers, delta loss in nats."""
 
     index: int
     concept_rate: float

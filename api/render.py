@@ -33,7 +33,7 @@ from api.protocol import (
     TopLogprob,
     Usage,
 )
-from steering.generation import TokenEvent
+from steering.engine.generation import TokenEvent
 
 
 def _byte_decoder() -> dict[str, int]:

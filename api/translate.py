@@ -30,12 +30,12 @@ from typing import Callable, Sequence
 from api.errors import APIError, bad_request, not_found
 from api.presets import PresetRegistry
 from api.protocol import ChatCompletionRequest
-from steering.autosteer import AutoSteerResult
-from steering.chat import ChatFormatError
-from steering.generation import SequenceRequest
+from steering.concepts.autosteer import AutoSteerResult
+from steering.chat_template import ChatFormatError
+from steering.engine.generation import SequenceRequest
 from steering.interventions import FeatureClamp, SteeringError, SteeringSpec
-from steering.sae import SparseAutoencoder
-from steering.sampling import SamplingParams
+from steering.sae.autoencoder import SparseAutoencoder
+from steering.engine.sampling import SamplingParams
 
 # No tokenizer packs more characters than this into one token on average.
 MAX_CHARS_PER_TOKEN = 64

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from steering.interventions import BatchPlan, apply_plan
-from steering.sae import SparseAutoencoder
+from steering.sae.autoencoder import SparseAutoencoder
 
 EditFn = Callable[[Tensor], Tensor | None]
 

@@ -45,7 +45,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from steering.sae import SparseAutoencoder
+from steering.sae.autoencoder import SparseAutoencoder
 
 CLAMP_MODES: tuple[str, ...] = ("clamp", "add", "scale")
 CLAMP_UNITS: tuple[str, ...] = ("max", "raw")

@@ -20,13 +20,13 @@ from typing import Iterator, Sequence
 
 import torch
 
-from steering.chat import render_chat
-from steering.generation import SequenceRequest, TokenEvent, generate_batch
+from steering.chat_template import render_chat
+from steering.engine.generation import SequenceRequest, TokenEvent, generate_batch
 from steering.hooks import capture, run_until_capture
 from steering.interventions import SteeringSpec
 from steering.models import DEFAULT_MODEL, LoadedModel, load_model
-from steering.sae import SAEConfig, SparseAutoencoder
-from steering.sampling import SamplingParams
+from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
+from steering.engine.sampling import SamplingParams
 
 SHIPPED_SAES = Path(__file__).parent / "data" / "saes"
 PLACEHOLDER_D_SAE = 16384
@@ -99,9 +99,9 @@ class SteeredModel:
 
         sae: None or "default" (the shipped SAE for this model, else the random
         placeholder), "none" (no SAE: steering is unavailable), or a path any
-        `steering.sae_io.load_sae` format accepts.
+        `steering.sae.formats.load_sae` format accepts.
         """
-        from steering.sae_io import load_sae
+        from steering.sae.formats import load_sae
 
         loaded = load_model(model, device=device, dtype=dtype)
         if sae == "none":

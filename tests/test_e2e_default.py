@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from steering.generation import SequenceRequest, generate_batch
+from steering.engine.generation import SequenceRequest, generate_batch
 from steering.interventions import FeatureClamp, SteeringSpec
-from steering.sampling import SamplingParams
+from steering.engine.sampling import SamplingParams
 from steering.steered_model import SteeredModel
 
 pytestmark = pytest.mark.e2e

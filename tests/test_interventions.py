@@ -16,7 +16,7 @@ from steering.interventions import (
     build_plan,
     parse_clamp,
 )
-from steering.sae import SAEConfig, SparseAutoencoder
+from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
 
 
 def make_sae(d_in: int = 64, d_sae: int = 256, architecture: str = "relu", layer: int = 2, **kw) -> SparseAutoencoder:

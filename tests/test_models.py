@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from steering import models
-from steering.chat import chat_text, render_chat
+from steering.chat_template import chat_text, render_chat
 from steering.models import (
     DEFAULT_MODEL,
     LoadedModel,

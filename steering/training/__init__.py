@@ -14,7 +14,7 @@ The pipeline, one module per step:
 
 Big data (corpora, activations, checkpoints) lives under the cache directory
 (`$STEERING_CACHE`, else ~/.cache/sae-steering), never in the repository.
-Nothing here is imported by the server; `steering.catalogue` loads a built
+Nothing here is imported by the server; `steering.sae.catalogue` loads a built
 catalogue without torch models.
 """
 

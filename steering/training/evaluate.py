@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from steering.hooks import edit_site
-from steering.sae import SparseAutoencoder
+from steering.sae.autoencoder import SparseAutoencoder
 from steering.training.harvest import keep_mask
 
 

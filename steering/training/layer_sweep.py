@@ -93,7 +93,7 @@ def harvest_layers(model: nn.Module, rows: np.ndarray, out: Path, layers: Sequen
 
 def concept_score(sm: Any, concepts: Sequence[str]) -> dict[str, Any]:
     """The best concept candidate per concept (score, specificity, word share), and the mean score."""
-    from steering.concepts import find_concept_features
+    from steering.concepts.search import find_concept_features
 
     per = {}
     for concept in concepts:

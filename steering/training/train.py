@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from steering.sae import SAEConfig, SparseAutoencoder
+from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
 from steering.training.sparse_step import batch_topk, decode, sae_step
 from steering.training.store import ActivationStore
 

@@ -1,0 +1,177 @@
+"""What the scheduler calls to run the model: prefill newcomers, decode many.
+
+Both backends keep one KV slot per sequence and offer the same calls:
+
+    prefill(slot0, chunks, starts, plan, row_plans) -> logits [R, V]  (row r: chunks[r] at positions
+                                                 starts[r].., in slot slot0 + r; its last token's logits)
+    decode(ids, positions, plan, row_plans)    -> logits [B, V] (rows in slots 0..B-1)
+    move(src, dst, length)                      a sequence changes slot
+    release()                                   free all KV memory
+    reuse_prefix(slot, prompt, variant)  -> L   copy a cached prompt prefix into a slot
+    remember_prefix(slot, prompt, variant)      offer a prefilled prompt to the cache
+
+`FastBackend` runs Llama-family models through `LlamaRunner` (one forward
+for the whole decoding batch, per-row clamps from the batch's BatchPlan).
+`HFBackend` runs any other causal LM through its Hugging Face forward, one
+row at a time with a DynamicCache per slot and the row's own plan attached by
+`steering.hooks.steering`: correct everywhere, batched nowhere.
+
+Only FastBackend has a prefix cache (`steering.engine.kv_cache.PrefixCache`).
+`make_backend` picks one. Fused weights are built once per model and shared
+(the model is read-only after loading).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Protocol, Sequence
+
+import torch
+from torch import Tensor, nn
+from transformers import DynamicCache
+
+from steering.engine.llama.runner import LlamaRunner, unsupported_reason
+from steering.hooks import steering
+from steering.interventions import BatchPlan
+from steering.engine.kv_cache import PrefixCache
+from steering.sae.autoencoder import SparseAutoencoder
+
+
+class Backend(Protocol):
+    max_length: int
+
+    def prefill(
+        self, slot0: int, chunks: Sequence[Sequence[int]], starts: Sequence[int], plan: BatchPlan | None, row_plans: Sequence[BatchPlan | None]
+    ) -> Tensor: ...
+
+    def decode(
+        self, ids: Sequence[int], positions: Sequence[int], plan: BatchPlan | None, row_plans: Sequence[BatchPlan | None]
+    ) -> Tensor: ...
+
+    def move(self, src: int, dst: int, length: int) -> None: ...
+
+    def release(self) -> None: ...
+
+    def reuse_prefix(self, slot: int, prompt: Sequence[int], variant: object) -> int: ...
+
+    def remember_prefix(self, slot: int, prompt: Sequence[int], variant: object) -> None: ...
+
+
+class FastBackend:
+    """LlamaRunner over a KVPool with `slots` slots, and an optional prefix cache."""
+
+    def __init__(self, runner: LlamaRunner, sae: SparseAutoencoder | None, slots: int,
+                 prefix_cache: PrefixCache | None = None, kv_keep: int = 0):
+        self.runner, self.sae, self.prefix_cache = runner, sae, prefix_cache
+        self.pool = runner.new_pool(slots, keep=kv_keep)
+        self.max_length = runner.max_length
+        self.device = runner.device
+
+    def prefill(self, slot0, chunks, starts, plan, row_plans) -> Tensor:  # type: ignore[no-untyped-def]
+        # Rows are right-padded to the longest chunk. A pad token's K/V land past its row's
+        # prompt, where nothing attends to them before the row's own next token overwrites them.
+        width = max(len(c) for c in chunks)
+        ids = torch.zeros((len(chunks), width), dtype=torch.long)
+        pos = torch.empty((len(chunks), width), dtype=torch.long)
+        for r, (chunk, start) in enumerate(zip(chunks, starts)):
+            ids[r, : len(chunk)] = torch.tensor(list(chunk), dtype=torch.long)
+            pos[r] = torch.arange(start, start + width).clamp(max=self.max_length - 1)
+        last = torch.tensor([len(c) - 1 for c in chunks], dtype=torch.long)
+        return self.runner.forward(self.pool, slot0, ids.to(self.device), pos.to(self.device), self.sae, plan, last)
+
+    def decode(self, ids, positions, plan, row_plans) -> Tensor:  # type: ignore[no-untyped-def]
+        x = torch.tensor(list(ids), dtype=torch.long, device=self.device)[:, None]
+        pos = torch.tensor(list(positions), dtype=torch.long, device=self.device)[:, None]
+        return self.runner.forward(self.pool, 0, x, pos, self.sae, plan)
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        self.pool.move(src, dst, length)
+
+    def release(self) -> None:
+        self.pool.release()
+
+    def reuse_prefix(self, slot: int, prompt: Sequence[int], variant: object) -> int:
+        hit = self.prefix_cache.lookup(prompt, variant) if self.prefix_cache is not None else None
+        if hit is None:
+            return 0
+        kv, length = hit
+        self.pool.reserve(length)
+        for layer, t in enumerate(self.pool.kv):
+            t[slot, :length].copy_(kv[layer, :length])
+        return length
+
+    def remember_prefix(self, slot: int, prompt: Sequence[int], variant: object) -> None:
+        length = self.prefix_cache.wants(prompt, variant) if self.prefix_cache is not None else 0
+        if length:
+            self.prefix_cache.store(prompt, variant, torch.stack([t[slot, :length] for t in self.pool.kv]))
+
+
+class HFBackend:
+    """The model's own forward, one row at a time (any causal LM)."""
+
+    def __init__(self, model: nn.Module, sae: SparseAutoencoder | None, slots: int):
+        self.model, self.sae = model, sae
+        self.caches: list[DynamicCache | None] = [None] * slots
+        self.max_length = int(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 2048))
+        self.device = next(model.parameters()).device
+
+    def _run(self, slot: int, ids: Sequence[int], start: int, plan: BatchPlan | None) -> Tensor:
+        if start == 0 or self.caches[slot] is None:
+            self.caches[slot] = DynamicCache()
+        x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        pos = torch.arange(start, start + len(ids), device=self.device)[None]
+        active = plan is not None and not plan.is_empty and self.sae is not None
+        context = steering(self.model, self.sae, plan) if active else _no_hook()
+        with context as hook:
+            if hook is not None:
+                hook.positions = pos
+            out = self.model(input_ids=x, position_ids=pos, past_key_values=self.caches[slot], use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1]
+
+    def prefill(self, slot0, chunks, starts, plan, row_plans) -> Tensor:  # type: ignore[no-untyped-def]
+        return torch.stack([self._run(slot0 + r, c, s, row_plans[r]) for r, (c, s) in enumerate(zip(chunks, starts))])
+
+    def decode(self, ids, positions, plan, row_plans) -> Tensor:  # type: ignore[no-untyped-def]
+        return torch.stack([self._run(r, [t], p, row_plans[r]) for r, (t, p) in enumerate(zip(ids, positions))])
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        if src == dst:
+            return
+        self.caches[dst], self.caches[src] = self.caches[src], None
+
+    def release(self) -> None:
+        self.caches = [None] * len(self.caches)
+
+    def reuse_prefix(self, slot: int, prompt: Sequence[int], variant: object) -> int:
+        return 0
+
+    def remember_prefix(self, slot: int, prompt: Sequence[int], variant: object) -> None:
+        return None
+
+
+class _no_hook:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_RUNNERS: "weakref.WeakKeyDictionary[nn.Module, LlamaRunner]" = weakref.WeakKeyDictionary()
+_RUNNERS_LOCK = threading.Lock()
+
+
+def make_backend(
+    model: nn.Module, sae: SparseAutoencoder | None, slots: int, fast: bool = True, prefix_tokens: int = 2048,
+    kv_keep: int = 0,
+) -> Backend:
+    """FastBackend (with a prefix cache of `prefix_tokens` positions, 0: none; its KV pool keeps
+    `kv_keep` positions per slot when idle) where the model qualifies, else HFBackend."""
+    if fast and unsupported_reason(model) is None:
+        with _RUNNERS_LOCK:
+            runner = _RUNNERS.get(model)
+            if runner is None or not runner.is_current(model):
+                runner = _RUNNERS[model] = LlamaRunner(model)
+        return FastBackend(runner, sae, slots, PrefixCache(max_tokens=prefix_tokens) if prefix_tokens > 0 else None, kv_keep)
+    return HFBackend(model, sae, slots)

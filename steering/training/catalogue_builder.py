@@ -1,0 +1,212 @@
+"""Build the feature catalogue of an SAE (format: see `steering.sae.catalogue`).
+
+From held-out activations (an `ActivationStore` with the (row, position)
+index of each token) and the corpus rows they came from:
+
+    * statistics: max activation and firing frequency per feature;
+    * top contexts: all (token, feature, value) triples with f > 0 are kept
+      (~L0 per token), sorted per feature by value; at most one context per
+      corpus row, the best `n_contexts`; the window is `before` tokens, the
+      peak token, `after` tokens;
+    * logit effects: W_dec[i] @ (W_U * g).T, the top 10 and bottom 10 tokens
+      (W_U the unembedding [V, d], g the final norm's weight when it has one);
+    * neighbours: the 10 other features of highest decoder cosine;
+    * labels: the most frequent peak tokens of the top contexts (weighted by
+      activation), then the top promoted token when it differs, e.g.
+      "Paris / London -> French"; features without contexts get
+      "(no contexts) -> <top promoted>".
+
+Dense [S, V] and [S, S] products are computed in blocks of features, so memory
+stays near block x V floats.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from steering.sae.catalogue import CATALOGUE_ARRAYS, CATALOGUE_JSON, FORMAT
+from steering.sae.autoencoder import SparseAutoencoder
+from steering.training.store import ActivationStore
+
+
+def _bytes_to_unicode() -> dict[str, int]:
+    """The inverse of GPT-2's byte-level alphabet: printable character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
+
+
+def token_bytes(tokenizer: Any) -> list[bytes]:
+    """The bytes of every token id (byte-level BPE alphabets decoded exactly, else decode())."""
+    table = _bytes_to_unicode()
+    out = []
+    for i, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        if tok is not None and tok and all(ch in table for ch in tok) and tok not in tokenizer.all_special_tokens:
+            out.append(bytes(table[ch] for ch in tok))
+        else:
+            out.append(tokenizer.decode([i]).encode("utf-8"))
+    return out
+
+
+def unembedding(model: torch.nn.Module) -> Tensor:
+    """W_U * g [V, d]: the output embedding with the final norm's weight folded in."""
+    W_U = model.get_output_embeddings().weight.detach().float()
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    norm = getattr(base, "norm", None) or getattr(base, "ln_f", None)
+    g = getattr(norm, "weight", None)
+    return W_U * g.detach().float() if g is not None else W_U
+
+
+def feature_activations(sae: SparseAutoencoder, store: ActivationStore, batch_size: int = 2048, progress: bool = True):
+    """All (global token, feature, value) triples with f > 0, plus max and firing frequency [S]."""
+    S = sae.d_sae
+    rows, cols, vals = [], [], []
+    fires = torch.zeros(S, dtype=torch.float64)
+    max_act = torch.zeros(S)
+    starts = range(0, len(store), batch_size)
+    with torch.no_grad():
+        for start in tqdm(starts, desc="catalogue: encode", disable=not progress):
+            f = sae.encode(store.get(np.arange(start, min(start + batch_size, len(store)))))
+            r, c = torch.nonzero(f > 0, as_tuple=True)
+            v = f[r, c]
+            rows.append((r + start).numpy())
+            cols.append(c.numpy())
+            vals.append(v.float().numpy())
+            fires += torch.bincount(c, minlength=S).double()
+            max_act = torch.maximum(max_act, f.float().amax(0).clamp_min(0))
+    return (np.concatenate(rows), np.concatenate(cols), np.concatenate(vals),
+            max_act, (fires / max(len(store), 1)).float())
+
+
+def top_contexts(store: ActivationStore, corpus_rows: np.ndarray, triples: tuple[np.ndarray, np.ndarray, np.ndarray],
+                 d_sae: int, n_contexts: int, before: int, after: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token windows [S, C, W] (int64, -1 pad) and peak values [S, C] of each feature's best contexts."""
+    tok, feat, val = triples
+    order = np.lexsort((-val, feat))
+    tok, feat, val = tok[order], feat[order], val[order]
+    pos = store.positions(tok).astype(np.int64)  # (corpus row, position)
+    bounds = np.searchsorted(feat, np.arange(d_sae + 1))
+    W = before + 1 + after
+    windows = np.full((d_sae, n_contexts, W), -1, dtype=np.int64)
+    acts = np.zeros((d_sae, n_contexts), dtype=np.float32)
+    n_rows, T = corpus_rows.shape
+    for j in range(d_sae):
+        lo, hi = bounds[j], bounds[j + 1]
+        if lo == hi:
+            continue
+        _, first = np.unique(pos[lo:hi, 0], return_index=True)  # best context of each corpus row
+        best = np.sort(first)[:n_contexts] + lo
+        for c, i in enumerate(best):
+            row, p = pos[i]
+            a, b = max(0, p - before), min(T, p + after + 1)
+            windows[j, c, before - (p - a) : before + (b - p)] = corpus_rows[row, a:b]
+            acts[j, c] = val[i]
+    return windows, acts
+
+
+def logit_effects(W_dec: Tensor, W_U: Tensor, n: int = 10, block: int = 1024) -> tuple[Tensor, ...]:
+    """Top and bottom n tokens of W_dec @ W_U.T per feature: (top_ids, top_vals, bottom_ids, bottom_vals)."""
+    outs: list[list[Tensor]] = [[], [], [], []]
+    for s in range(0, W_dec.shape[0], block):
+        logits = W_dec[s : s + block].float() @ W_U.T
+        top, bottom = logits.topk(n, dim=-1), logits.topk(n, dim=-1, largest=False)
+        for lst, t in zip(outs, (top.indices, top.values, bottom.indices, bottom.values)):
+            lst.append(t)
+    return tuple(torch.cat(lst) for lst in outs)
+
+
+def neighbours(W_dec: Tensor, n: int = 10, block: int = 1024) -> tuple[Tensor, Tensor]:
+    """The n features of highest decoder cosine for each feature (itself excluded): ids, cosines."""
+    unit = W_dec.float() / W_dec.float().norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    ids, cos = [], []
+    for s in range(0, unit.shape[0], block):
+        sim = unit[s : s + block] @ unit.T
+        sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])] = -2.0
+        top = sim.topk(min(n, unit.shape[0] - 1), dim=-1)
+        ids.append(top.indices)
+        cos.append(top.values)
+    return torch.cat(ids), torch.cat(cos)
+
+
+def make_label(peak_tokens: list[tuple[str, float]], promoted: str | None, width: int = 40) -> str:
+    """A short name from the peak tokens (weighted by activation) and the top promoted token."""
+    weights: Counter[str] = Counter()
+    for tok, act in peak_tokens:
+        t = tok.strip() or repr(tok)
+        weights[t] += act
+    parts = [t for t, _ in weights.most_common(3)]
+    head = " / ".join(parts) if parts else "(no contexts)"
+    p = (promoted or "").strip()
+    label = f"{head} -> {p}" if p and p not in parts else head
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
+def build_catalogue(
+    sae: SparseAutoencoder,
+    store: ActivationStore,
+    corpus_rows: np.ndarray,
+    tokenizer: Any,
+    W_U: Tensor,
+    out_dir: str | Path,
+    *,
+    n_contexts: int = 20,
+    before: int = 12,
+    after: int = 3,
+    n_logits: int = 10,
+    n_neighbours: int = 10,
+    source: str = "",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write catalogue.json + catalogue.safetensors to out_dir; sets the SAE's feature stats."""
+    S = sae.d_sae
+    tok, feat, val, max_act, freq = feature_activations(sae, store, progress=progress)
+    sae.set_feature_stats(max_activation=max_act, firing_frequency=freq)
+    windows, acts = top_contexts(store, corpus_rows, (tok, feat, val), S, n_contexts, before, after)
+    W_dec = sae.W_dec.detach().float()
+    top_i, top_v, bot_i, bot_v = logit_effects(W_dec, W_U.float(), n_logits)
+    nb_i, nb_c = neighbours(W_dec, n_neighbours)
+    vocab = token_bytes(tokenizer)
+    text = [b.decode("utf-8", errors="replace") for b in vocab]
+    labels = []
+    for j in range(S):
+        peaks = [(text[int(w[before])], float(a)) for w, a in zip(windows[j], acts[j]) if a > 0 and w[before] >= 0]
+        labels.append(make_label(peaks, text[int(top_i[j, 0])]))
+    small = len(vocab) < np.iinfo(np.uint16).max
+    ctx = np.where(windows < 0, np.iinfo(np.uint16).max, windows).astype(np.uint16) if small else windows.astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in vocab])]).astype(np.int64)
+    arrays = {
+        "max_activation": max_act.numpy().astype(np.float32),
+        "firing_frequency": freq.numpy().astype(np.float32),
+        "context_tokens": ctx,
+        "context_activation": acts.astype(np.float16),
+        "promoted_ids": top_i.numpy().astype(np.int32),
+        "promoted_values": top_v.numpy().astype(np.float16),
+        "suppressed_ids": bot_i.numpy().astype(np.int32),
+        "suppressed_values": bot_v.numpy().astype(np.float16),
+        "neighbour_ids": nb_i.numpy().astype(np.int32),
+        "neighbour_cosine": nb_c.numpy().astype(np.float16),
+        "vocab_bytes": np.frombuffer(b"".join(vocab), dtype=np.uint8).copy(),
+        "vocab_offsets": offsets,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(arrays, str(out / CATALOGUE_ARRAYS))
+    meta = {"format": FORMAT, "version": 1, "d_sae": S, "n_contexts": n_contexts, "window": [before, after],
+            "n_tokens": len(store), "source": source, "labels": labels}
+    (out / CATALOGUE_JSON).write_text(json.dumps(meta, ensure_ascii=False))
+    return {k: v for k, v in meta.items() if k != "labels"}

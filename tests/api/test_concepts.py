@@ -1,0 +1,229 @@
+"""Auto-steer through the API (`steering.concept`) and the response's `steering` report (api/concepts.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+import api.app as app_module
+from api.app import create_app
+from api.settings import Settings
+from steering.concepts import autosteer
+from steering.concepts.autosteer import DEFAULT_MULTIPLIER, DEFAULT_WINDOW, clear_cache
+from steering.concepts.probe import ProbeResult, ProbeSettings
+from steering.concepts.search import concept_texts, neutral_texts
+from tests.api.support import chat_body, sse_events, tiny_steered_model, write_preset
+from tests.support import plant_feature
+
+CONCEPT = "zzzz zzzz zzzz zzzz zzzz"
+PLANTED = 17
+
+
+def probe_favouring_planted(sm, concept, specs, settings=ProbeSettings()):
+    """probe_specs stand-in: what a random tiny model generates is arbitrary, so the probe credits
+    the planted feature (3 of 4 answers) and nothing else."""
+    return [ProbeResult(i, 0.75 if i == PLANTED else 0.0, 0.0, 0.0, 0.5, 4) for i, _ in specs]
+
+
+@pytest.fixture
+def sm(tiny_llama, tiny_tokenizer, monkeypatch):
+    """The tiny model and SAE, with feature 17 planted as a detector and promoter of 'z'."""
+    clear_cache()
+    monkeypatch.setattr(autosteer, "probe_specs", probe_favouring_planted)
+    sm = tiny_steered_model(tiny_llama, tiny_tokenizer)
+    plant_feature(sm, PLANTED, concept_texts(CONCEPT) + neutral_texts(CONCEPT))
+    yield sm
+    clear_cache()
+
+
+@pytest.fixture
+def client(sm, tmp_path):
+    presets = tmp_path / "presets"
+    write_preset(presets, "mix", features=[{"index": PLANTED, "value": 0.5, "mode": "add"},
+                                           {"index": 5, "value": 1.0}], positions="generated")
+    with TestClient(create_app(Settings(presets_dir=presets, default_max_tokens=12), sm)) as c:
+        yield c
+
+
+def post(client, **body):
+    return client.post("/v1/chat/completions", json=chat_body(**body))
+
+
+def complete(client, **body):
+    r = post(client, **body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_concept_picks_the_planted_feature_and_reports_it(client):
+    out = complete(client, max_tokens=10, steering={"concept": CONCEPT, "strength": 1.5})
+    report = out["steering"]
+    assert report["features"] == [{"index": PLANTED, "value": DEFAULT_MULTIPLIER * 1.5, "mode": "clamp", "unit": "max"}]
+    assert (report["positions"], report["generated_limit"], report["preset"]) == ("all", DEFAULT_WINDOW, None)
+    concept = report["concept"]
+    assert concept["concept"] == CONCEPT and concept["strength"] == 1.5 and concept["features"] == [PLANTED]
+    assert f"feature {PLANTED}:" in concept["rationale"] and "3/4 answers carried the concept" in concept["rationale"]
+    # every candidate's probe is reported; the pick is the one with the lift
+    assert [p["index"] for p in concept["probe"]] == [c["index"] for c in concept["candidates"]]
+    assert [p["lift"] for p in concept["probe"] if p["index"] == PLANTED] == [0.75]
+    top = concept["candidates"][0]
+    assert top["index"] == PLANTED and top["match"] == "concept" and top["score"] == top["concept"]["score"]
+    scores = top["concept"]
+    assert scores["logit_rank"] == 0 and scores["promoted_tokens"][0] == "z"
+    assert scores["concept_fire_rate"] == 1.0 and scores["concept_mean"] > scores["neutral_mean"]
+    assert scores["score"] == pytest.approx(scores["specificity"] * scores["logit_score"])
+    # The report pastes back: the same features without the concept give the same answer.
+    again = complete(client, max_tokens=10, steering={k: report[k] for k in ("features", "positions", "generated_limit")})
+    assert again["choices"][0]["message"] == out["choices"][0]["message"]
+    plain = complete(client, max_tokens=10)
+    assert plain["steering"] is None
+
+
+def test_report_pastes_into_a_preset(client, sm, tmp_path):
+    report = complete(client, steering={"concept": CONCEPT})["steering"]
+    folder = tmp_path / "saved"
+    write_preset(folder, "saved", features=report["features"], positions=report["positions"])
+    with TestClient(create_app(Settings(presets_dir=folder, default_max_tokens=12), sm)) as c:
+        by_preset = complete(c, steering={"preset": "saved"})
+    assert by_preset["steering"]["features"] == report["features"] and by_preset["steering"]["preset"] == "saved"
+    by_concept = complete(client, steering={"concept": CONCEPT})
+    assert by_preset["choices"][0]["message"] == by_concept["choices"][0]["message"]
+
+
+def test_streamed_first_chunk_carries_the_report_and_text_matches(client):
+    body = chat_body(max_tokens=10, steering={"concept": CONCEPT, "compare": True})
+    full = client.post("/v1/chat/completions", json=body).json()
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+        events = sse_events(r.iter_lines())
+    chunks = events[:-1]
+    assert chunks[0]["steering"] == full["steering"]
+    assert all("steering" not in e for e in chunks[1:])
+    texts: dict[int, str] = {}
+    for e in chunks:
+        for c in e["choices"]:
+            texts[c["index"]] = texts.get(c["index"], "") + c["delta"].get("content", "")
+    assert texts == {c["index"]: c["message"]["content"] for c in full["choices"]}
+    assert [c["steered"] for c in full["choices"]] == [True, False]
+
+
+def test_merge_order_preset_then_concept_then_request(client):
+    # The preset adds to 17 and clamps 5; the concept clamps 17; the request's own clamp on 5 wins over the preset.
+    out = complete(client, steering={"preset": "mix", "concept": CONCEPT,
+                                     "features": [{"index": 5, "value": 2.0, "unit": "raw"}]})
+    report = out["steering"]
+    # the window follows the layers too: auto-steer's over the preset's ("generated"), the request's over both
+    assert report["preset"] == "mix" and (report["positions"], report["generated_limit"]) == ("all", DEFAULT_WINDOW)
+    windowed = complete(client, steering={"preset": "mix", "concept": CONCEPT, "positions": "prompt"})["steering"]
+    assert (windowed["positions"], windowed["generated_limit"]) == ("prompt", None)
+    assert complete(client, steering={"preset": "mix"})["steering"]["positions"] == "generated"
+    by_index = {f["index"]: f for f in report["features"]}
+    assert by_index[PLANTED] == {"index": PLANTED, "value": DEFAULT_MULTIPLIER, "mode": "clamp", "unit": "max"}
+    assert by_index[5] == {"index": 5, "value": 2.0, "mode": "clamp", "unit": "raw"}
+    # The request's features also win over the concept's.
+    own = complete(client, steering={"concept": CONCEPT, "features": [{"index": PLANTED, "value": 0.25}]})
+    assert own["steering"]["features"] == [{"index": PLANTED, "value": 0.25, "mode": "clamp", "unit": "max"}]
+    assert own["steering"]["concept"]["features"] == [PLANTED]
+
+
+def test_search_runs_once_and_alone_then_is_cached(client, monkeypatch):
+    calls = []
+    real = autosteer.find_concept_features
+
+    def counting(sm, concept, **kw):
+        calls.append(client.app.state.server.gate.in_flight)
+        return real(sm, concept, **kw)
+
+    monkeypatch.setattr(autosteer, "find_concept_features", counting)
+    gate = client.app.state.server.gate
+    monkeypatch.setattr(app_module, "EXCLUSIVE_WAIT_S", 0.2)
+    client.portal.call(gate.enter)  # a generation that never ends
+    r = post(client, steering={"concept": CONCEPT})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "model_busy" and calls == []
+    client.portal.call(gate.leave)
+    first = complete(client, steering={"concept": CONCEPT})
+    assert calls == [0]  # ran with no generation in flight
+    client.portal.call(gate.enter)  # cached now: no search, so no wait for the generation in flight
+    second = complete(client, steering={"concept": CONCEPT.upper(), "strength": 0.5})
+    client.portal.call(gate.leave)
+    assert calls == [0]
+    assert second["steering"]["features"][0]["value"] == pytest.approx(0.5 * first["steering"]["features"][0]["value"])
+
+
+@pytest.mark.parametrize(
+    ("steering", "param"),
+    [
+        ({"concept": ""}, "steering.concept"),
+        ({"concept": "   "}, "steering.concept"),
+        ({"concept": "x" * (autosteer.MAX_CONCEPT_CHARS + 1)}, "steering.concept"),
+        ({"concept": 3}, "steering.concept"),
+        ({"concept": "dog", "strength": 0}, "steering.strength"),
+        ({"concept": "dog", "strength": -1}, "steering.strength"),
+        ({"concept": "dog", "strength": autosteer.MAX_STRENGTH + 0.5}, "steering.strength"),
+        ({"concept": "dog", "strength": "strong"}, "steering.strength"),
+        ({"strength": 2}, "steering.strength"),
+    ],
+)
+def test_bad_concept_or_strength_names_the_parameter(client, steering, param):
+    r = post(client, steering=steering)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param
+
+
+def test_non_finite_strength_is_rejected(client):
+    raw = json.dumps(chat_body())[:-1] + ', "steering": {"concept": "dog", "strength": NaN}}'
+    r = client.post("/v1/chat/completions", content=raw.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "steering.strength"
+
+
+def test_cheap_errors_come_before_any_search(client, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("no search for a request that fails anyway")
+
+    monkeypatch.setattr(autosteer, "find_concept_features", fail)
+    r = post(client, steering={"concept": CONCEPT, "preset": "nope"})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "steering.preset"
+    r = post(client, model="gpt-4o", steering={"concept": CONCEPT})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+    r = post(client, steering={"concept": CONCEPT, "features": [{"index": 96, "value": 1}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "steering.features[0].index"
+
+
+def test_a_concept_without_any_feature_is_a_400(client, monkeypatch):
+    monkeypatch.setattr(autosteer, "find_concept_features", lambda *a, **k: [])
+    r = post(client, steering={"concept": "nothing at all"})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "steering.concept" and "nothing at all" in err["message"]
+
+
+def test_concept_without_an_sae_is_a_400(tiny_llama, tiny_tokenizer):
+    app = create_app(Settings(presets_dir=None), tiny_steered_model(tiny_llama, tiny_tokenizer, with_sae=False))
+    with TestClient(app) as c:
+        r = post(c, steering={"concept": "dogs"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "steering"
+
+
+def test_features_only_report_and_openapi(client):
+    out = complete(client, steering={"features": [{"index": 3, "value": 2}], "compare": True})
+    assert out["steering"] == {"features": [{"index": 3, "value": 2.0, "mode": "clamp", "unit": "max"}],
+                               "positions": "all", "generated_limit": None, "preset": None, "concept": None}
+    assert complete(client, steering={"compare": True})["steering"]["features"] == []
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    opts = schema["SteeringOptions"]["properties"]
+    assert opts["strength"]["exclusiveMinimum"] == 0 and opts["strength"]["maximum"] == autosteer.MAX_STRENGTH
+    assert "description" in opts["concept"] and "description" in schema["ChatCompletion"]["properties"]["steering"]
+
+
+def test_raw_values_past_the_request_bound_are_reported_as_used(client, sm, monkeypatch):
+    # No known max activation: auto-steer clamps in raw units (x the largest activation its search saw),
+    # which may pass a request's |value| <= 1000; the report says what was used.
+    import dataclasses
+
+    sm.sae.max_activation[PLANTED] = float("nan")
+    (best,) = autosteer.concept_candidates(sm, CONCEPT)[:1]
+    big = dataclasses.replace(best, max_activation=500.0)
+    monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, concept, extra=(): [big])
+    out = complete(client, steering={"concept": CONCEPT, "strength": 5})
+    assert out["steering"]["features"] == [{"index": PLANTED, "value": DEFAULT_MULTIPLIER * 5 * 500.0,
+                                            "mode": "clamp", "unit": "raw"}]
+    assert out["steering"]["concept"]["candidates"][0]["concept"]["max_activation"] == 500.0

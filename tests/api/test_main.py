@@ -1,0 +1,37 @@
+"""`python -m api`: start-up failures stop the process with exit status 1 and a clear message."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_api(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "api", "--port", str(_free_port()), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_broken_preset_stops_start_up(tmp_path):
+    bad = tmp_path / "loud.json"
+    bad.write_text(json.dumps({"name": "loud", "description": "d", "model": "m", "sae": "s",
+                               "features": [{"index": 1, "value": 5000}]}))
+    out = run_api("--presets-dir", str(tmp_path))
+    assert out.returncode == 1
+    assert f"invalid preset {bad}: field 'features[0].value'" in out.stderr
+
+
+def test_unknown_model_stops_start_up(tmp_path):
+    out = run_api("--model", str(tmp_path / "absent"), "--presets-dir", str(tmp_path))
+    assert out.returncode == 1
+    assert "start-up failed" in out.stderr and "not found" in out.stderr
