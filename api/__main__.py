@@ -16,7 +16,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from api.app import create_app
-    from api.presets import PresetError, check_files
+    from steering.presets import PresetError, check_files
     from api.settings import settings_from
 
     settings = settings_from(argv)

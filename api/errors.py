@@ -30,9 +30,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from steering.chat_template import ChatFormatError
 from steering.engine.worker import QueueFullError
-from steering.interventions import SteeringError
+from steering.errors import ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ def from_exception(exc: BaseException) -> APIError:
     if isinstance(exc, QueueFullError):
         retry = max(1, math.ceil(exc.retry_after))
         return APIError(429, str(exc), None, "rate_limit_exceeded", headers={"Retry-After": str(retry)})
-    if isinstance(exc, (SteeringError, ChatFormatError)):
+    if isinstance(exc, ParameterError):  # the library's one base class for errors that name a parameter
         return bad_request(str(exc), exc.param)
     log.error("internal error", exc_info=(type(exc), exc, exc.__traceback__))
     return APIError(500, "The server had an error while processing your request.", None, "internal_error")

@@ -2,8 +2,8 @@
 
 Two sources, one answer shape (`api.protocol.FeatureDetail`):
 
-- the SAE's catalogue, when one ships next to its weights (`steering.sae.catalogue`,
-  found by `find_catalogue`): label, statistics, top contexts, logit effects
+- the SAE's catalogue, when one ships next to its weights (`SteeredModel.catalogue`,
+  a `steering.sae.Catalogue`): label, statistics, top contexts, logit effects
   and neighbours as the catalogue stores them;
 - otherwise the SAE itself: statistics from its `max_activation` and
   `firing_frequency` buffers (null where unknown), no label, no contexts, and
@@ -16,184 +16,94 @@ Search by text runs the text through the model up to the SAE's hook site and
 ranks features by their peak activation on it, relative to each feature's max
 activation when the statistics are known (raw otherwise). Search by concept
 reads the text as a concept and ranks features by
-`steering.concepts.search.find_concept_features` (specificity on text about the
+`steering.concepts.find_concept_features` (specificity on text about the
 concept x logit effect); the catalogue's label matches join its pool. Those
 forwards must not overlap the engine's (see `api.gate`); the caller holds
-the gate.
-
-The catalogue is used by duck typing (`feature(i)`, `search(q, limit)`), so
-this module works before and after `steering.sae.catalogue` exists.
+the gate, and runs them on the compute thread.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from api.protocol import (ConceptScores, FeatureDetail, FeatureList, FeatureMatch, FeatureSummary, Neighbour,
-                          TokenEffect)
-from steering.concepts.search import ConceptCandidate, find_concept_features
+from api.protocol import (
+    ConceptScores,
+    FeatureDetail,
+    FeatureList,
+    FeatureMatch,
+    FeatureSummary,
+    Neighbour,
+    TokenEffect,
+    TopContext,
+)
+from steering.concepts import ConceptCandidate, find_concept_features
 from steering.hooks import capture, run_until_capture
-from steering.sae.autoencoder import SparseAutoencoder
+from steering.sae import FeatureInfo
+from steering.steered_model import SteeredModel
 
-log = logging.getLogger(__name__)
 TOP_TOKENS = 10
 TOP_NEIGHBOURS = 10
 
 
-def find_catalogue(sae_dir: Path | None) -> Any | None:
-    """The catalogue stored with an SAE, or None (no module, no file, or unreadable: logged)."""
-    if sae_dir is None:
-        return None
-    sae_dir = Path(sae_dir)
-    if sae_dir.is_file():
-        sae_dir = sae_dir.parent
-    if not sae_dir.is_dir():
-        return None
-    try:
-        from steering.sae.catalogue import Catalogue  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    try:
-        catalogue = Catalogue.load(sae_dir)
-    except FileNotFoundError:
-        log.info("no feature catalogue in %s: labels and contexts are unavailable", sae_dir)
-        return None
-    except (OSError, ValueError, KeyError) as e:
-        log.warning("cannot read the feature catalogue in %s (%s): going on without it", sae_dir, e)
-        return None
-    log.info("feature catalogue loaded from %s (%d features)", sae_dir, len(catalogue))
-    return catalogue
-
-
-def _as_dict(obj: Any) -> dict[str, Any]:
-    if obj is None:
-        return {}
-    if isinstance(obj, dict):
-        return obj
-    if hasattr(obj, "to_dict"):  # steering.sae.catalogue.FeatureInfo: contexts with the peak marked
-        return obj.to_dict()
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump()
-    return dict(vars(obj)) if hasattr(obj, "__dict__") else {}
-
-
-def _first(d: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if d.get(k) is not None:
-            return d[k]
-    return None
-
-
 def _finite(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
+    v = float(x)
     return v if math.isfinite(v) else None
 
 
-def _effects(items: Any) -> list[TokenEffect]:
-    out = []
-    for item in items or []:
-        if isinstance(item, (list, tuple)):
-            if len(item) == 3:
-                tid, tok, eff = item
-            else:
-                (tok, eff), tid = item, None
-            out.append(TokenEffect(token=str(tok), token_id=None if tid is None else int(tid), effect=float(eff)))
-        else:
-            d = _as_dict(item)
-            eff = _first(d, "effect", "logit", "value", "score")
-            tid = d.get("token_id")
-            out.append(TokenEffect(token=str(d.get("token", "")), token_id=None if tid is None else int(tid),
-                                   effect=float(eff or 0.0)))
-    return out
-
-
-def _neighbours(items: Any) -> list[Neighbour]:
-    out = []
-    for item in items or []:
-        if isinstance(item, int):
-            out.append(Neighbour(index=item, cosine=float("nan")))
-        elif isinstance(item, (list, tuple)):
-            out.append(Neighbour(index=int(item[0]), cosine=float(item[1])))
-        else:
-            d = _as_dict(item)
-            out.append(Neighbour(index=int(d["index"]), cosine=float(_first(d, "cosine", "similarity", "score") or 0.0)))
-    return out
-
-
 class FeatureService:
-    """Feature look-ups over one model, tokenizer, SAE and optional catalogue (all shared, read-only).
+    """Feature look-ups over one SteeredModel's model, tokenizer, SAE and catalogue (all shared, read-only)."""
 
-    `sm` (the steering.steered_model.SteeredModel holding them) is needed by
-    the concept search only.
-    """
-
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, sae: SparseAutoencoder, catalogue: Any | None = None,
-                 sm: Any | None = None):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.sae = sae
-        self.catalogue = catalogue
+    def __init__(self, sm: SteeredModel):
+        if sm.sae is None:
+            raise ValueError("feature look-ups need an SAE")
         self.sm = sm
+        self.model = sm.loaded.model
+        self.tokenizer = sm.loaded.tokenizer
+        self.sae = sm.sae
+        self.catalogue = sm.catalogue
 
     @property
     def total(self) -> int:
         return self.sae.d_sae
 
-    def _catalogue_entry(self, index: int) -> dict[str, Any]:
-        if self.catalogue is None:
-            return {}
-        try:
-            return _as_dict(self.catalogue.feature(index))
-        except (KeyError, IndexError, ValueError):
-            return {}
+    def _entry(self, index: int) -> FeatureInfo | None:
+        return self.catalogue.feature(index) if self.catalogue is not None else None
 
-    def summary(self, index: int, entry: dict[str, Any] | None = None) -> FeatureSummary:
-        entry = self._catalogue_entry(index) if entry is None else entry
-        return FeatureSummary(
-            index=index,
-            label=entry.get("label"),
-            max_activation=_finite(_first(entry, "max_activation")) or _finite(self.sae.max_activation[index]),
-            firing_frequency=_finite(_first(entry, "firing_frequency", "frequency", "density"))
-            if _first(entry, "firing_frequency", "frequency", "density") is not None
-            else _finite(self.sae.firing_frequency[index]),
-        )
+    def label(self, index: int) -> str | None:
+        return self.catalogue.labels[index] if self.catalogue is not None else None
+
+    def summary(self, index: int, entry: FeatureInfo | None = None) -> FeatureSummary:
+        """Statistics from the catalogue when it has one (measured on held-out text), else the SAE's buffers."""
+        if entry is not None:
+            return FeatureSummary(index=index, label=entry.label, max_activation=_finite(entry.max_activation),
+                                  firing_frequency=_finite(entry.firing_frequency))
+        return FeatureSummary(index=index, label=self.label(index),
+                              max_activation=_finite(self.sae.max_activation[index]),
+                              firing_frequency=_finite(self.sae.firing_frequency[index]))
 
     def page(self, offset: int, limit: int) -> FeatureList:
         stop = min(offset + limit, self.total)
-        data = [self.summary(i) for i in range(offset, stop)]
+        data = [self.summary(i, self._entry(i)) for i in range(offset, stop)]
         return FeatureList(data=data, offset=offset, limit=limit, total=self.total, has_more=stop < self.total)
 
     def detail(self, index: int) -> FeatureDetail:
-        """Everything about one feature (computes effects and neighbours when the catalogue lacks them)."""
-        entry = self._catalogue_entry(index)
+        """Everything about one feature (effects and neighbours computed when there is no catalogue)."""
+        entry = self._entry(index)
         base = self.summary(index, entry)
-        promoted = _effects(_first(entry, "promoted_tokens", "promoted", "top_promoted"))
-        suppressed = _effects(_first(entry, "suppressed_tokens", "suppressed", "top_suppressed"))
-        neighbours = _neighbours(_first(entry, "neighbours", "neighbors"))
-        if not promoted and not suppressed:
+        if entry is None:
             promoted, suppressed = self.logit_effects(index)
-        if not neighbours:
-            neighbours = self.nearest(index)
-        contexts = [c if isinstance(c, dict) else _as_dict(c) or {"text": str(c)}
-                    for c in _first(entry, "top_contexts", "contexts", "examples") or []]
+            return FeatureDetail(**base.model_dump(exclude={"object"}), promoted_tokens=promoted,
+                                 suppressed_tokens=suppressed, neighbours=self.nearest(index), source="sae")
         return FeatureDetail(
             **base.model_dump(exclude={"object"}),
-            top_contexts=contexts,
-            promoted_tokens=promoted,
-            suppressed_tokens=suppressed,
-            neighbours=neighbours,
-            source="catalogue" if entry else "sae",
+            top_contexts=[TopContext(text=c.text, token=c.token, activation=c.activation) for c in entry.contexts],
+            promoted_tokens=[TokenEffect(token=t, effect=v) for t, v in entry.promoted],
+            suppressed_tokens=[TokenEffect(token=t, effect=v) for t, v in entry.suppressed],
+            neighbours=[Neighbour(index=i, cosine=c) for i, c in entry.neighbours],
+            source="catalogue",
         )
 
     @torch.no_grad()
@@ -223,23 +133,11 @@ class FeatureService:
         return [Neighbour(index=int(i), cosine=float(v)) for i, v in zip(best.indices, best.values)]
 
     def label_matches(self, query: str, limit: int) -> list[FeatureMatch]:
-        if self.catalogue is None or not hasattr(self.catalogue, "search"):
+        """The catalogue's best label matches (none without a catalogue); numpy only, no model."""
+        if self.catalogue is None:
             return []
-        scores = self.catalogue.search_scores(query) if hasattr(self.catalogue, "search_scores") else None
-        out = []
-        for item in self.catalogue.search(query, limit):
-            if isinstance(item, int):
-                index, score = item, None
-            elif isinstance(item, (list, tuple)):
-                index, score = int(item[0]), _finite(item[1]) if len(item) > 1 else None
-            else:
-                d = _as_dict(item)
-                index, score = int(d["index"]), _finite(_first(d, "score", "similarity"))
-            if score is None and scores is not None:
-                score = _finite(scores[index])
-            out.append(FeatureMatch(index=index, label=self._catalogue_entry(index).get("label"),
-                                    match="label", score=score))
-        return out[:limit]
+        return [FeatureMatch(index=i, label=self.label(i), match="label", score=score)
+                for i, score in self.catalogue.matches(query, limit)]
 
     @torch.no_grad()
     def activation_matches(self, query: str, limit: int) -> list[FeatureMatch]:
@@ -264,28 +162,18 @@ class FeatureService:
         k = min(limit, int((peak > 0).sum()))
         if k == 0:
             return []
-        best = score.topk(k).indices.tolist()
-        out = []
-        for i in best:
-            entry = self._catalogue_entry(i)
-            out.append(FeatureMatch(
-                index=i, label=entry.get("label"), match="activation",
-                activation=float(peak[i]), relative_activation=_finite(relative[i]),
-                token=self.tokenizer.decode([ids[int(where[i])]]),
-            ))
-        return out
+        return [FeatureMatch(index=i, label=self.label(i), match="activation", activation=float(peak[i]),
+                             relative_activation=_finite(relative[i]),
+                             token=self.tokenizer.decode([ids[int(where[i])]]))
+                for i in score.topk(k).indices.tolist()]
 
     def concept_match(self, c: ConceptCandidate) -> FeatureMatch:
         scores = ConceptScores(**{k: v for k, v in c.to_dict().items() if k != "index"})
-        return FeatureMatch(index=c.index, label=self._catalogue_entry(c.index).get("label"), match="concept",
-                            score=c.score, concept=scores)
+        return FeatureMatch(index=c.index, label=self.label(c.index), match="concept", score=c.score, concept=scores)
 
     def concept_matches(self, concept: str, limit: int, extra: list[int] | tuple[int, ...] = ()) -> list[FeatureMatch]:
         """Features for `concept`, ranked by specificity x logit effect. Caller holds the gate.
 
         Raises steering's SteeringError (param `concept`) for a blank concept.
         """
-        if self.sm is None:
-            return []
-        found = find_concept_features(self.sm, concept, limit=limit, extra=extra)
-        return [self.concept_match(c) for c in found]
+        return [self.concept_match(c) for c in find_concept_features(self.sm, concept, limit=limit, extra=extra)]

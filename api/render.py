@@ -8,6 +8,9 @@ Log-probabilities follow OpenAI: per generated token its text, log p, its
 UTF-8 bytes and the `top_logprobs` alternatives. The end-of-sequence token is
 not reported (it has no text), as OpenAI does not report it either.
 
+The steering report (`steering_report`) renders the request's resolved
+steering (`api.translate.ResolvedSteering`); nothing here decides it.
+
 Nothing here touches the network or the model.
 """
 
@@ -17,70 +20,40 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
+from api.features import FeatureService
 from api.protocol import (
+    AppliedFeature,
     AppliedSteering,
     ChatCompletion,
     ChatCompletionChunk,
     Choice,
     ChoiceLogprobs,
     ChunkChoice,
+    ConceptProbe,
+    ConceptSteering,
     DeltaMessage,
     ResponseMessage,
     TokenLogprob,
     TopLogprob,
     Usage,
 )
-from steering.engine.generation import TokenEvent
+from api.translate import ResolvedSteering
+from steering.engine import TokenEvent
+from steering.tokens import TokenTexts
 
 
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, reversed (character -> byte)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            mapping[chr(b)] = b
-        else:
-            mapping[chr(256 + extra)] = b
-            extra += 1
-    return mapping
-
-
-_BYTES = _byte_decoder()
-
-
-class TokenTexts:
-    """Token id -> (text, UTF-8 bytes) for log-probabilities, cached per id."""
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-        self.lookup = lru_cache(maxsize=65536)(self._lookup)
-
-    def _lookup(self, token_id: int) -> tuple[str, tuple[int, ...]]:
-        text = self.tokenizer.decode([token_id])
-        piece = self.tokenizer.convert_ids_to_tokens(token_id)
-        # A byte-level BPE token may hold part of a character: its own bytes
-        # are exact where its decoded text would show U+FFFD.
-        if isinstance(piece, str) and piece and all(ch in _BYTES for ch in piece):
-            raw = bytes(_BYTES[ch] for ch in piece)
-            if raw.decode("utf-8", errors="replace") == text:
-                return text, tuple(raw)
-            if "\ufffd" in text:
-                return text, tuple(raw)
-        return text, tuple(text.encode("utf-8"))
-
-    def logprob(self, event: TokenEvent) -> TokenLogprob | None:
-        if event.token_id is None or event.logprob is None:
-            return None
-        text, raw = self.lookup(event.token_id)
-        top = []
-        for tid, lp in event.top_logprobs:
-            t, b = self.lookup(tid)
-            top.append(TopLogprob(token=t, logprob=lp, bytes=list(b)))
-        return TokenLogprob(token=text, logprob=event.logprob, bytes=list(raw), top_logprobs=top)
+def token_logprob(texts: TokenTexts, event: TokenEvent) -> TokenLogprob | None:
+    """OpenAI's log-probability entry for the event's token (None for an event without one)."""
+    if event.token_id is None or event.logprob is None:
+        return None
+    text, raw = texts.lookup(event.token_id)
+    top = []
+    for tid, lp in event.top_logprobs:
+        t, b = texts.lookup(tid)
+        top.append(TopLogprob(token=t, logprob=lp, bytes=list(b)))
+    return TokenLogprob(token=text, logprob=event.logprob, bytes=list(raw), top_logprobs=top)
 
 
 def new_id() -> str:
@@ -120,7 +93,7 @@ class Collector:
             self.content[e.index] += e.text
             self.tokens[e.index] = max(self.tokens[e.index], e.completion_tokens)
             if self.meta.logprobs:
-                lp = self.texts.logprob(e)
+                lp = token_logprob(self.texts, e)
                 if lp is not None:
                     self.logprobs[e.index].append(lp)
             if e.finish_reason in ("stop", "length"):
@@ -192,7 +165,7 @@ class Chunker:
         for e in events:
             self.tokens[e.index] = max(self.tokens[e.index], e.completion_tokens)
             finish = e.finish_reason if e.finish_reason in ("stop", "length") else None
-            lp = self.texts.logprob(e) if self.meta.logprobs else None
+            lp = token_logprob(self.texts, e) if self.meta.logprobs else None
             if not e.text and finish is None and lp is None:
                 continue
             logprobs = ChoiceLogprobs(content=[lp] if lp is not None else []) if self.meta.logprobs else None
@@ -206,3 +179,23 @@ class Chunker:
         if not self.include_usage:
             return []
         return [self._chunk([], usage(self.meta.prompt_tokens, self.tokens))]
+
+
+def steering_report(steering: ResolvedSteering | None, features: FeatureService | None) -> AppliedSteering | None:
+    """The response's `steering` extension, rendered from the resolved steering (None without a `steering` block):
+    the merged clamps as `{index, value, mode, unit}`, `positions` and `generated_limit` (fields a preset file
+    and a request's `steering` both take), the preset's name, and auto-steer's choice with its ranked
+    candidates (`match: concept`, as in /v1/features/search) and each candidate's probe."""
+    if steering is None:
+        return None
+    spec = steering.spec
+    clamps = [AppliedFeature(index=c.index, value=float(c.value), mode=c.mode, unit=c.unit) for c in spec.features]
+    concept = None
+    auto = steering.concept
+    if auto is not None:
+        candidates = [features.concept_match(c) for c in auto.candidates] if features is not None else []
+        concept = ConceptSteering(concept=auto.concept, strength=auto.strength,
+                                  features=[f.index for f in auto.features], rationale=auto.rationale,
+                                  candidates=candidates, probe=[ConceptProbe(**p.to_dict()) for p in auto.probes])
+    return AppliedSteering(features=clamps, positions=spec.positions, generated_limit=spec.generated_limit,
+                           preset=steering.preset, concept=concept)

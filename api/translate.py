@@ -1,6 +1,8 @@
 """The boundary: a ChatCompletionRequest becomes engine objects here, and only here.
 
-    request  ->  EngineJob(requests = [steered choice 0..n-1, baseline 0..n-1 if compare])
+    layers = check_steering(request, served, presets)     # cheap checks, before any concept search
+    steering = resolve_steering(layers, auto)             # once: what the steered rows apply
+    job = to_engine(request, served, steering)            # [steered choice 0..n-1, baseline 0..n-1]
 
 Rules:
 - Choice i samples with seed + i; the baseline of choice i (choice n + i)
@@ -8,15 +10,17 @@ Rules:
   A request without a seed gets one random seed, drawn here, once.
 - Steering merges in three layers, each over the one before (on the same
   feature index the later wins): the preset's features, then auto-steer's
-  for `steering.concept` (an `AutoSteerResult` the caller has computed, see
-  `api.concepts`), then the request's own `features`. `positions` and
-  `generated_limit` are a pair: the request's if it sets either, else the
-  preset's, else `all` with no limit. A preset's system prompt is
+  for `steering.concept` (an `AutoSteerResult` the caller has computed),
+  then the request's own `features`. `positions` and `generated_limit` are a
+  pair: the request's if it sets either, else auto-steer's for a concept,
+  else the preset's, else `all` with no limit. A preset's system prompt is
   prepended when the messages have none.
 - max_tokens: max_completion_tokens, else max_tokens, else
   min(settings.default_max_tokens, context left after the prompt).
 - top_p == 0 keeps only the likeliest token: it is decoded greedily.
 
+The result of `resolve_steering` is the one value both the engine job and
+the response's `steering` report are made from (`api.render.steering_report`).
 Errors are `APIError`s naming the OpenAI (or `steering.`) parameter. Below
 this module nobody sees pydantic models.
 """
@@ -27,15 +31,15 @@ import secrets
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from api.errors import APIError, bad_request, not_found
-from api.presets import PresetRegistry
+from api.errors import bad_request, not_found
 from api.protocol import ChatCompletionRequest
-from steering.concepts.autosteer import AutoSteerResult
 from steering.chat_template import ChatFormatError
-from steering.engine.generation import SequenceRequest
-from steering.interventions import FeatureClamp, SteeringError, SteeringSpec
-from steering.sae.autoencoder import SparseAutoencoder
-from steering.engine.sampling import SamplingParams
+from steering.concepts import AutoSteerResult
+from steering.engine import SamplingParams, SequenceRequest
+from steering.errors import SteeringError
+from steering.interventions import FeatureClamp, SteeringSpec
+from steering.presets import PresetRegistry
+from steering.sae import SparseAutoencoder
 
 # No tokenizer packs more characters than this into one token on average.
 MAX_CHARS_PER_TOKEN = 64
@@ -57,6 +61,34 @@ class ServedModel:
 
 
 @dataclass(frozen=True)
+class SteeringLayers:
+    """A request's `steering` block, checked: the layers `resolve_steering` merges."""
+
+    preset_name: str | None
+    preset: SteeringSpec  # the preset's clamps and window (empty without a preset)
+    system_prompt: str | None
+    own: tuple[FeatureClamp, ...]  # the request's own features
+    window: tuple[str, int | None] | None  # the request's (positions, generated_limit), if it set either
+    concept: str | None
+    strength: float
+
+
+@dataclass(frozen=True)
+class ResolvedSteering:
+    """What a request's steering comes to: the merged spec (empty: nothing to apply) and where it came from."""
+
+    spec: SteeringSpec
+    preset: str | None = None
+    system_prompt: str | None = None
+    concept: AutoSteerResult | None = None
+
+    @property
+    def applied(self) -> SteeringSpec | None:
+        """The spec the steered rows carry (None when it has no clamps)."""
+        return None if self.spec.is_empty else self.spec
+
+
+@dataclass(frozen=True)
 class EngineJob:
     """One chat request as the engine sees it, plus what the response needs."""
 
@@ -65,7 +97,7 @@ class EngineJob:
     compare: bool
     prompt_tokens: int
     seed: int
-    spec: SteeringSpec | None = None  # what the steered rows apply (None: no steering block or nothing to apply)
+    steering: ResolvedSteering | None = None  # None: the request had no `steering` block
 
     @property
     def steered(self) -> tuple[bool, ...]:
@@ -81,20 +113,14 @@ def check_model(name: str, served: ServedModel) -> None:
         )
 
 
-def _messages(request: ChatCompletionRequest, system_prompt: str | None) -> list[dict[str, str]]:
-    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages]
-    if system_prompt and not any(m["role"] == "system" for m in msgs):
-        msgs.insert(0, {"role": "system", "content": system_prompt})
-    return msgs
-
-
-def _steering(
-    request: ChatCompletionRequest, served: ServedModel, presets: PresetRegistry, auto: AutoSteerResult | None
-) -> tuple[SteeringSpec | None, str | None]:
-    """(the merged spec or None, the preset's system prompt); see the module docstring for the merge."""
+def check_steering(request: ChatCompletionRequest, served: ServedModel,
+                   presets: PresetRegistry) -> SteeringLayers | None:
+    """The request's model and steering block checked (None without one); run before a concept search,
+    so a bad request never costs one."""
+    check_model(request.model, served)
     opts = request.steering
     if opts is None:
-        return None, None
+        return None
     if opts.concept is None and "strength" in opts.model_fields_set:
         raise bad_request("steering.strength only applies with steering.concept.", "steering.strength")
     preset, system_prompt = SteeringSpec(), None
@@ -107,37 +133,41 @@ def _steering(
         if not entry.available:
             raise bad_request(f"Preset {opts.preset!r} cannot be used here: {entry.reason}.",
                               "steering.preset", "preset_unavailable")
-        preset, system_prompt = entry.spec(), entry.preset.system_prompt
-    by_concept = auto is not None and opts.concept is not None
-    concept = auto.spec if by_concept else SteeringSpec()
-    # positions and generated_limit travel as a pair: the request's if it sets either, else
-    # auto-steer's for a concept, else the preset's (the same order as the features' layers)
+        preset, system_prompt = entry.preset.spec, entry.preset.system_prompt
     window_set = bool({"positions", "generated_limit"} & opts.model_fields_set)
-    window = concept if by_concept else preset
-    own = SteeringSpec(
-        features=tuple(FeatureClamp(f.index, f.value, f.mode, f.unit) for f in opts.features),
-        positions=(opts.positions or "all") if window_set else window.positions,
-        generated_limit=opts.generated_limit if window_set else window.generated_limit,
-    )
+    window = ((opts.positions or "all"), opts.generated_limit) if window_set else None
+    own = tuple(FeatureClamp(f.index, f.value, f.mode, f.unit) for f in opts.features)
+    mine = SteeringSpec(own, *(window or (preset.positions, preset.generated_limit)))
     try:
-        own.validate_window()  # even without clamps: a contradictory window is an error, not ignored
+        mine.validate_window()  # even without clamps: a contradictory window is an error, not ignored
+        if own or not preset.is_empty or opts.concept is not None:
+            if served.sae is None:
+                raise bad_request("This server runs without an SAE; steering is unavailable.", "steering")
+            mine.validate(served.sae, "features")
     except SteeringError as e:
         raise bad_request(str(e), f"steering.{e.param}") from None
-    if own.is_empty and preset.is_empty and concept.is_empty and opts.concept is None:
-        return None, system_prompt
-    if served.sae is None:
-        raise bad_request("This server runs without an SAE; steering is unavailable.", "steering")
-    try:
-        own.validate(served.sae, "features")
-    except SteeringError as e:
-        raise bad_request(str(e), f"steering.{e.param}") from None
-    return own.merged_over(concept.merged_over(preset)), system_prompt
+    return SteeringLayers(opts.preset, preset, system_prompt, own, window, opts.concept, opts.strength)
 
 
-def check_steering(request: ChatCompletionRequest, served: ServedModel, presets: PresetRegistry) -> None:
-    """The cheap checks of `to_engine` (model, preset, features), to run before a concept search."""
-    check_model(request.model, served)
-    _steering(request, served, presets, None)
+def resolve_steering(layers: SteeringLayers | None, auto: AutoSteerResult | None = None) -> ResolvedSteering | None:
+    """Merge the layers (module docstring) once; `auto` is auto-steer's result for the layers' concept."""
+    if layers is None:
+        return None
+    if layers.concept is not None and auto is None:
+        raise ValueError("resolve_steering needs auto-steer's result for steering.concept")
+    concept = auto.spec if auto is not None and layers.concept is not None else SteeringSpec()
+    under = concept if layers.concept is not None else layers.preset
+    positions, limit = layers.window or (under.positions, under.generated_limit)
+    spec = SteeringSpec(layers.own, positions, limit).merged_over(concept.merged_over(layers.preset))
+    return ResolvedSteering(spec, layers.preset_name, layers.system_prompt,
+                            auto if layers.concept is not None else None)
+
+
+def _messages(request: ChatCompletionRequest, system_prompt: str | None) -> list[dict[str, str]]:
+    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages]
+    if system_prompt and not any(m["role"] == "system" for m in msgs):
+        msgs.insert(0, {"role": "system", "content": system_prompt})
+    return msgs
 
 
 def _max_tokens(request: ChatCompletionRequest, prompt_tokens: int, served: ServedModel) -> int:
@@ -164,25 +194,16 @@ def _max_tokens(request: ChatCompletionRequest, prompt_tokens: int, served: Serv
     return asked
 
 
-def to_engine(
-    request: ChatCompletionRequest, served: ServedModel, presets: PresetRegistry, auto: AutoSteerResult | None = None
-) -> EngineJob:
-    """Translate a validated request; raises APIError (4xx) for anything the engine would refuse.
-
-    `auto`: auto-steer's result for `steering.concept` (ignored without one).
-    """
-    check_model(request.model, served)
+def to_engine(request: ChatCompletionRequest, served: ServedModel, steering: ResolvedSteering | None) -> EngineJob:
+    """Translate a request whose steering is resolved; raises APIError (4xx) for anything the engine would refuse."""
     if request.top_logprobs and not request.logprobs:
         raise bad_request("top_logprobs needs logprobs set to true.", "top_logprobs")
-    if request.steering is not None and request.steering.concept is not None and auto is None:
-        raise ValueError("to_engine needs auto-steer's result for steering.concept (api.concepts.resolve_concept)")
-    spec, system_prompt = _steering(request, served, presets, auto)
     chars = sum(len(m.text()) for m in request.messages)
     if chars > MAX_CHARS_PER_TOKEN * served.context_length:  # too long to be worth tokenising on the event loop
         raise bad_request(f"The messages ({chars} characters) cannot fit this model's context of "
                           f"{served.context_length} tokens. Shorten the messages.", "messages", "context_length_exceeded")
     try:
-        prompt = served.render(_messages(request, system_prompt))
+        prompt = served.render(_messages(request, steering.system_prompt if steering else None))
     except ChatFormatError as e:
         raise bad_request(str(e), e.param) from None
     if not prompt:
@@ -191,6 +212,7 @@ def to_engine(
     seed = request.seed if request.seed is not None else secrets.randbits(63)
     greedy = request.top_p == 0.0
     compare = bool(request.steering and request.steering.compare)
+    spec = steering.applied if steering is not None else None
 
     def params(i: int) -> SamplingParams:
         p = SamplingParams(
@@ -205,8 +227,8 @@ def to_engine(
         try:
             return p.validate()
         except SteeringError as e:  # the protocol's bounds should have caught it
-            raise APIError(400, str(e), e.param) from None
+            raise bad_request(str(e), e.param) from None
 
     steered = [SequenceRequest(prompt, params(i), spec) for i in range(request.n)]
     baseline = [SequenceRequest(prompt, params(i), None) for i in range(request.n)] if compare else []
-    return EngineJob(tuple(steered + baseline), request.n, compare, len(prompt), seed, spec)
+    return EngineJob(tuple(steered + baseline), request.n, compare, len(prompt), seed, steering)

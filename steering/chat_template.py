@@ -23,15 +23,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from steering.errors import ParameterError
+
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
 
-class ChatFormatError(ValueError):
+class ChatFormatError(ParameterError):
     """A malformed message; `param` names it (e.g. `messages[1].role`)."""
-
-    def __init__(self, message: str, param: str):
-        super().__init__(message)
-        self.param = param
 
 
 def _check(messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:

@@ -89,15 +89,16 @@ def edit_site(model: nn.Module, layer: int, site: str, fn: EditFn) -> Iterator[N
 class SteeringHook:
     """Applies a BatchPlan to the SAE's hook site.
 
-    The generation loop that owns this hook sets `plan` and `positions`
-    ([B, T] absolute positions of the tokens in the next forward) before each
-    forward; both are values of that loop, never state of the model or SAE.
+    `positions` [B, T] are the absolute positions of the tokens of the forward
+    it is attached for (None: 0..T-1 in every row). Both are given when the
+    hook is attached and never change: values of the caller's forward, never
+    state of the model or SAE.
     """
 
-    def __init__(self, sae: SparseAutoencoder, plan: BatchPlan | None = None):
+    def __init__(self, sae: SparseAutoencoder, plan: BatchPlan | None = None, positions: Tensor | None = None):
         self.sae = sae
         self.plan = plan
-        self.positions: Tensor | None = None
+        self.positions = positions
 
     def __call__(self, hidden: Tensor) -> Tensor | None:
         if self.plan is None or self.plan.is_empty:
@@ -106,9 +107,11 @@ class SteeringHook:
 
 
 @contextmanager
-def steering(model: nn.Module, sae: SparseAutoencoder, plan: BatchPlan | None = None) -> Iterator[SteeringHook]:
-    """Attach a SteeringHook at the SAE's site for the duration of the block."""
-    hook = SteeringHook(sae, plan)
+def steering(
+    model: nn.Module, sae: SparseAutoencoder, plan: BatchPlan | None = None, positions: Tensor | None = None
+) -> Iterator[SteeringHook]:
+    """Attach a SteeringHook at the SAE's site for the duration of the block (`positions`: see SteeringHook)."""
+    hook = SteeringHook(sae, plan, positions)
     with edit_site(model, sae.cfg.hook_layer, sae.cfg.hook_site, hook):
         yield hook
 

@@ -8,7 +8,8 @@ each clamped feature i gets a new activation f'_i and the edit is
                                                          the SAE's normalisation)
 
 so the SAE's reconstruction error x - SAE(x) is kept and an empty spec leaves
-x untouched. Modes (a small registry, like transformers' logits processors):
+x untouched. Modes (`CLAMP_MODES`, the one table every front end lists, like
+transformers' registry of logits processors):
 
     clamp   f'_i = v                  (Anthropic's method)
     add     f'_i = f_i + v            i.e. x' = x + v * W_dec[i]
@@ -38,28 +39,53 @@ This module knows nothing of hooks, models or HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from steering.errors import SteeringError
 from steering.sae.autoencoder import SparseAutoencoder
 
-CLAMP_MODES: tuple[str, ...] = ("clamp", "add", "scale")
-CLAMP_UNITS: tuple[str, ...] = ("max", "raw")
-POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
+@dataclass(frozen=True)
+class ClampMode:
+    """One clamp mode: its name, whether `value` takes a unit, and its affine coefficients.
+
+    `affine(v)` is (a, b) with f' - f = a * f + b for the value v in activation units.
+    """
+
+    name: str
+    takes_unit: bool
+    affine: Callable[[float], tuple[float, float]]
+    description: str
+
+
+# The one table of clamp modes: every front end (request schema, presets, commands) lists these.
+CLAMP_MODES: dict[str, ClampMode] = {m.name: m for m in (
+    ClampMode("clamp", True, lambda v: (-1.0, v), "set the feature's activation to value (Anthropic's method)"),
+    ClampMode("add", True, lambda v: (0.0, v), "add value to the feature's activation (x' = x + value * W_dec[i])"),
+    ClampMode("scale", False, lambda v: (v - 1.0, 0.0), "multiply the feature's activation by value (no unit)"),
+)}
+CLAMP_UNITS: dict[str, str] = {
+    "max": "value is a multiple of the feature's max activation (10 is a strong clamp)",
+    "raw": "value is in activation units",
+}
+POSITIONS: dict[str, str] = {
+    "all": "every token: prompt and generated",
+    "prompt": "only the prompt's tokens (the answer reads a steered prompt)",
+    "generated": "only tokens the model generated",
+}
+# Bounds every front end enforces on a spec (a request, a preset file). |value| <= MAX_CLAMP_VALUE:
+# in `max` units a thousand times the feature's largest activation, far past where text breaks down
+# (Anthropic's Golden Gate demo used 10x).
+MAX_CLAMP_VALUE = 1000.0
+MAX_CLAMPS = 64
+MAX_GENERATED_LIMIT = 1 << 20
 # `end` of a row whose clamps never stop (beyond any context length)
 NO_END = 2**62
-
-
-class SteeringError(ValueError):
-    """A bad steering request; `param` names the offending parameter (e.g. `features[0].value`)."""
-
-    def __init__(self, message: str, param: str):
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass(frozen=True)
@@ -89,7 +115,7 @@ class FeatureClamp:
             raise SteeringError(
                 f"unknown unit {self.unit!r}; valid: {', '.join(CLAMP_UNITS)}", f"{param}.unit"
             )
-        if self.unit == "max" and self.mode != "scale":
+        if self.unit == "max" and CLAMP_MODES[self.mode].takes_unit:
             max_act = float(sae.max_activation[self.index])
             if not math.isfinite(max_act):
                 raise SteeringError(
@@ -98,18 +124,13 @@ class FeatureClamp:
 
     def raw_value(self, sae: SparseAutoencoder) -> float:
         """The value in activation units (the unit resolved)."""
-        if self.unit == "max" and self.mode != "scale":
+        if self.unit == "max" and CLAMP_MODES[self.mode].takes_unit:
             return self.value * float(sae.max_activation[self.index])
         return float(self.value)
 
     def affine(self, sae: SparseAutoencoder) -> tuple[float, float]:
         """(a, b) with f' - f = a * f + b."""
-        v = self.raw_value(sae)
-        if self.mode == "clamp":
-            return -1.0, v
-        if self.mode == "add":
-            return 0.0, v
-        return v - 1.0, 0.0
+        return CLAMP_MODES[self.mode].affine(self.raw_value(sae))
 
 
 @dataclass(frozen=True)
@@ -144,8 +165,9 @@ class SteeringSpec:
             )
         limit = self.generated_limit
         if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-                raise SteeringError(f"generated_limit must be a non-negative integer, got {limit!r}", "generated_limit")
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_GENERATED_LIMIT:
+                raise SteeringError(f"generated_limit must be an integer in [0, {MAX_GENERATED_LIMIT}], got {limit!r}",
+                                    "generated_limit")
             if self.positions == "prompt":
                 raise SteeringError("generated_limit counts generated tokens; positions 'prompt' clamps none",
                                     "generated_limit")
@@ -157,6 +179,16 @@ class SteeringSpec:
         kept = tuple(c for c in base.features if c.index not in mine)
         return SteeringSpec(features=kept + self.features, positions=self.positions,
                             generated_limit=self.generated_limit)
+
+    def scaled(self, multiplier: float) -> "SteeringSpec":
+        """Every clamp's value times `multiplier` (whatever its mode or unit); the window kept."""
+        clamps = tuple(dataclasses.replace(c, value=c.value * multiplier) for c in self.features)
+        return SteeringSpec(clamps, self.positions, self.generated_limit)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able, in the fields a preset file and a request's `steering` take."""
+        return {"features": [dataclasses.asdict(c) for c in self.features], "positions": self.positions,
+                "generated_limit": self.generated_limit}
 
     def clamp_window(self, prompt_length: int) -> tuple[int, int]:
         """[start, end): the absolute positions this spec clamps in a sequence whose prompt has
@@ -180,20 +212,6 @@ class SteeringSpec:
         if self.is_empty or self.positions == "generated":
             return None
         return self.features
-
-
-def parse_clamp(text: str) -> FeatureClamp:
-    """Parse the CLI form `INDEX=VALUE[:MODE][:UNIT]`, e.g. `123=10`, `456=-3:add`, `7=2.5:clamp:raw`."""
-    try:
-        index_text, rest = text.split("=", 1)
-        parts = rest.split(":")
-        value = float(parts[0])
-        index = int(index_text)
-    except ValueError:
-        raise SteeringError(f"bad clamp {text!r}: expected INDEX=VALUE[:MODE][:UNIT]", "clamp") from None
-    mode = parts[1] if len(parts) > 1 and parts[1] else "clamp"
-    unit = parts[2] if len(parts) > 2 and parts[2] else "max"
-    return FeatureClamp(index=index, value=value, mode=mode, unit=unit)
 
 
 @dataclass(frozen=True)

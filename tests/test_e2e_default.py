@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from steering.engine.generation import SequenceRequest, generate_batch
+from steering.engine import SequenceRequest, generate_batch
 from steering.interventions import FeatureClamp, SteeringSpec
 from steering.engine.sampling import SamplingParams
 from steering.steered_model import SteeredModel

@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from steering.hooks import capture, run_until_capture, steering
+from steering.errors import SteeringError
 from steering.interventions import (
     FeatureClamp,
-    SteeringError,
     SteeringSpec,
     apply_plan,
     build_plan,
-    parse_clamp,
 )
 from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
 
@@ -190,14 +189,6 @@ def test_merge_request_wins_on_same_index():
     merged = request.merged_over(preset)
     assert {c.index: (c.value, c.mode) for c in merged.features} == {1: (2.0, "clamp"), 2: (-1.0, "add")}
     assert merged.positions == "generated" and merged.generated_limit == 7
-
-
-def test_parse_clamp_cli_form():
-    assert parse_clamp("123=10") == FeatureClamp(123, 10.0)
-    assert parse_clamp("456=-3:add") == FeatureClamp(456, -3.0, "add")
-    assert parse_clamp("7=2.5:clamp:raw") == FeatureClamp(7, 2.5, "clamp", "raw")
-    with pytest.raises(SteeringError):
-        parse_clamp("seven=1")
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny_llama", "tiny_gpt2"])

@@ -1,10 +1,11 @@
-"""Subcommands of `python -m steering` for dictionary learning.
+"""`python -m steering` commands for dictionary learning (`steering.training`).
 
     build-corpus     offline text -> packed token rows (train / eval split)
     harvest          token rows -> activations at one site, on disk (float16)
     train-sae        activations -> BatchTopK SAE (saved as JumpReLU, fp16) + report
     eval-sae         held-out L0, variance explained, delta CE, dead/dense (JSON)
     build-catalogue  per-feature contexts, logit effects, labels, neighbours
+    layer-sweep      a small SAE per candidate layer: reconstruction and concept scores
 
 Defaults chain together: build-corpus writes <cache>/training/corpus/default,
 harvest reads it and writes <cache>/training/acts/default-l<L>/{train,eval},
@@ -17,34 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+from steering.cli.common import add_model_arguments, load_language_model, set_threads
 from steering.training import training_dir
 
 SHIPPED_SAE_NAME = "smollm2-135m-l15-bt16k"
 SHIPPED_SAE_DIR = Path(__file__).resolve().parent.parent / "data" / "saes" / SHIPPED_SAE_NAME
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    from steering.cli import add_model_arguments
-
-    add_model_arguments(p)
-
-
-def _threads(args: argparse.Namespace) -> None:
-    import torch
-
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-
-
-def _load(args: argparse.Namespace):
-    from steering.models import load_model
-
-    _threads(args)
-    return load_model(args.model, device=args.device, dtype=args.dtype)
 
 
 def _acts_dir(args: argparse.Namespace, layer: int | None = None) -> Path:
@@ -74,7 +55,7 @@ def _harvest(args: argparse.Namespace) -> int:
     from steering.training.corpus import load_rows
     from steering.training.harvest import harvest
 
-    lm = _load(args)
+    lm = load_language_model(args)
     corpus = Path(args.corpus) if args.corpus else training_dir("corpus", "default")
     out = _acts_dir(args)
     meta = {"model_id": lm.model_id, "corpus": str(corpus)}
@@ -96,7 +77,7 @@ def _train_sae(args: argparse.Namespace) -> int:
     from steering.training.store import ActivationStore
     from steering.training.train import TrainConfig, train
 
-    _threads(args)
+    set_threads(args)
     store = ActivationStore(_acts_dir(args) / "train", max_tokens=args.max_stored_tokens)
     hmeta = store.meta or {}
     layer = int(hmeta.get("layer", args.layer))
@@ -144,7 +125,7 @@ def _eval_sae(args: argparse.Namespace) -> int:
     from steering.training.store import ActivationStore
 
     sae = load_sae(args.sae or SHIPPED_SAE_DIR)
-    lm = _load(args)
+    lm = load_language_model(args)
     store = ActivationStore(_acts_dir(args, sae.cfg.hook_layer) / "eval", max_tokens=args.tokens)
     acc = activation_metrics(sae, store.slices(2048))
     result = acc.result()
@@ -181,7 +162,7 @@ def _build_catalogue(args: argparse.Namespace) -> int:
 
     sae_dir = Path(args.sae or SHIPPED_SAE_DIR)
     sae = load_sae(sae_dir)
-    lm = _load(args)
+    lm = load_language_model(args)
     store = ActivationStore(_acts_dir(args, sae.cfg.hook_layer) / "eval", max_tokens=args.tokens)
     corpus = Path(args.corpus) if args.corpus else Path(store.meta.get("corpus", training_dir("corpus", "default")))
     meta = build_catalogue(sae, store, load_rows(corpus, "eval"), lm.tokenizer, unembedding(lm.model),
@@ -194,8 +175,8 @@ def _build_catalogue(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ parsers
-def add_subcommands(subparsers: Any) -> None:
-    """Register build-corpus, harvest, train-sae, eval-sae and build-catalogue."""
+def add_parsers(subparsers: Any) -> None:
+    """Register build-corpus, harvest, train-sae, eval-sae, build-catalogue and layer-sweep."""
     p = subparsers.add_parser("build-corpus", help="assemble the offline training text into token rows")
     p.add_argument("--out", default=None, help="corpus folder (default <cache>/training/corpus/default)")
     p.add_argument("--model", default=None, help="model whose tokenizer and chat template to use")
@@ -216,7 +197,7 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--max-tokens", type=int, default=5_300_000, help="train activations to store")
     p.add_argument("--eval-tokens", type=int, default=130_000, help="held-out activations to store")
     p.add_argument("--outlier-factor", type=float, default=10.0)
-    _model_args(p)
+    add_model_arguments(p)
     p.set_defaults(handler=_harvest)
 
     p = subparsers.add_parser("train-sae", help="train a BatchTopK SAE on harvested activations (resumable)")
@@ -260,7 +241,7 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--no-mean-ablation", action="store_true", help="skip the mean-ablation CE (one forward less)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--write", default=None, help="also write the JSON to this file")
-    _model_args(p)
+    add_model_arguments(p)
     p.set_defaults(handler=_eval_sae)
 
     p = subparsers.add_parser("build-catalogue", help="feature catalogue from held-out activations")
@@ -271,7 +252,7 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--contexts", type=int, default=20)
     p.add_argument("--out", default=None, help="default: the SAE folder")
     p.add_argument("--no-stats", action="store_true", help="do not rewrite the SAE's feature statistics")
-    _model_args(p)
+    add_model_arguments(p)
     p.set_defaults(handler=_build_catalogue)
 
     p = subparsers.add_parser("layer-sweep", help="a small SAE per candidate layer: reconstruction and concept scores")
@@ -288,7 +269,7 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--concepts", nargs="+", default=None, help="probe concepts (default: eight of different kinds)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--write", default=None, help="also write the JSON to this file")
-    _model_args(p)
+    add_model_arguments(p)
     p.set_defaults(handler=_layer_sweep)
 
 
@@ -298,7 +279,7 @@ def _layer_sweep(args: argparse.Namespace) -> int:
     from steering.training.corpus import load_rows
     from steering.training.layer_sweep import PROBE_CONCEPTS, SweepBudget, layer_sweep
 
-    loaded = _load(args)
+    loaded = load_language_model(args)
     corpus = Path(args.corpus) if args.corpus else training_dir("corpus", "default")
     budget = SweepBudget(train_tokens=args.train_tokens, eval_tokens=args.eval_tokens, ce_tokens=args.ce_tokens,
                          d_sae=args.d_sae, k=args.k, token_steps=args.token_steps, batch_size=args.batch_size)
@@ -315,14 +296,3 @@ def _layer_sweep(args: argparse.Namespace) -> int:
     if args.write:
         Path(args.write).write_text(json.dumps(out, indent=2))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m steering.cli.training")
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.handler(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,12 @@
 """Auto-steer: a SteeringSpec for a concept given as text.
 
-    result = auto_steer(sm, "dogs", strength=1.0)
-    sm.chat(messages, result.spec)          # result.features says what was used
+    steerer = AutoSteerer(sm)                   # one per model and SAE; it remembers concepts
+    result = steerer.steer("dogs", strength=1.0)
+    sm.chat(messages, result.spec)              # result.features says what was used
 
 Candidates: the SEARCH_CANDIDATES best of `concepts.find_concept_features`
-(specificity x logit effect) plus `extra` features (a catalogue's
-LABEL_CANDIDATES best label matches, which servers and CLIs pass). The
+(specificity x logit effect) plus `extra` features (by default the
+LABEL_CANDIDATES best label matches of the model's catalogue, `sm.catalogue`). The
 search alone is a weak guide at layer 15: its top features are often token
 detectors that do not steer, and on the six shipped concepts auto-steer by
 search score turned 0-28% of answers to the concept by words (README,
@@ -32,33 +33,32 @@ at least SECOND_FEATURE_RATIO of the first's, and then the multiplier is
 split between the two (two features at full strength broke every concept in
 the prototype probe).
 
-Search and probe results are cached per SAE and per (concept lowercased
-with whitespace collapsed, extra features, probe settings) in memory, in a
-WeakKeyDictionary keyed by the SAE module, so a new SAE never sees another's
-features, and bounded (the MAX_CACHED_CONCEPTS most recently used per SAE); `strength` is applied after the cache. Search and probe run
-forwards and generation on the shared model: a server must run them where it
-runs feature search (holding `api.gate` exclusively), not beside generation;
-`is_cached` says when a call will run none.
-
-CLI: `python -m steering concept-search CONCEPT [--limit N] [--try PROMPT] [--json]`
-prints the ranked candidates with both scores, with the catalogue's label
-and top context when the SAE ships a catalogue (whose text matches also join
-the candidate pool), and with --try an auto-steered answer beside the
-unsteered one.
+An `AutoSteerer` keeps each concept's search and probe (keyed by the concept
+lowercased with whitespace collapsed, and the extra features) for the
+MAX_CACHED_CONCEPTS most recently used concepts; `strength` is applied
+after the cache. It belongs to one SteeredModel: whoever holds the model
+(the server's state, a command) holds its steerer, and nothing is global.
+Search and probe run forwards and generation on the shared model: a server
+must run them where it runs feature search (holding `api.gate`
+exclusively), not beside generation; `is_cached` says when a call will run
+none. `auto_steer(sm, ...)` is one uncached call.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from steering.concepts.probe import ProbeResult, ProbeSettings, judged, probe_specs, ranked_probes
 from steering.concepts.search import ConceptCandidate, find_concept_features
-from steering.interventions import FeatureClamp, SteeringError, SteeringSpec
+from steering.errors import SteeringError
+from steering.interventions import FeatureClamp, SteeringSpec
+
+if TYPE_CHECKING:
+    from steering.steered_model import SteeredModel
 
 DEFAULT_MULTIPLIER = 1.75
 DEFAULT_WINDOW = 12
@@ -70,10 +70,8 @@ MAX_STRENGTH = 5.0
 SECOND_FEATURE_RATIO = 0.8
 MAX_CONCEPT_CHARS = 100
 
-# Per SAE, the MAX_CACHED_CONCEPTS most recently used concepts (least recently used dropped first).
+# An AutoSteerer keeps the MAX_CACHED_CONCEPTS most recently used concepts (least recently used dropped first).
 MAX_CACHED_CONCEPTS = 256
-_CACHE: "weakref.WeakKeyDictionary[Any, OrderedDict[tuple[Any, ...], _Choice]]" = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -139,11 +137,7 @@ class _Choice:
     labelled: tuple[int, ...] = ()  # the `extra` (label-matched) features, best match first
 
 
-def _cache_key(concept: str, extra: Sequence[int], probe: ProbeSettings | None) -> tuple[Any, ...]:
-    return _key(concept), tuple(sorted({int(i) for i in extra})), probe
-
-
-def concept_candidates(sm: Any, concept: str, extra: Sequence[int] = ()) -> list[ConceptCandidate]:
+def concept_candidates(sm: "SteeredModel", concept: str, extra: Sequence[int] = ()) -> list[ConceptCandidate]:
     """The probe pool: the search's SEARCH_CANDIDATES best by score, then the `extra` features (e.g. a
     catalogue's label matches) in the search's order, each once."""
     extra_set = {int(i) for i in extra}
@@ -152,43 +146,79 @@ def concept_candidates(sm: Any, concept: str, extra: Sequence[int] = ()) -> list
     return found[:SEARCH_CANDIDATES] + [c for c in found[SEARCH_CANDIDATES:] if c.index in extra_set]
 
 
-def _choice(sm: Any, concept: str, extra: Sequence[int], probe: ProbeSettings | None) -> _Choice:
-    if sm.sae is None:
-        raise SteeringError("this server has no SAE loaded; steering is unavailable", "steering")
-    key = _cache_key(concept, extra, probe)
-    with _LOCK:
-        cached = _CACHE.get(sm.sae, {}).get(key)
-        if cached is not None:
-            _CACHE[sm.sae].move_to_end(key)
-    if cached is not None:
-        return cached
-    candidates = tuple(concept_candidates(sm, concept, extra))
-    probes: tuple[ProbeResult, ...] = ()
-    if probe is not None and candidates:
-        specs = [(c.index, _spec(sm, [c], DEFAULT_MULTIPLIER)[1]) for c in candidates]
-        probes = tuple(probe_specs(sm, concept, specs, probe))
-    choice = _Choice(candidates, probes, tuple(dict.fromkeys(int(i) for i in extra)))
-    with _LOCK:
-        per_sae = _CACHE.setdefault(sm.sae, OrderedDict())
-        per_sae[key] = choice
-        per_sae.move_to_end(key)
-        while len(per_sae) > MAX_CACHED_CONCEPTS:
-            per_sae.popitem(last=False)
-    return choice
+def label_matches(sm: "SteeredModel", concept: str, limit: int = LABEL_CANDIDATES) -> list[int]:
+    """Indices of the model's catalogue's best label matches for the concept (none without a catalogue)."""
+    return [f.index for f in sm.catalogue.search(concept, limit)] if sm.catalogue is not None else []
 
 
-def is_cached(sm: Any, concept: str, extra: Sequence[int] = (), probe: ProbeSettings | None = DEFAULT_PROBE) -> bool:
-    """True when `auto_steer(sm, concept, ..., extra=extra, probe=probe)` will run no forward pass."""
-    with _LOCK:
-        return sm.sae is not None and _cache_key(concept, extra, probe) in _CACHE.get(sm.sae, {})
+class AutoSteerer:
+    """Auto-steer on one SteeredModel, remembering each concept's search and probe (module docstring).
+
+    `probe`: the probe's budget, None to pick by the search's score alone (no
+    generation). Thread-safe: the cache is guarded by a lock; a search runs
+    outside it (two threads may search the same new concept; the later result
+    is kept).
+    """
+
+    def __init__(self, sm: "SteeredModel", probe: ProbeSettings | None = DEFAULT_PROBE,
+                 max_cached: int | None = None):
+        self.sm = sm
+        self.probe = probe
+        self.max_cached = max_cached if max_cached is not None else MAX_CACHED_CONCEPTS
+        self._cache: OrderedDict[tuple[Any, ...], _Choice] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _extra(self, concept: str, extra: Sequence[int] | None) -> tuple[int, ...]:
+        found = label_matches(self.sm, concept) if extra is None else extra
+        return tuple(dict.fromkeys(int(i) for i in found))
+
+    @staticmethod
+    def _key(concept: str, extra: Sequence[int]) -> tuple[Any, ...]:
+        return _key(concept), tuple(sorted(set(extra)))
+
+    def is_cached(self, concept: str, extra: Sequence[int] | None = None) -> bool:
+        """True when `steer(concept, ..., extra=extra)` will run no forward pass."""
+        if self.sm.sae is None or not isinstance(concept, str):
+            return False
+        key = self._key(concept, self._extra(concept, extra))
+        with self._lock:
+            return key in self._cache
+
+    def steer(self, concept: str, strength: float = 1.0, max_features: int = 1,
+              extra: Sequence[int] | None = None) -> AutoSteerResult:
+        """Pick features and values for `concept`; raises SteeringError (param `steering.*`) when it cannot.
+
+        `extra`: feature indices that join the candidates (default: the
+        catalogue's LABEL_CANDIDATES best label matches)."""
+        concept, strength = _check(concept, strength)
+        if self.sm.sae is None:
+            raise SteeringError("this server has no SAE loaded; steering is unavailable", "steering")
+        choice = self._choice(concept, self._extra(concept, extra))
+        return _result(self.sm, concept, strength, max_features, choice)
+
+    def _choice(self, concept: str, extra: tuple[int, ...]) -> "_Choice":
+        key = self._key(concept, extra)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
+        sm = self.sm
+        candidates = tuple(concept_candidates(sm, concept, extra))
+        probes: tuple[ProbeResult, ...] = ()
+        if self.probe is not None and candidates:
+            specs = [(c.index, _spec(sm, [c], DEFAULT_MULTIPLIER)[1]) for c in candidates]
+            probes = tuple(probe_specs(sm, concept, specs, self.probe))
+        choice = _Choice(candidates, probes, extra)
+        with self._lock:
+            self._cache[key] = choice
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        return choice
 
 
-def clear_cache() -> None:
-    with _LOCK:
-        _CACHE.clear()
-
-
-def _use(sm: Any, c: ConceptCandidate, value: float) -> UsedFeature:
+def _use(sm: "SteeredModel", c: ConceptCandidate, value: float) -> UsedFeature:
     """Clamp in `max` units; without a known max activation, in raw units of the largest seen in the search."""
     if math.isfinite(float(sm.sae.max_activation[c.index])):
         return UsedFeature(c.index, value, "clamp", "max", c.score, c.specificity, c.logit_rank, c.promoted_tokens)
@@ -196,7 +226,7 @@ def _use(sm: Any, c: ConceptCandidate, value: float) -> UsedFeature:
                        c.promoted_tokens)
 
 
-def _spec(sm: Any, chosen: Sequence[ConceptCandidate], value: float) -> tuple[tuple[UsedFeature, ...], SteeringSpec]:
+def _spec(sm: "SteeredModel", chosen: Sequence[ConceptCandidate], value: float) -> tuple[tuple[UsedFeature, ...], SteeringSpec]:
     used = tuple(_use(sm, c, value) for c in chosen)
     spec = SteeringSpec(tuple(FeatureClamp(u.index, u.value, u.mode, u.unit) for u in used), "all", DEFAULT_WINDOW)
     return used, spec
@@ -224,15 +254,14 @@ def _pick(choice: _Choice, max_features: int) -> tuple[list[ConceptCandidate], P
     return [fallback], None
 
 
-def auto_steer(sm: Any, concept: str, strength: float = 1.0, max_features: int = 1, extra: Sequence[int] = (),
-               probe: ProbeSettings | None = DEFAULT_PROBE) -> AutoSteerResult:
-    """Pick features and values for `concept`; raises SteeringError (param `steering.*`) when it cannot.
+def auto_steer(sm: "SteeredModel", concept: str, strength: float = 1.0, max_features: int = 1,
+               extra: Sequence[int] | None = None, probe: ProbeSettings | None = DEFAULT_PROBE) -> AutoSteerResult:
+    """One uncached `AutoSteerer(sm, probe).steer(concept, strength, max_features, extra)`."""
+    return AutoSteerer(sm, probe).steer(concept, strength, max_features, extra)
 
-    `extra`: feature indices that join the candidates (a catalogue's label
-    matches); `probe`: the probe's budget, None to pick by the search's score
-    alone (no generation)."""
-    concept, strength = _check(concept, strength)
-    choice = _choice(sm, concept, extra, probe)
+
+def _result(sm: "SteeredModel", concept: str, strength: float, max_features: int, choice: _Choice) -> AutoSteerResult:
+    """The spec and its rationale for a concept's (cached) search and probe at this strength."""
     if not choice.candidates:
         raise SteeringError(f"no feature of this SAE fires more on text about {concept!r} than on unrelated text",
                             "steering.concept")
@@ -260,89 +289,3 @@ def auto_steer(sm: Any, concept: str, strength: float = 1.0, max_features: int =
         why = search
     rationale = f"feature {top.index}: {why}; {clamp}"
     return AutoSteerResult(concept, strength, spec, used, rationale, choice.candidates, choice.probes)
-
-
-# --------------------------------------------------------------------- CLI
-def _search_command(args: Any) -> int:
-    import json
-    import sys
-
-    from steering.concepts.search import find_concept_features
-    from steering.cli.evaluate import load_for_cli
-
-    sm = load_for_cli(args)
-    catalogue = catalogue_for(args.sae, sm)
-    extra = label_matches(catalogue, args.concept, max(args.limit, LABEL_CANDIDATES))
-    texts = None
-    if args.texts:
-        with open(args.texts, encoding="utf-8") as fh:
-            texts = [ln.strip() for ln in fh if ln.strip() and not ln.startswith("#")]
-    try:
-        found = find_concept_features(sm, args.concept, texts=texts, limit=args.limit, extra=extra)
-        result = auto_steer(sm, args.concept, args.strength, extra=extra[:LABEL_CANDIDATES]) if args.try_prompt else None
-    except SteeringError as exc:
-        print(f"error ({exc.param}): {exc}", file=sys.stderr)
-        return 2
-    answers = None
-    if result is not None:
-        answers = sm.chat([{"role": "user", "content": args.try_prompt}], result.spec, max_tokens=args.max_tokens,
-                          seed=args.seed, compare=True)
-    labels = {c.index: catalogue.feature(c.index) for c in found} if catalogue is not None else {}
-    if args.json:
-        print(json.dumps({"candidates": [{**c.to_dict(), **({"catalogue": labels[c.index].to_dict()}
-                                                           if c.index in labels else {})} for c in found],
-                          "auto_steer": result.to_dict() if result else None,
-                          "answers": {"steered": answers[0], "baseline": answers[1]} if answers else None}, indent=2))
-        return 0
-    print(f"{'feature':>8} {'score':>7} {'spec':>7} {'fireC':>6} {'fireN':>6} {'onword':>6} {'rank':>6}  promotes")
-    for c in found:
-        ws = "   n/a" if c.word_share is None else f"{c.word_share:6.2f}"
-        print(f"{c.index:8d} {c.score:7.3f} {c.specificity:7.3f} {c.concept_fire_rate:6.2f} {c.neutral_fire_rate:6.2f} "
-              f"{ws} {c.logit_rank:6d}  {' | '.join(repr(t) for t in c.promoted_tokens)}")
-        info = labels.get(c.index)
-        if info is not None:
-            print(f"{'':8} label: {info.label!r}" + (f"; e.g. {info.contexts[0].text!r}" if info.contexts else ""))
-    if result is not None and answers is not None:
-        print(f"\nauto-steer: {result.rationale}")
-        print(f"steered:  {answers[0].strip()!r}\nbaseline: {answers[1].strip()!r}")
-    return 0
-
-
-def label_matches(catalogue: Any | None, concept: str, limit: int = LABEL_CANDIDATES) -> list[int]:
-    """Indices of the catalogue's best label matches for the concept (none without a catalogue)."""
-    return [f.index for f in catalogue.search(concept, limit)] if catalogue is not None else []
-
-
-def catalogue_for(sae_arg: str | None, sm: Any) -> Any | None:
-    """The catalogue stored with the loaded SAE, if there is one (labels and contexts for the table)."""
-    from pathlib import Path
-
-    from steering.steered_model import shipped_sae_dir
-
-    folder = Path(sae_arg) if sae_arg not in (None, "default", "none") else shipped_sae_dir(sm.model_id)
-    if folder is None or sm.sae is None:
-        return None
-    try:
-        from steering.sae.catalogue import Catalogue
-
-        catalogue = Catalogue.load(folder)
-    except (ImportError, OSError, ValueError, KeyError):
-        return None
-    return catalogue if len(catalogue) == sm.sae.d_sae else None
-
-
-def add_subcommands(sub: Any) -> None:
-    from steering.cli import add_model_arguments
-
-    p = sub.add_parser("concept-search", help="rank SAE features for a concept (specificity x logit effect)")
-    p.add_argument("concept")
-    p.add_argument("--limit", type=int, default=10)
-    p.add_argument("--texts", default=None, help="file of concept texts, one a line (default: built-in templates)")
-    p.add_argument("--try", dest="try_prompt", default=None, metavar="PROMPT",
-                   help="also auto-steer this prompt and print the steered and unsteered answers")
-    p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--max-tokens", type=int, default=48)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
-    add_model_arguments(p)
-    p.set_defaults(handler=_search_command)

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from steering.evaluation.metrics import concept_word_pattern
 from steering.hooks import capture, find_submodule, run_until_capture
-from steering.interventions import SteeringError
+from steering.errors import SteeringError
 
 CONCEPT_TEMPLATES: tuple[str, ...] = (
     "This is a text about {c}.",

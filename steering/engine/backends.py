@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from contextlib import nullcontext
 from typing import Protocol, Sequence
 
 import torch
@@ -122,10 +123,7 @@ class HFBackend:
         x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         pos = torch.arange(start, start + len(ids), device=self.device)[None]
         active = plan is not None and not plan.is_empty and self.sae is not None
-        context = steering(self.model, self.sae, plan) if active else _no_hook()
-        with context as hook:
-            if hook is not None:
-                hook.positions = pos
+        with steering(self.model, self.sae, plan, pos) if active else nullcontext():
             out = self.model(input_ids=x, position_ids=pos, past_key_values=self.caches[slot], use_cache=True, logits_to_keep=1)
         return out.logits[0, -1]
 
@@ -147,14 +145,6 @@ class HFBackend:
         return 0
 
     def remember_prefix(self, slot: int, prompt: Sequence[int], variant: object) -> None:
-        return None
-
-
-class _no_hook:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
         return None
 
 

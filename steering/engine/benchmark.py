@@ -1,4 +1,4 @@
-"""`python -m steering bench [--json]`: the engine's speed and consistency, measured side by side.
+"""The engine's speed and consistency, measured side by side (`python -m steering bench`).
 
 Every figure comes from one run on the current machine, against the model and
 SAE that `SteeredModel.load` serves by default. Each repetition runs every
@@ -41,8 +41,6 @@ alone. The last line of output is one JSON object.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
@@ -171,7 +169,7 @@ def run_bench(sm: Any, threads: int, reps: int, max_tokens: int, consistency: in
         return statistics.median(x / y for x, y in zip(runs[a], runs[b]))
 
     ttfts.sort()
-    runner = getattr(engine._backend, "runner", None)
+    runner = getattr(engine.backend, "runner", None)
     step_bytes = decode_weight_bytes(model)
     ceiling = bandwidth * 1e9 / step_bytes if bandwidth else None
     result = {
@@ -199,7 +197,7 @@ def run_bench(sm: Any, threads: int, reps: int, max_tokens: int, consistency: in
             "max_tokens": max_tokens,
             "reps": reps,
             "prompt_tokens": [len(p) for p in prompts],
-            "forward": type(engine._backend).__name__,
+            "forward": type(engine.backend).__name__,
             "kernels": runner is not None and runner.linear is not torch.nn.functional.linear,
             "activations": str(runner.act_dtype).replace("torch.", "") if runner is not None else None,
             "engine": {"max_batch": engine.config.max_batch, "prefill_chunk": engine.config.prefill_chunk,
@@ -275,36 +273,3 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def _bench_command(args: argparse.Namespace) -> int:
-    from steering.steered_model import SteeredModel
-
-    threads = args.threads or torch.get_num_threads()
-    compute = ComputeThread(threads)  # loads and runs everything, as the server does
-    try:
-        sm = compute.run(lambda: SteeredModel.load(args.model, args.sae, device=args.device, dtype=args.dtype))
-        result = run_bench(sm, threads, args.reps, args.max_tokens, args.consistency, compute)
-    finally:
-        compute.close()
-    if not args.json:
-        for key, value in result.items():
-            if key not in ("conditions", "tps", "consistency"):
-                print(f"{key:>24}: {value}")
-        print(f"{'tokens/s':>24}: {result['tps']}")
-        print(f"{'consistency':>24}: {result['consistency']}")
-        print(f"{'conditions':>24}: {result['conditions']}")
-    print(json.dumps(result))
-    return 0
-
-
-def add_subcommands(sub: Any) -> None:
-    from steering.cli import add_model_arguments
-
-    p = sub.add_parser("bench", help="measure the engine: steering overhead, batching gain, TTFT, consistency")
-    p.add_argument("--json", action="store_true", help="print only the JSON object")
-    p.add_argument("--reps", type=int, default=5, help="interleaved repetitions (medians are reported)")
-    p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--consistency", type=int, default=64, metavar="N", help="mixed requests to check against running alone (0: skip)")
-    add_model_arguments(p)
-    p.set_defaults(handler=_bench_command)

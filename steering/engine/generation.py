@@ -20,22 +20,9 @@ import torch
 
 from steering.engine.backends import make_backend
 from steering.engine.requests import SequenceRequest, TokenEvent
+from steering.engine.scheduler import Scheduler, check_request
+from steering.models import eos_ids
 from steering.sae.autoencoder import SparseAutoencoder
-from steering.engine.scheduler import Scheduler, validate_request
-
-__all__ = ["SequenceRequest", "TokenEvent", "generate_batch", "eos_ids"]
-
-
-def eos_ids(tokenizer: object, model: torch.nn.Module) -> set[int]:
-    """Every end-of-sequence id the generation config, model config or tokenizer names."""
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return ids
 
 
 def generate_batch(
@@ -57,9 +44,10 @@ def generate_batch(
         return
     slots = max_batch or len(requests)
     backend = make_backend(model, sae, slots, fast=fast)
-    plans = [validate_request(r, sae, backend.max_length) for r in requests]
+    for r in requests:  # every request checked before any forward pass
+        check_request(r, sae, backend.max_length)
     scheduler = Scheduler(backend, tokenizer, sae, eos_ids(tokenizer, model), max_batch=slots)
-    scheduler.add(requests, plans=plans)
+    scheduler.add(requests, checked=True)
     stop = (lambda owner: cancel.is_set()) if cancel is not None else None
     with torch.inference_mode():
         while not scheduler.idle:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from steering.interventions import SteeringError
+from steering.errors import SteeringError
 
 MAX_STOP_STRINGS = 4
 MAX_TOP_LOGPROBS = 20

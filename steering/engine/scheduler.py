@@ -38,7 +38,8 @@ from torch import Tensor
 
 from steering.engine.backends import Backend
 from steering.engine.detokenize import TextStream
-from steering.interventions import BatchPlan, SteeringError, build_plan
+from steering.errors import SteeringError
+from steering.interventions import BatchPlan, build_plan
 from steering.engine.requests import SequenceRequest, TokenEvent
 from steering.sae.autoencoder import SparseAutoencoder
 from steering.engine.sampling import RowSampler, token_logprobs
@@ -65,8 +66,12 @@ class Row:
         return self.request.prompt_ids
 
 
-def validate_request(req: SequenceRequest, sae: SparseAutoencoder | None, max_length: int) -> BatchPlan | None:
-    """Check one request (raises SteeringError naming the parameter); returns its own plan."""
+def check_request(req: SequenceRequest, sae: SparseAutoencoder | None, max_length: int) -> None:
+    """Check one request before it is queued (raises SteeringError naming the parameter).
+
+    Builds no tensors, so a caller on another thread (the server's event loop)
+    can run it: the row's BatchPlan is built when it joins the scheduler, on
+    the thread that runs the model."""
     req.sampling.validate()
     if not req.prompt_ids:
         raise SteeringError("the prompt is empty", "messages")
@@ -76,9 +81,17 @@ def validate_request(req: SequenceRequest, sae: SparseAutoencoder | None, max_le
         )
     spec = req.steering
     if spec is None or spec.is_empty:
-        return None
+        return
     if sae is None:
         raise SteeringError("this server has no SAE loaded; steering is unavailable", "steering")
+    spec.validate(sae)
+
+
+def _own_plan(req: SequenceRequest, sae: SparseAutoencoder | None) -> BatchPlan | None:
+    """The row's clamps alone (used for its prefill); None without clamps."""
+    spec = req.steering
+    if sae is None or spec is None or spec.is_empty:
+        return None
     return build_plan(sae, [spec], [len(req.prompt_ids)])
 
 
@@ -114,14 +127,17 @@ class Scheduler:
         self._plan_rows: list[Row] | None = None
 
     # ------------------------------------------------------------ admission
-    def add(self, requests: Iterable[SequenceRequest], owner: Any = None, plans: Iterable[BatchPlan | None] | None = None) -> list[Row]:
-        """Queue rows (validated here unless their plans are given); returns them."""
+    def add(self, requests: Iterable[SequenceRequest], owner: Any = None, checked: bool = False) -> list[Row]:
+        """Queue rows (checked here unless `checked`; their plans built here); returns them."""
         requests = list(requests)
-        plan_list = list(plans) if plans is not None else [validate_request(r, self.sae, self.backend.max_length) for r in requests]
+        if not checked:
+            for r in requests:
+                check_request(r, self.sae, self.backend.max_length)
         rows = []
-        for i, (req, plan) in enumerate(zip(requests, plan_list)):
-            device = getattr(self.backend, "device", None)
-            rows.append(Row(req, owner, i, plan, RowSampler.create(req.sampling, device), TextStream(self.tokenizer, req.sampling.stop)))
+        device = getattr(self.backend, "device", None)
+        for i, req in enumerate(requests):
+            rows.append(Row(req, owner, i, _own_plan(req, self.sae), RowSampler.create(req.sampling, device),
+                            TextStream(self.tokenizer, req.sampling.stop)))
         self.waiting.extend(rows)
         return rows
 

@@ -25,83 +25,25 @@ format.
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 import time
 from collections import defaultdict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
-from steering.engine.backends import make_backend
+from steering.engine.backends import Backend, make_backend
 from steering.engine.compute import STOP, ComputeThread
-from steering.engine.generation import eos_ids
+from steering.engine.handle import QueueFullError, RequestHandle
 from steering.engine.requests import SequenceRequest, TokenEvent
+from steering.engine.scheduler import Scheduler, check_request
+from steering.models import eos_ids
 from steering.sae.autoencoder import SparseAutoencoder
-from steering.engine.scheduler import Scheduler, validate_request
 
-_END = object()
 _STOP_ENGINE = object()
 T = TypeVar("T")
-
-
-class QueueFullError(RuntimeError):
-    """The engine's queue is full; retry after `retry_after` seconds."""
-
-    def __init__(self, retry_after: float):
-        super().__init__(f"the server is busy; retry after {retry_after:.0f} s")
-        self.retry_after = retry_after
-
-
-class RequestHandle:
-    """Events of one submitted group, readable from a thread or from asyncio.
-
-    Items are lists of TokenEvent (one step, this group's rows only), then
-    the end. An exception raised by the worker for this group is re-raised
-    to the reader.
-    """
-
-    def __init__(self, requests: Sequence[SequenceRequest], loop: asyncio.AbstractEventLoop | None):
-        self.requests = list(requests)
-        self.cancelled = threading.Event()
-        self._loop = loop
-        self._sync: queue.Queue = queue.Queue()
-        self._async: asyncio.Queue | None = asyncio.Queue() if loop is not None else None
-        self._open = len(self.requests)  # rows not finished yet (worker-side)
-
-    def cancel(self) -> None:
-        """Stop this group at the next decoding step (e.g. its client went away)."""
-        self.cancelled.set()
-
-    def _put(self, item: object) -> None:
-        if self._async is not None and self._loop is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._async.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody is reading any more
-                self.cancel()
-        else:
-            self._sync.put(item)
-
-    def __iter__(self) -> Iterator[list[TokenEvent]]:
-        while True:
-            item = self._sync.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    async def __aiter__(self) -> AsyncIterator[list[TokenEvent]]:
-        assert self._async is not None, "submit(..., loop=...) to read from asyncio"
-        while True:
-            item = await self._async.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
 
 
 @dataclass
@@ -170,7 +112,8 @@ class Engine:
         Raises SteeringError for a bad request and QueueFullError when
         `max_queue` groups are already waiting.
         """
-        plans = [validate_request(r, self.sae, self._backend.max_length) for r in requests]
+        for r in requests:  # checked here, so the caller sees a bad request at once; plans come on the worker
+            check_request(r, self.sae, self._backend.max_length)
         handle = RequestHandle(requests, loop)
         with self._lock:  # queued under the lock, so never behind close's stop marker
             if self._closed:
@@ -178,7 +121,7 @@ class Engine:
             if self._waiting >= self.config.max_queue:
                 raise QueueFullError(self.config.retry_after_s)
             self._waiting += 1
-            self.compute.put((handle, plans))
+            self.compute.put(handle)
         return handle
 
     def call(self, fn: Callable[..., T], *args: Any) -> "Future[T]":
@@ -189,6 +132,11 @@ class Engine:
     def generate(self, requests: Sequence[SequenceRequest]) -> list[list[TokenEvent]]:
         """Blocking convenience: all events of a group, per step."""
         return list(self.submit(requests))
+
+    @property
+    def backend(self) -> Backend:
+        """What runs the model's forward (`FastBackend` or `HFBackend`), for reports and tests."""
+        return self._backend
 
     @property
     def waiting(self) -> int:
@@ -247,11 +195,11 @@ class Engine:
             block = False
             if item is _STOP_ENGINE or item is STOP:
                 return True
-            handle, plans = item
+            handle = item
             handles[id(handle)] = handle
             if handle.requests:
                 waiting.add(id(handle))
-                self._scheduler.add(handle.requests, owner=handle, plans=plans)
+                self._scheduler.add(handle.requests, owner=handle, checked=True)
             else:
                 self._end(handle, handles)
                 with self._lock:
@@ -262,15 +210,15 @@ class Engine:
         for row, event in pairs:
             per_handle[id(row.owner)].append(event)
             if event.finish_reason is not None:
-                row.owner._open -= 1
+                row.owner.row_finished()
         for key, events in per_handle.items():
             handle = handles[key]
-            handle._put(events)
-            if handle._open == 0:
+            handle.deliver(events)
+            if handle.done:
                 self._end(handle, handles)
 
     def _end(self, handle: RequestHandle, handles: dict) -> None:
-        handle._put(_END)
+        handle.finish()
         handles.pop(id(handle), None)
 
     def _fail_all(self, exc: Exception, handles: dict, waiting: set) -> None:
@@ -279,5 +227,5 @@ class Engine:
             self._waiting -= len(waiting)
         waiting.clear()
         for handle in list(handles.values()):
-            handle._put(exc)
+            handle.fail(exc)
             self._end(handle, handles)

@@ -1,0 +1,27 @@
+"""Does a steering spec steer? Concept rate and fluency of presets, clamps and auto-steer.
+
+    targets   EvalTarget, Concept (how answers are judged), EvalSettings, Bounds (the targets)
+    run       evaluate_targets: steered and baseline answers to neutral prompts, read back
+    scoring   next-token loss under the plain model, concept features' peaks, the judge
+    results   EvalResult per target, AnswerRecord per answer, the README table
+    metrics   concept words and repeated n-grams (pure functions of text)
+    prompts   the shipped neutral prompts
+    sweep     one target at several strength multipliers, and the knee
+
+Generation goes through `steering.engine.generate_batch` in the caller's
+thread; nothing here knows of HTTP or parses arguments (the commands are in
+`steering.cli`).
+"""
+
+from steering.evaluation.prompts import NEUTRAL_PROMPTS, load_prompts
+from steering.evaluation.results import AnswerRecord, EvalResult, markdown_table
+from steering.evaluation.run import evaluate, evaluate_preset, evaluate_presets, evaluate_specs, evaluate_targets
+from steering.evaluation.scoring import score_answers
+from steering.evaluation.sweep import SweepPoint, SweepResult, pick_knee, sweep
+from steering.evaluation.targets import Bounds, Concept, EvalSettings, EvalTarget
+
+__all__ = [
+    "NEUTRAL_PROMPTS", "load_prompts", "AnswerRecord", "EvalResult", "markdown_table", "evaluate",
+    "evaluate_preset", "evaluate_presets", "evaluate_specs", "evaluate_targets", "score_answers", "SweepPoint",
+    "SweepResult", "pick_knee", "sweep", "Bounds", "Concept", "EvalSettings", "EvalTarget",
+]

@@ -1,6 +1,6 @@
 """Strength calibration: evaluate a spec at several multipliers and pick the knee.
 
-Each multiplier m scales every clamp's value (`scaled_spec`): a preset at 2x
+Each multiplier m scales every clamp's value (`SteeringSpec.scaled`): a preset at 2x
 max swept with m = 1.5 runs at 3x max. All multipliers share one baseline
 (`evaluate_specs`), so the sweep costs (len(multipliers) + 1) answers a prompt.
 
@@ -20,27 +20,22 @@ The knee (`pick_knee`), with bounds from the project's targets (concept rate
 A missing figure (no concept words or features: concept rate None; no
 answer tokens: delta loss None) counts as 0 concept rate and as in bounds.
 
-CLI: `python -m steering sweep --preset NAME | --feature ... --multipliers 0.5,1,2 [--json] [--plot out.png]`.
+Command: `python -m steering sweep --preset NAME | --feature ... --multipliers 0.5,1,2 [--json] [--plot out.png]`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from steering.cli.evaluate import add_target_arguments, load_for_cli, resolve_target
-from steering.interventions import SteeringError, SteeringSpec
-from steering.evaluation.run import (
-    Bounds,
-    Concept,
-    EvalResult,
-    EvalSettings,
-    evaluate_specs,
-    scaled_spec,
-)
+from steering.errors import SteeringError
+from steering.evaluation.results import EvalResult
+from steering.evaluation.run import evaluate_specs
+from steering.evaluation.targets import Bounds, Concept, EvalSettings
+from steering.interventions import SteeringSpec
+
+if TYPE_CHECKING:
+    from steering.steered_model import SteeredModel
 
 DEFAULT_MULTIPLIERS: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 
@@ -119,13 +114,13 @@ class SweepResult:
         return "\n".join(lines)
 
 
-def sweep(sm: Any, spec: SteeringSpec, concept: Concept, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS,
+def sweep(sm: "SteeredModel", spec: SteeringSpec, concept: Concept, multipliers: Sequence[float] = DEFAULT_MULTIPLIERS,
           prompts: Sequence[str] | None = None, settings: EvalSettings = EvalSettings(),
           bounds: Bounds = Bounds(), label: str = "sweep") -> SweepResult:
     """Evaluate spec x m for each multiplier m (one shared baseline) and pick the knee."""
     if not multipliers:
         raise SteeringError("give at least one multiplier", "multipliers")
-    specs = [scaled_spec(spec, m) for m in multipliers]
+    specs = [spec.scaled(m) for m in multipliers]
     results = evaluate_specs(sm, specs, concept, prompts, settings, [f"{label} x{m:g}" for m in multipliers])
     points = [SweepPoint(m, r.concept_rate, r.baseline_concept_rate, r.repeated_4gram, r.delta_loss)
               for m, r in zip(multipliers, results)]
@@ -163,41 +158,3 @@ def plot_sweep(result: SweepResult, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _sweep_command(args: argparse.Namespace) -> int:
-    try:
-        multipliers = [float(m) for m in args.multipliers.split(",") if m.strip()]
-    except ValueError:
-        print(f"error (multipliers): bad list {args.multipliers!r}", file=sys.stderr)
-        return 2
-    sm = load_for_cli(args)
-    try:
-        label, spec, concept, settings, prompts = resolve_target(args, sm)
-        bounds = Bounds(args.target_concept_rate, args.max_baseline_concept_rate, args.max_repeated_4gram,
-                        args.max_delta_loss)
-        result = sweep(sm, spec, concept, multipliers, prompts, settings, bounds, label)
-    except SteeringError as exc:
-        print(f"error ({exc.param}): {exc}", file=sys.stderr)
-        return 2
-    if args.plot:
-        plot_sweep(result, args.plot)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(f"{label}; rule: {concept.rule}; {len(prompts)} prompts x {settings.max_tokens} tokens, "
-              f"{result.results[0].seconds:.1f} s")
-        print(result.table())
-    return 0
-
-
-def add_subcommands(sub: Any) -> None:
-    p = sub.add_parser("sweep", help="concept rate and fluency of a preset or clamps per strength multiplier")
-    add_target_arguments(p)
-    p.add_argument("--multipliers", default=",".join(f"{m:g}" for m in DEFAULT_MULTIPLIERS))
-    p.add_argument("--plot", default=None, metavar="OUT.png", help="write a PNG plot of the sweep")
-    p.add_argument("--target-concept-rate", type=float, default=Bounds.concept_rate)
-    p.add_argument("--max-baseline-concept-rate", type=float, default=Bounds.baseline_concept_rate)
-    p.add_argument("--max-repeated-4gram", type=float, default=Bounds.repeated_4gram)
-    p.add_argument("--max-delta-loss", type=float, default=Bounds.delta_loss)
-    p.set_defaults(handler=_sweep_command)

@@ -37,6 +37,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from steering.errors import ParameterError
+
 Architecture = Literal["relu", "jumprelu", "topk", "batchtopk"]
 ARCHITECTURES: tuple[str, ...] = ("relu", "jumprelu", "topk", "batchtopk")
 # Names follow SAELens' `normalize_activations` values.
@@ -46,12 +48,8 @@ NORMALIZATIONS: tuple[str, ...] = ("none", "expected_average_only_in", "layer_no
 HOOK_SITES: tuple[str, ...] = ("resid_post", "resid_pre")
 
 
-class SAEConfigError(ValueError):
+class SAEConfigError(ParameterError):
     """A bad SAE configuration; `param` names the offending field."""
-
-    def __init__(self, message: str, param: str):
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass(frozen=True)

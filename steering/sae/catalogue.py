@@ -33,6 +33,7 @@ token ids are turned into text with the stored byte table.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -44,6 +45,8 @@ CATALOGUE_JSON = "catalogue.json"
 CATALOGUE_ARRAYS = "catalogue.safetensors"
 FORMAT = "steering-catalogue"
 PEAK_OPEN, PEAK_CLOSE = "[[", "]]"
+
+log = logging.getLogger(__name__)
 
 
 def _ids(arr: np.ndarray) -> np.ndarray:
@@ -118,6 +121,31 @@ class Catalogue:
             raise FileNotFoundError(f"no catalogue in {folder}: run `python -m steering build-catalogue`")
         return cls(json.loads(meta_path.read_text()), load_file(str(arrays_path)))
 
+    @classmethod
+    def find(cls, sae_dir: str | Path | None, d_sae: int) -> "Catalogue | None":
+        """The catalogue stored with an SAE of `d_sae` features, or None (no files, unreadable, or
+        made for another SAE: logged, never fatal, since an SAE works without its catalogue)."""
+        if sae_dir is None:
+            return None
+        folder = Path(sae_dir)
+        folder = folder.parent if folder.is_file() else folder
+        if not folder.is_dir():
+            return None
+        try:
+            catalogue = cls.load(folder)
+        except FileNotFoundError:
+            log.info("no feature catalogue in %s: labels and contexts are unavailable", folder)
+            return None
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("cannot read the feature catalogue in %s (%s): going on without it", folder, e)
+            return None
+        if len(catalogue) != d_sae:
+            log.warning("the catalogue in %s has %d features, the SAE %d: going on without it",
+                        folder, len(catalogue), d_sae)
+            return None
+        log.info("feature catalogue loaded from %s (%d features)", folder, len(catalogue))
+        return catalogue
+
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -191,10 +219,15 @@ class Catalogue:
             scores += 2.0 * np.fromiter((word in label for label in labels), dtype=bool, count=len(labels))
         return scores
 
-    def search(self, query: str, limit: int = 10) -> list[FeatureInfo]:
-        """Features best matching `query` (labels, peak tokens, contexts, promoted tokens), best first."""
+    def matches(self, query: str, limit: int = 10) -> list[tuple[int, float]]:
+        """(feature index, score) of the features best matching `query`, best first (ties: the larger
+        max activation first); only scores > 0."""
         if limit <= 0:
             raise ValueError("limit must be positive")
         scores = self.search_scores(query)
         order = np.lexsort((-self.arrays["max_activation"].astype(np.float64), -scores))
-        return [self.feature(int(i)) for i in order[:limit] if scores[i] > 0]
+        return [(int(i), float(scores[i])) for i in order[:limit] if scores[i] > 0]
+
+    def search(self, query: str, limit: int = 10) -> list[FeatureInfo]:
+        """Features best matching `query` (labels, peak tokens, contexts, promoted tokens), best first."""
+        return [self.feature(i) for i, _ in self.matches(query, limit)]

@@ -35,32 +35,8 @@ from tqdm.auto import tqdm
 
 from steering.sae.catalogue import CATALOGUE_ARRAYS, CATALOGUE_JSON, FORMAT
 from steering.sae.autoencoder import SparseAutoencoder
+from steering.tokens import vocabulary_bytes
 from steering.training.store import ActivationStore
-
-
-def _bytes_to_unicode() -> dict[str, int]:
-    """The inverse of GPT-2's byte-level alphabet: printable character -> byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[chr(b)] = b
-        else:
-            table[chr(256 + extra)] = b
-            extra += 1
-    return table
-
-
-def token_bytes(tokenizer: Any) -> list[bytes]:
-    """The bytes of every token id (byte-level BPE alphabets decoded exactly, else decode())."""
-    table = _bytes_to_unicode()
-    out = []
-    for i, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
-        if tok is not None and tok and all(ch in table for ch in tok) and tok not in tokenizer.all_special_tokens:
-            out.append(bytes(table[ch] for ch in tok))
-        else:
-            out.append(tokenizer.decode([i]).encode("utf-8"))
-    return out
 
 
 def unembedding(model: torch.nn.Module) -> Tensor:
@@ -180,7 +156,7 @@ def build_catalogue(
     W_dec = sae.W_dec.detach().float()
     top_i, top_v, bot_i, bot_v = logit_effects(W_dec, W_U.float(), n_logits)
     nb_i, nb_c = neighbours(W_dec, n_neighbours)
-    vocab = token_bytes(tokenizer)
+    vocab = vocabulary_bytes(tokenizer)
     text = [b.decode("utf-8", errors="replace") for b in vocab]
     labels = []
     for j in range(S):

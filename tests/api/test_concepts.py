@@ -1,4 +1,4 @@
-"""Auto-steer through the API (`steering.concept`) and the response's `steering` report (api/concepts.py)."""
+"""Auto-steer through the API (`steering.concept`) and the response's `steering` report (api/routes/chat.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-import api.app as app_module
+import api.state as state_module
 from api.app import create_app
 from api.settings import Settings
 from steering.concepts import autosteer
-from steering.concepts.autosteer import DEFAULT_MULTIPLIER, DEFAULT_WINDOW, clear_cache
+from steering.concepts.autosteer import DEFAULT_MULTIPLIER, DEFAULT_WINDOW
 from steering.concepts.probe import ProbeResult, ProbeSettings
 from steering.concepts.search import concept_texts, neutral_texts
 from tests.api.support import chat_body, sse_events, tiny_steered_model, write_preset
@@ -30,12 +30,10 @@ def probe_favouring_planted(sm, concept, specs, settings=ProbeSettings()):
 @pytest.fixture
 def sm(tiny_llama, tiny_tokenizer, monkeypatch):
     """The tiny model and SAE, with feature 17 planted as a detector and promoter of 'z'."""
-    clear_cache()
     monkeypatch.setattr(autosteer, "probe_specs", probe_favouring_planted)
     sm = tiny_steered_model(tiny_llama, tiny_tokenizer)
     plant_feature(sm, PLANTED, concept_texts(CONCEPT) + neutral_texts(CONCEPT))
-    yield sm
-    clear_cache()
+    return sm
 
 
 @pytest.fixture
@@ -137,7 +135,7 @@ def test_search_runs_once_and_alone_then_is_cached(client, monkeypatch):
 
     monkeypatch.setattr(autosteer, "find_concept_features", counting)
     gate = client.app.state.server.gate
-    monkeypatch.setattr(app_module, "EXCLUSIVE_WAIT_S", 0.2)
+    monkeypatch.setattr(state_module, "EXCLUSIVE_WAIT_S", 0.2)
     client.portal.call(gate.enter)  # a generation that never ends
     r = post(client, steering={"concept": CONCEPT})
     assert r.status_code == 503 and r.json()["error"]["code"] == "model_busy" and calls == []

@@ -13,7 +13,7 @@ import api.app as app_module
 from api.app import create_app
 from api.settings import Settings
 from steering.engine.worker import QueueFullError
-from steering.engine.generation import TokenEvent
+from steering.engine import TokenEvent
 from tests.api.support import MODEL_ID, chat_body, sse_events, tiny_steered_model, write_preset
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+import dataclasses
 
 import pytest
 import torch
@@ -96,53 +95,7 @@ def test_search_validation(client):
     assert client.get("/v1/features/search", params={"q": "x", "limit": 0}).status_code == 400
 
 
-@dataclass
-class _Feature:
-    label: str
-    max_activation: float
-    firing_frequency: float
-    top_contexts: list = field(default_factory=list)
-    promoted_tokens: list = field(default_factory=list)
-    suppressed_tokens: list = field(default_factory=list)
-    neighbours: list = field(default_factory=list)
-
-
-class _Catalogue:
-    """Duck-typed stand-in for steering.sae.catalogue.Catalogue."""
-
-    def __len__(self):
-        return D_SAE
-
-    def feature(self, i):
-        if i == 4:
-            return _Feature("bridges", 7.5, 0.01, [{"text": "the Golden [Gate] Bridge", "activation": 7.5}],
-                            [{"token": " bridge", "token_id": 11, "effect": 0.9}], [(" cat", -0.5)], [(9, 0.8), (2, 0.5)])
-        return {"label": f"feature {i}"}
-
-    def search(self, q, limit):
-        return [(4, 0.9), {"index": 8, "score": 0.4}][:limit]
-
-
-def test_catalogue_is_used_when_present(sm):
-    with TestClient(create_app(Settings(presets_dir=None), sm, catalogue=_Catalogue())) as c:
-        assert c.get("/ready").json()["sae"]["catalogue"] is True
-        d = c.get("/v1/features/4").json()
-        assert d["source"] == "catalogue" and d["label"] == "bridges" and d["max_activation"] == 7.5
-        assert d["top_contexts"][0]["text"] == "the Golden [Gate] Bridge"
-        assert d["promoted_tokens"][0]["token"] == " bridge" and d["suppressed_tokens"][0]["effect"] == -0.5
-        assert [n["index"] for n in d["neighbours"]] == [9, 2]
-        other = c.get("/v1/features/8").json()
-        assert other["label"] == "feature 8" and len(other["neighbours"]) == 10  # computed live
-        assert not math.isnan(other["max_activation"])
-        page = c.get("/v1/features", params={"limit": 5}).json()
-        assert page["data"][4]["label"] == "bridges"
-        found = c.get("/v1/features/search", params={"q": "bridge", "limit": 3}).json()["data"]
-        labels = [m for m in found if m["match"] == "label"]
-        assert [(m["index"], m["label"], m["score"]) for m in labels] == [(4, "bridges", 0.9), (8, "feature 8", 0.4)]
-        assert any(m["match"] == "activation" for m in found)
-
-
-def _write_catalogue(folder, tokenizer):
+def _write_catalogue(folder, tokenizer, labelled=None):
     """A small catalogue in steering.sae.catalogue's on-disk format (feature 4 is about bridges)."""
     import json
 
@@ -172,7 +125,8 @@ def _write_catalogue(folder, tokenizer):
         "vocab_offsets": np.cumsum([0] + [len(v) for v in vocab]).astype(np.int64),
     }
     labels = [f"feature {i}" for i in range(S)]
-    labels[4] = "bridge things"
+    for i, label in (labelled or {4: "bridge things"}).items():
+        labels[i] = label
     meta = {"format": "steering-catalogue", "version": 1, "d_sae": S, "n_contexts": C, "window": [2, 1],
             "n_tokens": 1000, "source": "test", "labels": labels}
     folder.mkdir(parents=True, exist_ok=True)
@@ -180,11 +134,15 @@ def _write_catalogue(folder, tokenizer):
     save_file(arrays, str(folder / "catalogue.safetensors"))
 
 
+def with_catalogue(sm, folder):
+    """The same model and SAE, read from `folder` (where SteeredModel finds the catalogue)."""
+    return dataclasses.replace(sm, sae_dir=folder, catalogue=None)
+
+
 def test_the_real_catalogue_next_to_the_sae(sm, tiny_tokenizer, tmp_path):
-    pytest.importorskip("steering.sae.catalogue")
     folder = tmp_path / "tiny-sae"
     _write_catalogue(folder, tiny_tokenizer)
-    with TestClient(create_app(Settings(sae=str(folder), presets_dir=None), sm)) as c:
+    with TestClient(create_app(Settings(presets_dir=None), with_catalogue(sm, folder))) as c:
         assert c.get("/ready").json()["sae"]["catalogue"] is True
         d = c.get("/v1/features/4").json()
         assert d["source"] == "catalogue" and d["label"] == "bridge things"
@@ -197,13 +155,14 @@ def test_the_real_catalogue_next_to_the_sae(sm, tiny_tokenizer, tmp_path):
         assert [f["label"] for f in page] == ["feature 3", "bridge things"]
         found = c.get("/v1/features/search", params={"q": "bridge", "limit": 3}).json()["data"]
         assert [(m["index"], m["match"], m["score"]) for m in found if m["match"] == "label"] == [(4, "label", 2.0)]
+        assert any(m["match"] == "activation" for m in found)
     # Without the files: no catalogue, and the server still starts.
-    with TestClient(create_app(Settings(sae=str(tmp_path / "empty"), presets_dir=None), sm)) as c:
+    with TestClient(create_app(Settings(presets_dir=None), with_catalogue(sm, tmp_path / "empty"))) as c:
         assert c.get("/ready").json()["sae"]["catalogue"] is False
 
 
 def test_search_waits_for_running_generations_then_gives_up(client, monkeypatch):
-    import api.app as app_module
+    import api.state as app_module
 
     gate = client.app.state.server.gate
     monkeypatch.setattr(app_module, "EXCLUSIVE_WAIT_S", 0.2)
@@ -246,8 +205,9 @@ def test_concept_search_ranks_the_planted_feature_with_both_scores(planted):
     assert scores == sorted(scores, reverse=True)
 
 
-def test_search_modes(planted):
-    with TestClient(create_app(Settings(presets_dir=None), planted, catalogue=_Catalogue())) as c:
+def test_search_modes(planted, tiny_tokenizer, tmp_path):
+    _write_catalogue(tmp_path / "sae", tiny_tokenizer, {4: "zzzz bridges", 8: "zzzz eight"})
+    with TestClient(create_app(Settings(presets_dir=None), with_catalogue(planted, tmp_path / "sae"))) as c:
         def kinds(**params):
             data = c.get("/v1/features/search", params={"q": CONCEPT, "limit": 3, **params}).json()["data"]
             return [m["match"] for m in data], data
@@ -260,7 +220,7 @@ def test_search_modes(planted):
         # Catalogue label matches join the concept pool; labels come from the catalogue.
         _, wide = kinds(mode="concept", limit=100)
         by_index = {m["index"]: m for m in wide}
-        assert {4, 8} <= set(by_index) and by_index[4]["label"] == "bridges" and by_index[17]["label"] == "feature 17"
+        assert {4, 8} <= set(by_index) and by_index[4]["label"] == "zzzz bridges" and by_index[17]["label"] == "feature 17"
         # A long q: no concept matches in `all`, a 400 for `concept`.
         long_q = "word " * 30
         assert "concept" not in [m["match"] for m in c.get("/v1/features/search", params={"q": long_q}).json()["data"]]

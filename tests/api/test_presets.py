@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.presets import PresetError, PresetRegistry, read_preset
+from steering.presets import PresetError, PresetRegistry, read_preset
 from api.settings import Settings
 from steering.interventions import SteeringSpec
 from tests.api.support import MODEL_ID, SAE_ID, chat_body, tiny_sae, tiny_steered_model, write_preset
@@ -30,7 +30,7 @@ def test_valid_presets_load_and_merge(tmp_path, sae):
     reg = load(tmp_path, sae)
     entry = reg.get("calm")
     assert len(reg) == 1 and entry.available and entry.preset.system_prompt == "Be calm."
-    spec = entry.spec()
+    spec = entry.preset.spec
     assert spec.positions == "generated" and spec.features[0].mode == "add" and spec.features[0].value == 5
     assert spec.generated_limit is None
 

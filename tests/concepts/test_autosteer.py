@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from steering.concepts import autosteer
-from steering.concepts.autosteer import DEFAULT_MULTIPLIER, DEFAULT_WINDOW, auto_steer, clear_cache
+from steering.concepts.autosteer import DEFAULT_MULTIPLIER, DEFAULT_WINDOW, AutoSteerer, auto_steer
 from steering.concepts.probe import PROBE_PROMPTS, ProbeResult, ProbeSettings, best_probe, probe_specs
 from steering.concepts.search import concept_texts, neutral_texts
 from steering.cli import main
-from steering.interventions import SteeringError
+from steering.errors import SteeringError
 from steering.sae.formats import save_sae
 from tests.support import plant_feature, tiny_sm
 
@@ -21,11 +21,9 @@ CONCEPT = "zzzz zzzz zzzz zzzz zzzz"
 
 @pytest.fixture
 def planted(tiny_llama, tiny_tokenizer):
-    clear_cache()
     sm = tiny_sm(tiny_llama, tiny_tokenizer)
     plant_feature(sm, 17, concept_texts(CONCEPT) + neutral_texts(CONCEPT))
-    yield sm
-    clear_cache()
+    return sm
 
 
 def test_auto_steer_returns_a_valid_spec_with_the_planted_feature(planted):
@@ -52,27 +50,30 @@ def test_search_is_cached_per_concept_and_strength_applies_after(planted, monkey
         return real(sm, concept, **kw)
 
     monkeypatch.setattr(autosteer, "find_concept_features", counting)
-    assert not autosteer.is_cached(planted, CONCEPT, probe=None)
-    a = auto_steer(planted, CONCEPT, 1.0, probe=None)
-    assert autosteer.is_cached(planted, CONCEPT.upper(), probe=None)
-    assert not autosteer.is_cached(planted, CONCEPT, extra=[3], probe=None)  # other extras: another search
-    b = auto_steer(planted, "  " + CONCEPT.upper() + " ", 0.5, probe=None)
+    steerer = AutoSteerer(planted, probe=None)
+    assert not steerer.is_cached(CONCEPT)
+    a = steerer.steer(CONCEPT, 1.0)
+    assert steerer.is_cached(CONCEPT.upper())
+    assert not steerer.is_cached(CONCEPT, extra=[3])  # other extras: another search
+    b = steerer.steer("  " + CONCEPT.upper() + " ", 0.5)
     assert len(calls) == 1
     assert a.spec.features[0].index == b.spec.features[0].index
     assert b.spec.features[0].value == pytest.approx(0.5 * a.spec.features[0].value)
-    other = tiny_sm(planted.loaded.model, planted.loaded.tokenizer)  # another SAE: its own cache
-    auto_steer(other, CONCEPT, 1.0, probe=None)
+    other = tiny_sm(planted.loaded.model, planted.loaded.tokenizer)  # another model and SAE: its own steerer
+    AutoSteerer(other, probe=None).steer(CONCEPT, 1.0)
     assert len(calls) == 2
+    auto_steer(planted, CONCEPT, 1.0, probe=None)  # one uncached call: a search of its own
+    assert len(calls) == 3
 
 
-def test_cache_keeps_the_most_recently_used_concepts(planted, monkeypatch):
-    monkeypatch.setattr(autosteer, "MAX_CACHED_CONCEPTS", 2)
+def test_cache_keeps_the_most_recently_used_concepts(planted):
+    steerer = AutoSteerer(planted, probe=None, max_cached=2)
     for concept in (CONCEPT, "zzzz", "zzz zzz"):
-        auto_steer(planted, concept, 1.0, probe=None)
+        steerer.steer(concept, 1.0)
         if concept == "zzzz":
-            auto_steer(planted, CONCEPT, 1.0, probe=None)  # a hit makes CONCEPT the most recent
-    assert autosteer.is_cached(planted, CONCEPT, probe=None) and autosteer.is_cached(planted, "zzz zzz", probe=None)
-    assert not autosteer.is_cached(planted, "zzzz", probe=None)
+            steerer.steer(CONCEPT, 1.0)  # a hit makes CONCEPT the most recent
+    assert steerer.is_cached(CONCEPT) and steerer.is_cached("zzz zzz")
+    assert not steerer.is_cached("zzzz")
 
 
 def test_second_feature_splits_the_strength(planted, monkeypatch):
@@ -83,7 +84,6 @@ def test_second_feature_splits_the_strength(planted, monkeypatch):
     assert [c.value for c in r.spec.features] == [DEFAULT_MULTIPLIER / 2] * 2
     assert "split over 2 features" in r.rationale
     far = [cands[0], type(cands[1])(**{**cands[1].to_dict(), "score": cands[0].score * 0.5})]
-    clear_cache()
     monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, c, extra=(): far)
     assert len(auto_steer(planted, CONCEPT, 1.0, max_features=2, probe=None).spec.features) == 1
 
@@ -119,15 +119,16 @@ def test_probe_picks_the_largest_lift_then_the_smaller_loss(planted, monkeypatch
     second, third = pool[1].index, pool[2].index
     calls: list[int] = []
     monkeypatch.setattr(autosteer, "probe_specs", _fake_probe({second: (0.75, 1.2), third: (0.75, 0.4)}, calls))
-    r = auto_steer(planted, CONCEPT, 2.0)
+    steerer = AutoSteerer(planted)
+    r = steerer.steer(CONCEPT, 2.0)
     # equal lift: the smaller delta loss wins over the search's order
     assert [c.index for c in r.spec.features] == [third] and r.spec.features[0].value == DEFAULT_MULTIPLIER * 2
     assert calls == [len(pool)] and len(r.probes) == len(pool)
     assert f"feature {third}:" in r.rationale and "3/4 answers carried the concept" in r.rationale
     assert r.to_dict()["probe"][2] == {**r.probes[2].to_dict(), "index": third, "lift": 0.75}
-    auto_steer(planted, CONCEPT, 1.0)
+    steerer.steer(CONCEPT, 1.0)
     assert calls == [len(pool)]  # the probe is cached with the search
-    two = auto_steer(planted, CONCEPT, 1.0, max_features=2)
+    two = steerer.steer(CONCEPT, 1.0, max_features=2)
     assert [c.index for c in two.spec.features] == [third, second] and "split over 2" in two.rationale
 
 
@@ -149,7 +150,6 @@ def test_broad_candidates_are_passed_over_and_label_matches_come_first(planted, 
 
     monkeypatch.setattr(autosteer, "probe_specs", probe)
     assert auto_steer(planted, CONCEPT, 1.0, extra=[outsider]).spec.features[0].index == second
-    clear_cache()
     monkeypatch.setattr(autosteer, "probe_specs",
                         lambda sm, c, specs, settings=None: [ProbeResult(i, 0.5, 0.5, 0.0, 0.1, 4) if i == 17
                                                              else ProbeResult(i, 0.0, 0.0, 0.0, 0.1, 4)
@@ -232,7 +232,6 @@ def _saved_planted(tiny_model_dir, tiny_tokenizer, tmp_path):
     """The tiny model loaded from disk with feature 17 planted, and its SAE saved for the CLI."""
     from transformers import AutoModelForCausalLM
 
-    clear_cache()
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, local_files_only=True).eval()
     sm = tiny_sm(model, tiny_tokenizer)
     plant_feature(sm, 17, concept_texts(CONCEPT) + neutral_texts(CONCEPT))
@@ -257,7 +256,6 @@ def test_cli_concept_search_with_try(tiny_model_dir, tiny_tokenizer, tmp_path, c
     assert set(out["answers"]) == {"steered", "baseline"}
     assert main(["concept-search", CONCEPT, "--limit", "3", *common]) == 0  # the table
     assert "promotes" in capsys.readouterr().out
-    clear_cache()
 
 
 def test_cli_eval_steering_measures_auto_steer(tiny_model_dir, tiny_tokenizer, tmp_path, capsys):
@@ -279,7 +277,6 @@ def test_cli_eval_steering_measures_auto_steer(tiny_model_dir, tiny_tokenizer, t
     assert out["spec"]["generated_limit"] == 2 and out["concept_words"] == ["zz", "buzz"]
     assert main(["eval-steering", "--concept", CONCEPT, "--strength", "9", *args[5:]]) == 2
     assert "steering.strength" in capsys.readouterr().err
-    clear_cache()
 
 
 def _write_catalogue(folder, d_sae: int, tokenizer, labelled: dict[int, str]) -> None:
@@ -318,4 +315,3 @@ def test_cli_concept_search_shows_catalogue_labels(tiny_model_dir, tiny_tokenize
     assert cands[0]["index"] == 17 and cands[0]["catalogue"]["label"] == "zzz buzzing"
     assert main(args[:4] + args[5:]) == 0  # the table
     assert "label: 'zzz buzzing'" in capsys.readouterr().out
-    clear_cache()

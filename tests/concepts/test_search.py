@@ -21,7 +21,7 @@ from steering.concepts.search import (
     specificity_scores,
     text_stats,
 )
-from steering.interventions import SteeringError
+from steering.errors import SteeringError
 from tests.support import hook_acts, plant_feature, tiny_sm
 
 CONCEPT = "zzzz zzzz zzzz zzzz zzzz"  # on a random byte-level model, a "concept" a linear feature can detect

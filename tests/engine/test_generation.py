@@ -9,8 +9,9 @@ import torch
 
 from steering.engine.detokenize import TextStream
 from steering.engine.worker import Engine, EngineConfig, QueueFullError
-from steering.engine.generation import SequenceRequest, generate_batch
-from steering.interventions import FeatureClamp, SteeringError, SteeringSpec
+from steering.engine import SequenceRequest, generate_batch
+from steering.errors import SteeringError
+from steering.interventions import FeatureClamp, SteeringSpec
 from steering.engine.sampling import SamplingParams
 from tests.test_interventions import make_sae
 

@@ -10,8 +10,10 @@ import torch
 
 from steering.engine.backends import make_backend
 from steering.engine.worker import Engine, EngineConfig, QueueFullError
-from steering.engine.generation import eos_ids, generate_batch
-from steering.interventions import FeatureClamp, SteeringError, SteeringSpec
+from steering.engine.generation import generate_batch
+from steering.models import eos_ids
+from steering.errors import SteeringError
+from steering.interventions import FeatureClamp, SteeringSpec
 from steering.engine.requests import SequenceRequest
 from steering.engine.sampling import SamplingParams
 from steering.engine.scheduler import Scheduler
@@ -294,7 +296,7 @@ def test_engine_on_a_non_llama_model_uses_the_hf_forward_with_per_row_clamps(tin
     reqs = [SequenceRequest(prompt(k), greedy(6), SPECS[k % 4]) for k in range(4)]
     engine = Engine(tiny_gpt2, tiny_tokenizer, sae, EngineConfig(max_batch=3))
     try:
-        assert type(engine._backend).__name__ == "HFBackend"
+        assert type(engine.backend).__name__ == "HFBackend"
         handles = [engine.submit([r]) for r in reqs]
         results = [[e.token_id for s in h for e in s if e.token_id is not None] for h in handles]
     finally:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from steering.evaluation import run as steering_eval
+from steering.evaluation import scoring
 from steering.cli import main
 from steering.evaluation.metrics import (
     concept_word_pattern,
@@ -17,23 +18,22 @@ from steering.evaluation.metrics import (
     repeated_ngram_share,
     text_units,
 )
-from steering.interventions import FeatureClamp, SteeringError, SteeringSpec
+from steering.errors import SteeringError
+from steering.interventions import FeatureClamp, SteeringSpec
 from steering.sae.formats import save_sae
-from steering.evaluation.run import (
+from steering.evaluation import (
     Bounds,
     Concept,
     EvalResult,
     EvalSettings,
     EvalTarget,
     evaluate,
-    evaluate_targets,
     evaluate_preset,
-    load_preset,
+    evaluate_targets,
     load_prompts,
-    scaled_spec,
-    spec_to_dict,
     score_answers,
 )
+from steering.presets import find_preset as load_preset
 from tests.support import hook_acts, tiny_sm
 
 PROMPTS = ["Describe yourself.", "Tell me a story.", "What is new?"]
@@ -109,10 +109,10 @@ def test_load_prompts_skips_comments_and_blank_lines(tmp_path):
 
 def test_scaled_spec_multiplies_every_value():
     spec = SteeringSpec((FeatureClamp(1, 2.0), FeatureClamp(2, -1.0, "add", "raw")), "generated", 6)
-    out = scaled_spec(spec, 1.5)
+    out = spec.scaled(1.5)
     assert [c.value for c in out.features] == [3.0, -1.5]
     assert out.positions == "generated" and out.features[1].mode == "add" and out.features[1].unit == "raw"
-    assert out.generated_limit == 6 and spec_to_dict(out)["generated_limit"] == 6
+    assert out.generated_limit == 6 and out.to_dict()["generated_limit"] == 6
 
 
 def test_concept_features_default_to_positive_clamps():
@@ -232,7 +232,7 @@ def test_rates_aggregate_by_hand(tiny_llama, tiny_tokenizer, monkeypatch):
     def fake_generate(sm_, requests, batch_size):
         assert [r.steering is None for r in requests] == [True] * 4 + [False] * 4
         assert [r.sampling.seed for r in requests] == [0, 1, 2, 3] * 2
-        return [steering_eval._Answer(t, tuple(tiny_tokenizer(t)["input_ids"])) for t in texts]
+        return [scoring.Answer(t, tuple(tiny_tokenizer(t)["input_ids"])) for t in texts]
 
     monkeypatch.setattr(steering_eval, "_generate", fake_generate)
     spec = SteeringSpec((FeatureClamp(1, 2.0),))
@@ -262,7 +262,7 @@ def test_targets_share_one_baseline_and_keep_their_own_concepts(tiny_llama, tiny
         assert len(requests) == 6 and [r.steering is None for r in requests] == [True, True] + [False] * 4
         prompts = [tiny_tokenizer.decode(list(r.prompt_ids)) for r in requests]
         assert "Talk about cats." in prompts[4] and "Talk about cats." not in prompts[2]
-        return [steering_eval._Answer(t, tuple(tiny_tokenizer(t)["input_ids"])) for t in texts]
+        return [scoring.Answer(t, tuple(tiny_tokenizer(t)["input_ids"])) for t in texts]
 
     monkeypatch.setattr(steering_eval, "_generate", fake_generate)
     a = EvalTarget("A", SteeringSpec((FeatureClamp(1, 2.0),)), Concept(words=("dog",), features=(1,)))
@@ -310,7 +310,7 @@ def test_preset_system_prompt_goes_to_steered_rows_only(tiny_llama, tiny_tokeniz
 
     def fake_generate(sm_, requests, batch_size):
         seen.extend(requests)
-        return [steering_eval._Answer("x", (10,))] * len(requests)
+        return [scoring.Answer("x", (10,))] * len(requests)
 
     monkeypatch.setattr(steering_eval, "_generate", fake_generate)
     r = evaluate_preset(sm, load_preset(tmp_path / "p.json"), PROMPTS, FAST)

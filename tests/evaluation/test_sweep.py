@@ -9,8 +9,8 @@ import pytest
 from steering.cli import main
 from steering.interventions import FeatureClamp, SteeringSpec
 from steering.sae.formats import save_sae
-from steering.evaluation.run import Concept, EvalSettings
-from steering.evaluation.sweep import Bounds, SweepPoint, pick_knee, plot_sweep, sweep
+from steering.evaluation import Bounds, Concept, EvalSettings, SweepPoint, pick_knee, sweep
+from steering.evaluation.sweep import plot_sweep
 from tests.support import tiny_sm
 
 

@@ -9,7 +9,7 @@ import torch
 
 from steering.sae.catalogue import Catalogue
 from steering.sae.formats import load_sae
-from steering.cli.training import main
+from steering.cli import main
 from steering.training.corpus import Document, build_corpus
 
 

@@ -13,8 +13,9 @@ import torch
 
 from steering.sae.catalogue import Catalogue
 from steering.sae.formats import load_sae
-from steering.training.catalogue_builder import build_catalogue, token_bytes, unembedding
-from steering.cli.training import main as training_main
+from steering.tokens import vocabulary_bytes as token_bytes
+from steering.training.catalogue_builder import build_catalogue, unembedding
+from steering.cli import main as training_main
 from steering.training.corpus import Document, build_corpus, load_rows
 from steering.training.evaluate import activation_metrics, ce_losses
 from steering.training.harvest import harvest

@@ -1,4 +1,4 @@
-"""Every schema of the HTTP API, in one module.
+"""POST /v1/chat/completions: the request, the response, the stream's chunks.
 
 Request and response models follow the field order of OpenAI's chat
 completions reference (https://platform.openai.com/docs/api-reference/chat).
@@ -7,60 +7,53 @@ Our extension, `steering`, sits in a marked block at the end of the request
 marked blocks of the responses (`steered` on each choice; `steering`, the
 steering used, on a chat.completion and on a stream's first chunk); each of
 its fields carries a `Field(description=...)` so the OpenAPI page (/docs)
-documents it. Bounds are pydantic constraints, so a violation comes
-back as a 400 naming the parameter (see `api.errors`).
+documents it. Bounds are pydantic constraints, so a violation comes back as
+a 400 naming the parameter (see `api.errors`).
 
 Deviations from OpenAI are marked `# deviation:` where they happen. Fields of
 OpenAI's request that this server does not implement (tools, response_format,
 penalties, logit_bias, ...) are ignored, as vLLM and llama.cpp's server do.
-
-This module only describes shapes; `api.translate` turns a request into engine
-objects, and nothing below that line sees these models.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from steering.concepts.autosteer import MAX_CONCEPT_CHARS, MAX_STRENGTH
-
-# Documented bounds (also in docs/api.md).
-MAX_N = 8
-MAX_STOP = 4
-MAX_TOP_LOGPROBS = 20
-MAX_STEERING_FEATURES = 64
-MAX_GENERATED_LIMIT = 1 << 20
-# |value| of a feature clamp. In `max` units 1000 is a thousand times the
-# feature's largest activation seen in the data, far past where text breaks
-# down (Anthropic's Golden Gate demo used 10x).
-MAX_FEATURE_VALUE = 1000.0
-MAX_SEED = 2**63 - 1
-
-# Shared field types of a clamp spec (the request's `steering`, a preset file, the response's report).
-ClampMode = Literal["clamp", "add", "scale"]
-ClampUnit = Literal["max", "raw"]
-Positions = Literal["all", "prompt", "generated"]
-GeneratedLimit = Annotated[int | None, Field(ge=0, le=MAX_GENERATED_LIMIT)]
-
-# NaN and +-inf are rejected everywhere: Python's json (and so FastAPI) reads
-# the non-standard literals NaN and Infinity, and 1e999 becomes inf.
-_STRICT = ConfigDict(allow_inf_nan=False, extra="forbid")
-_LENIENT = ConfigDict(allow_inf_nan=False, extra="ignore")
+from api.protocol.common import (
+    LENIENT,
+    MAX_CONCEPT_CHARS,
+    MAX_FEATURE_VALUE,
+    MAX_N,
+    MAX_SEED,
+    MAX_STEERING_FEATURES,
+    MAX_STOP,
+    MAX_STRENGTH,
+    MAX_TOP_LOGPROBS,
+    MODES_DOC,
+    POSITIONS_DOC,
+    STRICT,
+    UNITS_DOC,
+    ClampMode,
+    ClampUnit,
+    GeneratedLimit,
+    Positions,
+)
+from api.protocol.features import FeatureMatch
 
 
 # ------------------------------------------------------------------ request
 class TextContentPart(BaseModel):
     """One part of a message's content; only text parts are supported."""
 
-    model_config = _LENIENT
+    model_config = LENIENT
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = _LENIENT
+    model_config = LENIENT
     # deviation: tool and function messages are not supported; "developer"
     # (OpenAI's newer name for a system message) is read as "system".
     role: Literal["system", "developer", "user", "assistant"]
@@ -74,14 +67,14 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = _LENIENT
+    model_config = LENIENT
     include_usage: bool = False
 
 
 class SteeringFeature(BaseModel):
     """One feature clamp of the `steering` extension."""
 
-    model_config = _STRICT
+    model_config = STRICT
     index: int = Field(ge=0, description="The SAE feature's index (0 <= index < d_sae; see GET /v1/features).")
     value: float = Field(
         ge=-MAX_FEATURE_VALUE,
@@ -94,17 +87,17 @@ class SteeringFeature(BaseModel):
     )
     mode: ClampMode = Field(
         "clamp",
-        description="`clamp`: set the feature's activation to value; `add`: add value to it; `scale`: multiply it by value.",
+        description=MODES_DOC + ".",
     )
     unit: ClampUnit = Field(
-        "max", description="Unit of value for `clamp` and `add`: `max` (multiples of the feature's max activation) or `raw`."
+        "max", description="Unit of value for the modes that take one: " + UNITS_DOC + "."
     )
 
 
 class SteeringOptions(BaseModel):
     """The `steering` extension (clients send it in `extra_body`)."""
 
-    model_config = _STRICT
+    model_config = STRICT
     preset: str | None = Field(None, description="Name of a preset (GET /v1/presets) whose features apply first.")
     features: list[SteeringFeature] = Field(
         default_factory=list,
@@ -113,9 +106,9 @@ class SteeringOptions(BaseModel):
     )
     positions: Positions | None = Field(
         None,
-        description="Where clamps apply: `all` tokens (prompt and generated), only the `prompt`'s, or only "
-        "`generated` ones. With `generated_limit` a pair: both come from the request if it sets either, "
-        "else from the preset (default `all`, no limit).",
+        description="Where clamps apply: " + POSITIONS_DOC + ". With `generated_limit` a pair: both come from "
+        "the request if it sets either, else from auto-steer (with `concept`), else from the preset (default "
+        "`all`, no limit).",
     )
     generated_limit: GeneratedLimit = Field(
         None,
@@ -154,7 +147,7 @@ class SteeringOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """POST /v1/chat/completions. Field order follows OpenAI's reference."""
 
-    model_config = _LENIENT
+    model_config = LENIENT
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
     logprobs: bool = False
@@ -227,23 +220,7 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-class ConceptScores(BaseModel):
-    """Why a feature matches a concept (`steering.concepts.search`): specificity and logit effect."""
-
-    score: float = Field(description="specificity x logit_score; candidates are ranked by it.")
-    specificity: float = Field(description="(concept_mean - neutral_mean) x concept_fire_rate.")
-    concept_mean: float = Field(description="Mean activation / max activation over text about the concept.")
-    neutral_mean: float = Field(description="The same over unrelated text.")
-    concept_fire_rate: float = Field(description="Share of concept texts on which the feature fires.")
-    neutral_fire_rate: float = Field(description="Share of unrelated texts on which the feature fires.")
-    word_share: float | None = Field(description="Share of its activation on the concept word's own tokens "
-                                     "(near 1: a token feature); null when not measurable.")
-    logit_rank: int = Field(description="Best rank of a concept token among the tokens it promotes (0: top).")
-    logit_score: float = Field(description="1 - log(1 + logit_rank) / log(vocabulary size).")
-    promoted_tokens: list[str] = Field(description="The tokens it promotes most.")
-    max_activation: float = Field(description="The activation scale the means are divided by.")
-
-
+# ---- extension: the steering a response used ----------------------------------
 class ConceptSteering(BaseModel):
     """What auto-steer chose for `steering.concept`."""
 
@@ -252,7 +229,7 @@ class ConceptSteering(BaseModel):
     features: list[int] = Field(description="The indices auto-steer picked (their values are in the report's "
                                 "`features` unless the request's own features overrode them).")
     rationale: str
-    candidates: list["FeatureMatch"] = Field(description="The ranked concept candidates (`match: concept`).")
+    candidates: list[FeatureMatch] = Field(description="The ranked concept candidates (`match: concept`).")
     probe: list["ConceptProbe"] = Field(default_factory=list, description="Each candidate's probe (short seeded "
                                         "answers with it clamped), the evidence auto-steer picked by.")
 
@@ -331,145 +308,6 @@ class ChatCompletionChunk(BaseModel):
     steering: AppliedSteering | None = Field(
         None, description="The steering used (extension): on the stream's first chunk only, when the request "
         "had a `steering` block; absent from every other chunk.")
-
-
-class ErrorInfo(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorInfo
-
-
-# ----------------------------------------------------------- models, health
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "sae-steering"
-    # ---- extension: which SAE steers this model -----------------------------
-    sae: dict[str, Any] | None = Field(None, description="The loaded SAE (id, d_sae, layer, site, note) (extension).")
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-# ------------------------------------------------------------------ presets
-# Keys of a preset's `efficacy` record that are shares in [0, 1] when present.
-EFFICACY_RATES = frozenset({"concept_rate", "baseline_concept_rate", "word_rate", "baseline_word_rate",
-                            "feature_rate", "baseline_feature_rate", "repeated_4gram", "baseline_repeated_4gram"})
-
-
-class PresetFeature(SteeringFeature):
-    """A preset's clamp: a request's steering feature, and a label."""
-
-    # Human notes on the feature, e.g. its catalogue label; not used by the engine.
-    label: str | None = None
-
-
-class Preset(BaseModel):
-    """A preset file (presets/NAME.json); see presets/README.md."""
-
-    model_config = _STRICT
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    description: str
-    model: str = Field(description="The model id the features belong to (GET /v1/models).")
-    sae: str = Field(description="The SAE id the feature indices refer to.")
-    features: list[PresetFeature] = Field(min_length=1, max_length=MAX_STEERING_FEATURES)
-    positions: Positions = "all"
-    generated_limit: GeneratedLimit = Field(None, description="Clamp only the first N generated tokens (null: all).")
-    system_prompt: str | None = None
-    concept_words: list[str] = Field(default_factory=list, description="Words that mark an answer as on the concept.")
-    concept_features: list[Annotated[int, Field(ge=0)]] | None = Field(
-        None, max_length=MAX_STEERING_FEATURES,
-        description="Features whose firing on an answer marks it as on the concept (evaluation); null: the "
-        "preset's own clamps that push a feature up.")
-    efficacy: dict[str, JsonValue] | None = Field(
-        None, description="The measured efficacy record (free-form; keys in presets/README.md, e.g. concept_rate, "
-        "baseline_concept_rate, repeated_4gram, delta_loss, n_prompts, max_tokens, seed, measured_at, command).")
-    notes: str | None = None
-
-    @field_validator("efficacy")
-    @classmethod
-    def _check_rates(cls, efficacy: dict[str, Any] | None) -> dict[str, Any] | None:
-        for key in EFFICACY_RATES & set(efficacy or {}):
-            v = efficacy[key]  # type: ignore[index]
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
-                raise ValueError(f"efficacy.{key} must be a share in [0, 1] or null, not {v!r}")
-        return efficacy
-
-
-class PresetInfo(Preset):
-    object: Literal["preset"] = "preset"
-    available: bool = Field(description="False when the preset targets another model or SAE than the loaded ones.")
-    unavailable_reason: str | None = None
-
-
-class PresetList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[PresetInfo]
-
-
-# ----------------------------------------------------------------- features
-class FeatureSummary(BaseModel):
-    object: Literal["feature"] = "feature"
-    index: int
-    label: str | None = Field(None, description="Automatic label from the catalogue; null without one.")
-    max_activation: float | None
-    firing_frequency: float | None
-
-
-class TokenEffect(BaseModel):
-    token: str
-    token_id: int | None = Field(None, description="Null when the catalogue stores only the token's text.")
-    effect: float = Field(description="Decoder direction dotted with the token's unembedding (final norm ignored).")
-
-
-class Neighbour(BaseModel):
-    index: int
-    cosine: float
-
-
-class FeatureDetail(FeatureSummary):
-    top_contexts: list[dict[str, Any]] = Field(default_factory=list, description="From the catalogue; empty without one.")
-    promoted_tokens: list[TokenEffect] = Field(default_factory=list)
-    suppressed_tokens: list[TokenEffect] = Field(default_factory=list)
-    neighbours: list[Neighbour] = Field(default_factory=list)
-    source: Literal["catalogue", "sae"] = Field(
-        description="`catalogue` when the SAE ships a catalogue, else `sae` (statistics from its buffers, effects computed live)."
-    )
-
-
-class FeatureList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[FeatureSummary]
-    offset: int
-    limit: int
-    total: int
-    has_more: bool
-
-
-class FeatureMatch(BaseModel):
-    index: int
-    label: str | None
-    match: Literal["label", "activation", "concept"]
-    activation: float | None = Field(None, description="Largest activation on the query text (activation matches).")
-    relative_activation: float | None = Field(None, description="activation / the feature's max activation.")
-    token: str | None = Field(None, description="The query token where the activation peaks.")
-    score: float | None = Field(None, description="Label matches: the catalogue's label-match score; concept "
-                                "matches: specificity x logit_score (as in `concept`).")
-    concept: ConceptScores | None = Field(None, description="Concept matches: both scores in full.")
-
-
-class FeatureSearchResult(BaseModel):
-    object: Literal["list"] = "list"
-    query: str
-    data: list[FeatureMatch]
 
 
 ConceptSteering.model_rebuild()

@@ -1,5 +1,13 @@
 """POST /v1/chat/completions: submit to the engine, then stream or collect its events.
 
+The request is checked and translated once (`api.translate`): the cheap
+checks first, then, for `steering.concept`, auto-steer's choice (the state's
+`AutoSteerer`; a concept it has not seen runs forwards and a short probe on
+the shared model, so it takes the model gate alone, `ServerState.run_alone`,
+503 `model_busy` after the wait; a cached one is resolved at once), then the
+engine job. The response renders the resolved steering (`steering` on the
+completion or on the stream's first chunk).
+
 The async side only moves tokens: the engine's compute thread runs the model,
 and events arrive through the handle's asyncio queue. A client that goes away
 cancels its group (`handle.cancel()`), which the worker honours before its
@@ -10,11 +18,6 @@ next decoding step:
 - non-streamed: a watcher polls `request.is_disconnected()`.
 
 Either way the gate (`api.gate`) counts the group until the worker is done.
-
-With `steering.concept`, auto-steer picks the features first (`api.concepts`;
-an uncached concept takes the gate alone while its search runs), and the
-response reports the steering used (the completion's, or the first chunk's,
-`steering`).
 """
 
 from __future__ import annotations
@@ -22,20 +25,41 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator
 
-from fastapi import Request
+from fastapi import APIRouter, Depends, Request
 from sse_starlette import EventSourceResponse
 
-from api.concepts import applied_steering, resolve_concept
-from api.errors import APIError, from_exception, sse_error_event
+from api.errors import APIError, bad_request, from_exception, sse_error_event
 from api.protocol import ChatCompletion, ChatCompletionRequest
-from api.render import Chunker, Collector, ResponseMeta
-from api.translate import to_engine
+from api.render import Chunker, Collector, ResponseMeta, steering_report
+from api.routes import server
+from api.state import ServerState
+from api.translate import SteeringLayers, check_steering, resolve_steering, to_engine
+from steering.concepts import AutoSteerResult
+from steering.engine import RequestHandle, SequenceRequest
+from steering.errors import SteeringError
 
 DISCONNECT_POLL_S = 0.2
 SSE_PING_S = 15
 
+router = APIRouter()
 
-async def _submit(state: Any, requests: Any) -> Any:
+
+async def auto_steer(state: ServerState, layers: SteeringLayers | None) -> AutoSteerResult | None:
+    """Auto-steer's result for the request's concept (None without one); raises APIError."""
+    if layers is None or layers.concept is None:
+        return None
+    steerer = state.autosteer
+    assert steerer is not None  # check_steering refused a concept without an SAE
+    concept, strength = layers.concept, layers.strength
+    try:
+        if steerer.is_cached(concept):
+            return steerer.steer(concept, strength)
+        return await state.run_alone(steerer.steer, concept, strength)
+    except SteeringError as e:  # params are already steering.concept / steering.strength / steering
+        raise bad_request(str(e), e.param) from None
+
+
+async def _submit(state: ServerState, requests: tuple[SequenceRequest, ...]) -> RequestHandle:
     await state.gate.enter()
     try:
         return state.engine.submit(requests, loop=asyncio.get_running_loop())
@@ -44,7 +68,7 @@ async def _submit(state: Any, requests: Any) -> Any:
         raise
 
 
-def _finish(state: Any, handle: Any, finished: bool) -> None:
+def _finish(state: ServerState, handle: RequestHandle, finished: bool) -> None:
     """Hand the group back to the gate: now if the worker is done, else after cancelling and draining it."""
     if finished:
         state.gate.leave()
@@ -53,17 +77,20 @@ def _finish(state: Any, handle: Any, finished: bool) -> None:
         state.gate.release_when_done(handle)
 
 
-async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Any:
-    state = request.app.state.server.require_ready()
-    auto = await resolve_concept(state, body)
-    job = to_engine(body, state.served, state.presets, auto)
+@router.post("/v1/chat/completions", response_model=ChatCompletion, response_model_exclude_none=False,
+             summary="Create a chat completion (OpenAI-compatible, with the `steering` extension)")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request,
+                                 state: ServerState = Depends(server)) -> Any:
+    state.require_ready()
+    layers = check_steering(body, state.served, state.presets)
+    job = to_engine(body, state.served, resolve_steering(layers, await auto_steer(state, layers)))
     meta = ResponseMeta(
         model=state.served.model_id,
         steered=job.steered,
         prompt_tokens=job.prompt_tokens,
         logprobs=body.logprobs,
         system_fingerprint=state.fingerprint,
-        steering=applied_steering(body, job.spec, auto, state.features),
+        steering=steering_report(job.steering, state.features),
     )
     try:
         handle = await _submit(state, job.requests)
@@ -76,7 +103,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     return await _collect(state, handle, Collector(meta, state.texts), request)
 
 
-async def _stream(state: Any, handle: Any, chunker: Chunker) -> AsyncIterator[dict[str, str]]:
+async def _stream(state: ServerState, handle: RequestHandle, chunker: Chunker) -> AsyncIterator[dict[str, str]]:
     finished = False
     events_in = handle.__aiter__()
     try:
@@ -103,13 +130,13 @@ async def _stream(state: Any, handle: Any, chunker: Chunker) -> AsyncIterator[di
         _finish(state, handle, finished)
 
 
-async def _watch_disconnect(request: Request, handle: Any) -> None:
+async def _watch_disconnect(request: Request, handle: RequestHandle) -> None:
     while not await request.is_disconnected():
         await asyncio.sleep(DISCONNECT_POLL_S)
     handle.cancel()
 
 
-async def _collect(state: Any, handle: Any, collector: Collector, request: Request) -> ChatCompletion:
+async def _collect(state: ServerState, handle: RequestHandle, collector: Collector, request: Request) -> ChatCompletion:
     finished = False
     watcher = asyncio.get_running_loop().create_task(_watch_disconnect(request, handle))
     try:

@@ -1,0 +1,58 @@
+"""Every schema of the HTTP API, one module per resource (as vLLM keeps a protocol module per endpoint).
+
+    chat       POST /v1/chat/completions: request, response, chunks, the `steering` extension and its report
+    models     GET /v1/models, /ready: model cards and the loaded SAE
+    presets    GET /v1/presets: the wire form of the library's presets
+    features   GET /v1/features...: summaries, details, search matches
+    common     bounds and clamp field types built from the library's constants; the error shape
+
+Extensions to OpenAI's shapes are marked `# ---- extension` where they sit.
+This package only describes shapes; `api.translate` turns a request into
+engine objects, and nothing below that line sees these models.
+"""
+
+from api.protocol.chat import (
+    AppliedFeature,
+    AppliedSteering,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessage,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    ConceptProbe,
+    ConceptSteering,
+    DeltaMessage,
+    ResponseMessage,
+    SteeringFeature,
+    SteeringOptions,
+    StreamOptions,
+    TextContentPart,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+from api.protocol.common import ErrorInfo, ErrorResponse
+from api.protocol.features import (
+    ConceptScores,
+    FeatureDetail,
+    FeatureList,
+    FeatureMatch,
+    FeatureSearchResult,
+    FeatureSummary,
+    Neighbour,
+    TokenEffect,
+    TopContext,
+)
+from api.protocol.models import ModelCard, ModelList, Readiness, SAEInfo
+from api.protocol.presets import Preset, PresetFeature, PresetInfo, PresetList
+
+__all__ = [
+    "AppliedFeature", "AppliedSteering", "ChatCompletion", "ChatCompletionChunk", "ChatCompletionRequest",
+    "ChatMessage", "Choice", "ChoiceLogprobs", "ChunkChoice", "ConceptProbe", "ConceptSteering", "DeltaMessage",
+    "ResponseMessage", "SteeringFeature", "SteeringOptions", "StreamOptions", "TextContentPart", "TokenLogprob",
+    "TopLogprob", "Usage", "ErrorInfo", "ErrorResponse", "ConceptScores", "FeatureDetail", "FeatureList",
+    "FeatureMatch", "FeatureSearchResult", "FeatureSummary", "Neighbour", "TokenEffect", "TopContext", "ModelCard",
+    "ModelList", "Readiness", "SAEInfo", "Preset", "PresetFeature", "PresetInfo", "PresetList",
+]

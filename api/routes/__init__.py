@@ -1,0 +1,22 @@
+"""The HTTP routes, one router per resource, over the app's `ServerState`.
+
+    chat       POST /v1/chat/completions
+    models     GET /v1/models[/{id}], /health, /ready
+    presets    GET /v1/presets[/{name}]
+    features   GET /v1/features, /v1/features/search, /v1/features/{index}
+
+Each route takes the state through `Depends(server)`, checks its input, then
+calls `require_ready()` (a 503 while the model loads), and leaves the work to
+the library and `api.translate` / `api.render`.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from api.state import ServerState
+
+
+def server(request: Request) -> ServerState:
+    """The app's state, ready or not."""
+    return request.app.state.server

@@ -1,0 +1,112 @@
+"""What the routes share: one `ServerState` per app, filled in once the model is loaded.
+
+    state.require_ready()        the state, or a 503 while loading (or after a failed load)
+    await state.run_alone(fn)    fn on the compute thread with the model to itself (`api.gate`)
+
+Everything here is built once in `start` from a loaded `SteeredModel`: the
+engine (on the shared compute thread), the presets checked against its SAE,
+the feature service over its catalogue, its auto-steerer (which remembers
+concepts), and the model's description for translation. Routes only read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from api.errors import APIError
+from api.features import FeatureService
+from api.gate import ModelGate
+from api.protocol import SAEInfo
+from api.settings import Settings
+from api.translate import ServedModel
+from steering.concepts import AutoSteerer
+from steering.engine import ComputeThread, Engine, EngineConfig
+from steering.models import DEFAULT_MODEL
+from steering.presets import PresetRegistry
+from steering.steered_model import SteeredModel
+from steering.tokens import TokenTexts
+
+log = logging.getLogger("api")
+VERSION = "0.1.0"
+# How long a search by text or concept (and an uncached auto-steer) waits for running generations before a 503.
+EXCLUSIVE_WAIT_S = 60.0
+
+
+@dataclass
+class ServerState:
+    """Everything the routes share; filled in by `start` once the model is loaded."""
+
+    settings: Settings
+    compute: ComputeThread | None = None  # the one thread that runs torch (steering.engine.compute)
+    gate: ModelGate | None = None
+    sm: SteeredModel | None = None
+    engine: Engine | None = None
+    presets: PresetRegistry = field(default_factory=PresetRegistry)
+    served: ServedModel | None = None
+    features: FeatureService | None = None
+    autosteer: AutoSteerer | None = None
+    texts: TokenTexts | None = None
+    fingerprint: str | None = None
+    created: int = 0
+    ready: bool = False
+    error: str | None = None
+
+    def require_ready(self) -> "ServerState":
+        if not self.ready:
+            if self.error:
+                raise APIError(503, f"The model failed to load: {self.error}", None, "model_load_failed")
+            raise APIError(503, "The model is still loading; retry when GET /ready returns 200.", None,
+                           "model_not_ready", headers={"Retry-After": "5"})
+        return self
+
+    async def run_alone(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) on the compute thread with the model to itself (`api.gate`); a 503 `model_busy`
+        when running generations hold it past EXCLUSIVE_WAIT_S."""
+        assert self.gate is not None
+        try:
+            return await self.gate.run_exclusive(fn, *args, timeout=EXCLUSIVE_WAIT_S)
+        except TimeoutError:
+            raise APIError(503, "The model is busy generating; retry later.", None, "model_busy",
+                           headers={"Retry-After": "10"}) from None
+
+    def sae_info(self) -> SAEInfo | None:
+        sm = self.sm
+        if sm is None:
+            return None
+        info = SAEInfo(id=sm.sae_id, note=sm.sae_note, catalogue=sm.catalogue is not None)
+        if sm.sae is not None:
+            c = sm.sae.cfg
+            info = info.model_copy(update=dict(d_sae=c.d_sae, architecture=c.architecture, hook_layer=c.hook_layer,
+                                               hook_site=c.hook_site))
+        return info
+
+    def start(self, sm: SteeredModel) -> None:
+        """Wire a loaded SteeredModel into the server (checks presets; raises PresetError)."""
+        s = self.settings
+        self.sm = sm
+        self.presets = PresetRegistry.load(s.presets_dir, sm.model_id, sm.sae_id, sm.sae)
+        aliases = {a for a in (s.model, "default" if sm.model_id == DEFAULT_MODEL else None) if a}
+        self.served = ServedModel(
+            model_id=sm.model_id,
+            aliases=frozenset(aliases),
+            context_length=sm.context_length,
+            sae=sm.sae,
+            render=sm.prompt_ids,
+            default_max_tokens=s.default_max_tokens,
+        )
+        tokenizer = sm.loaded.tokenizer
+        self.texts = TokenTexts(tokenizer)
+        if sm.sae is not None:
+            self.features = FeatureService(sm)
+            self.autosteer = AutoSteerer(sm)
+        self.fingerprint = "fp_" + hashlib.sha1(f"{sm.model_id}|{sm.sae_id}|{VERSION}".encode()).hexdigest()[:10]
+        self.engine = Engine(sm.loaded.model, tokenizer, sm.sae, EngineConfig(
+            max_queue=s.max_queue, retry_after_s=s.retry_after_s, threads=s.threads, max_batch=s.max_batch),
+            compute=self.compute)
+        self.created = int(time.time())
+        self.ready = True
+        log.info("ready: model %s, SAE %s%s", sm.model_id, sm.sae_id, f" ({sm.sae_note})" if sm.sae_note else "")

@@ -1,0 +1,125 @@
+"""What eval-steering and sweep measure, from their shared arguments.
+
+    --preset NAME_OR_PATH[,NAME...] | --preset all | --feature I=V[:MODE[:UNIT]]... | --concept TEXT [--strength S]
+    [--positions P] [--generated-limit N] [--concept-words w1,w2] [--concept-features i,j] [--fire-fraction F]
+    [--presets-dir DIR] [--prompts FILE] [--limit-prompts N] [--max-tokens N] [--temperature T] [--seed S]
+    [--samples K] [--batch-size B] [--json]
+
+Several presets (or `all`: every presets/*.json made for the loaded model
+and SAE) are evaluated together against one shared baseline. `--concept`
+measures auto-steer: the target is the spec `AutoSteerer.steer` picks for
+TEXT (what a chat request with `"steering": {"concept": TEXT, "strength": S}`
+uses), judged by the features it picked and by the concept words (default:
+TEXT in simple singular and plural). Presets are read by `steering.presets`
+(drafts allowed: model, sae and description may be missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from steering.cli.common import CLAMP_FORM, add_model_arguments, add_window_arguments, parse_clamp
+from steering.concepts import AutoSteerer, number_forms
+from steering.errors import SteeringError
+from steering.evaluation import Concept, EvalSettings, EvalTarget, load_prompts
+from steering.interventions import SteeringSpec
+from steering.presets import Preset, find_preset, read_preset, unavailable_reason
+
+if TYPE_CHECKING:
+    from steering.steered_model import SteeredModel
+
+
+def add_target_arguments(p: argparse.ArgumentParser, several: bool = False) -> None:
+    """Arguments shared by eval-steering and sweep: what to steer, how to judge, how to sample."""
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--preset", help="preset name (presets/NAME.json) or path to a preset file"
+                      + ("; several comma-separated, or `all`" if several else ""))
+    what.add_argument("--feature", action="append", metavar=CLAMP_FORM, help="a clamp (repeatable)")
+    what.add_argument("--concept", default=None, metavar="TEXT",
+                      help="auto-steer: evaluate the features and values auto-steer picks for TEXT")
+    p.add_argument("--strength", type=float, default=1.0, help="auto-steer strength (with --concept)")
+    add_window_arguments(p, default=None, override=True)
+    p.add_argument("--concept-words", default=None, help="comma-separated concept words (overrides the preset's)")
+    p.add_argument("--concept-features", default=None,
+                   help="comma-separated feature indices judged on the answers (default: the preset's, else its positive clamps)")
+    p.add_argument("--fire-fraction", type=float, default=0.2, help="a concept feature fires at >= this x its max")
+    p.add_argument("--presets-dir", default="presets")
+    p.add_argument("--prompts", default=None, help="prompt file, one a line (default: the shipped neutral prompts)")
+    p.add_argument("--limit-prompts", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--temperature", type=float, default=0.7, help="0 for greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=1,
+                   help="answers per prompt (sample k of prompt j of n is seeded SEED + k*n + j); rates over all of them")
+    p.add_argument("--batch-size", type=int, default=64, help="rows per generation batch")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    add_model_arguments(p)
+
+
+def _in_window(args: argparse.Namespace, spec: SteeringSpec) -> SteeringSpec:
+    """The spec in the command line's window if it sets --positions or --generated-limit (a pair)."""
+    if args.positions is None and args.generated_limit is None:
+        return spec
+    return SteeringSpec(spec.features, args.positions or "all", args.generated_limit)
+
+
+def _concept_target(args: argparse.Namespace, sm: "SteeredModel", words: list[str] | None,
+                    feats: list[int] | None) -> EvalTarget:
+    """Auto-steer's choice for `args.concept`, in the requested window (else auto-steer's own)."""
+    auto = AutoSteerer(sm).steer(args.concept, args.strength)
+    spec = _in_window(args, auto.spec)
+    print(f"note: auto-steer: {auto.rationale}", file=sys.stderr)
+    words = words if words is not None else number_forms(auto.concept)
+    return EvalTarget(f"concept:{auto.concept}", spec, Concept.for_spec(spec, words, feats, args.fire_fraction))
+
+
+def _target(args: argparse.Namespace, preset: Preset | None, sm: "SteeredModel") -> EvalTarget:
+    words = [w.strip() for w in args.concept_words.split(",")] if args.concept_words else None
+    feats = [int(i) for i in args.concept_features.split(",") if i.strip()] if args.concept_features else None
+    if preset is None and args.concept is not None:
+        return _concept_target(args, sm, words, feats)
+    if preset is None:
+        spec = SteeringSpec(tuple(parse_clamp(t) for t in args.feature), args.positions or "all", args.generated_limit)
+        return EvalTarget(", ".join(args.feature), spec, Concept.for_spec(spec, words or (), feats, args.fire_fraction))
+    spec = _in_window(args, preset.spec)
+    words = words if words is not None else list(preset.concept_words)
+    if feats is None and preset.concept_features is not None:
+        feats = list(preset.concept_features)
+    return EvalTarget(preset.name, spec, Concept.for_spec(spec, words, feats, args.fire_fraction), preset.system_prompt)
+
+
+def _why_not(preset: Preset, sm: "SteeredModel") -> str | None:
+    why = unavailable_reason(preset, sm.model_id, sm.sae_id, sm.sae)
+    return None if why is None else f"preset {preset.name!r} {why}"
+
+
+def resolve_targets(args: argparse.Namespace, sm: "SteeredModel") -> tuple[list[EvalTarget], EvalSettings, list[str]]:
+    """(targets, settings, prompts) from the arguments; a preset for another model or SAE is an error
+    (skipped with a note under `--preset all`)."""
+    targets: list[EvalTarget] = []
+    if args.preset == "all":
+        for path in sorted(Path(args.presets_dir).glob("*.json")):
+            preset = read_preset(path, draft=True)
+            why = _why_not(preset, sm)
+            if why:
+                print(f"note: skipped: {why}", file=sys.stderr)
+            else:
+                targets.append(_target(args, preset, sm))
+        if not targets:
+            raise SteeringError(f"no preset in {args.presets_dir} is made for the loaded model and SAE", "preset")
+    elif args.preset:
+        for name in args.preset.split(","):
+            preset = find_preset(name.strip(), args.presets_dir)
+            why = _why_not(preset, sm)
+            if why:
+                raise SteeringError(why, "preset")
+            targets.append(_target(args, preset, sm))
+    else:
+        targets.append(_target(args, None, sm))
+    settings = EvalSettings(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+                            samples=args.samples, batch_size=args.batch_size)
+    prompts = load_prompts(args.prompts)[: args.limit_prompts]
+    return targets, settings, prompts

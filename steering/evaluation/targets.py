@@ -1,0 +1,84 @@
+"""What a steering evaluation measures: targets, how answers are judged, its settings and bounds.
+
+An `EvalTarget` is a spec, the `Concept` its answers should carry (concept
+words, concept features firing at >= fire_fraction x their max, or either),
+and the system prompt of its steered rows (a preset's, if any). `Bounds` are
+the project's efficacy targets; `EvalSettings` the sampling and batch sizes
+of a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from steering.interventions import SteeringSpec
+from steering.presets import Preset
+
+
+@dataclass(frozen=True)
+class Concept:
+    """How an answer is judged to carry the concept (see the module docstring)."""
+
+    words: tuple[str, ...] = ()
+    features: tuple[int, ...] = ()
+    fire_fraction: float = 0.2
+
+    @classmethod
+    def for_spec(cls, spec: SteeringSpec, words: Sequence[str] = (), features: Sequence[int] | None = None,
+                 fire_fraction: float = 0.2) -> "Concept":
+        """Concept features default to the spec's clamps that push a feature up."""
+        if features is None:
+            features = [c.index for c in spec.features
+                        if (c.mode in ("clamp", "add") and c.value > 0) or (c.mode == "scale" and c.value > 1)]
+        return cls(tuple(w for w in words if w.strip()), tuple(dict.fromkeys(features)), fire_fraction)
+
+    @property
+    def rule(self) -> str:
+        if self.words and self.features:
+            return "concept word OR concept feature firing"
+        if self.words:
+            return "concept word"
+        return "concept feature firing" if self.features else "none (no concept words or features given)"
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    max_tokens: int = 48
+    temperature: float = 0.7
+    top_p: float = 1.0
+    seed: int = 0
+    # Answers per prompt: sample k of prompt j (of n) is seeded seed + k * n + j. More samples, less
+    # noise: on 46 prompts one answer moves a rate by 2.2 points.
+    samples: int = 1
+    system_prompt: str | None = None  # steered rows of evaluate_specs/evaluate only
+    batch_size: int = 64  # rows per generate_batch call
+    score_batch_size: int = 8  # rows per scoring forward (full logits: keep small)
+    n_examples: int = 4
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The project's efficacy targets for a preset (issue: steering that works)."""
+
+    concept_rate: float = 0.8
+    baseline_concept_rate: float = 0.05
+    repeated_4gram: float = 0.2
+    delta_loss: float = 1.0
+
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    """One thing to evaluate: a spec, how to judge its answers, and the system prompt of its steered rows."""
+
+    label: str
+    spec: SteeringSpec
+    concept: Concept
+    system_prompt: str | None = None
+
+    @classmethod
+    def from_preset(cls, preset: Preset) -> "EvalTarget":
+        concept = Concept.for_spec(preset.spec, preset.concept_words, preset.concept_features)
+        return cls(preset.name, preset.spec, concept, preset.system_prompt)
+
