@@ -16,8 +16,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from api.app import create_app
-    from steering.presets import PresetError, check_files
     from api.settings import settings_from
+    from steering.presets import PresetError, check_files
 
     settings = settings_from(argv)
     try:  # a broken preset file stops start-up before anything loads

@@ -20,7 +20,6 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from api.features import FeatureService
 from api.protocol import (

@@ -50,6 +50,7 @@ from torch import Tensor
 from steering.errors import SteeringError
 from steering.sae.autoencoder import SparseAutoencoder
 
+
 @dataclass(frozen=True)
 class ClampMode:
     """One clamp mode: its name, whether `value` takes a unit, and its affine coefficients.

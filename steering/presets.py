@@ -76,13 +76,9 @@ class PresetError(SteeringError):
 
 
 @dataclass(frozen=True)
-class PresetFeature:
+class PresetFeature(FeatureClamp):
     """A preset's clamp and its label (a note for people; the engine never reads it)."""
 
-    index: int
-    value: float
-    mode: str = "clamp"
-    unit: str = "max"
     label: str | None = None
 
     @property

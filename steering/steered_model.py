@@ -22,16 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import torch
-
 from steering.chat_template import render_chat
 from steering.engine.generation import SequenceRequest, TokenEvent, generate_batch
+from steering.engine.sampling import SamplingParams
 from steering.hooks import capture, run_until_capture
 from steering.interventions import SteeringSpec
 from steering.models import DEFAULT_MODEL, LoadedModel, load_model
 from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
 from steering.sae.catalogue import Catalogue
-from steering.engine.sampling import SamplingParams
 
 SHIPPED_SAES = Path(__file__).parent / "data" / "saes"
 PLACEHOLDER_D_SAE = 16384

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from steering.engine import SequenceRequest, generate_batch
-from steering.interventions import FeatureClamp, SteeringSpec
 from steering.engine.sampling import SamplingParams
+from steering.interventions import FeatureClamp, SteeringSpec
 from steering.steered_model import SteeredModel
 
 pytestmark = pytest.mark.e2e

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from steering.hooks import capture, run_until_capture, steering
 from steering.errors import SteeringError
+from steering.hooks import capture, run_until_capture, steering
 from steering.interventions import (
     FeatureClamp,
     SteeringSpec,

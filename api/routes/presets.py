@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends
 
 from api.errors import not_found
 from api.protocol import PresetFeature, PresetInfo, PresetList
-from api.state import ServerState
 from api.routes import server
+from api.state import ServerState
 from steering.presets import PresetEntry
 
 router = APIRouter()

@@ -10,7 +10,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from steering.cli.common import CLAMP_FORM, add_model_arguments, add_window_arguments, clamp_help, load_steered, parse_clamp
+from steering.cli.common import (
+    CLAMP_FORM,
+    add_model_arguments,
+    add_window_arguments,
+    clamp_help,
+    load_steered,
+    parse_clamp,
+)
 from steering.interventions import SteeringSpec
 
 

@@ -17,6 +17,7 @@ it stopped. The shipped SAE's README gives the exact commands.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -278,15 +279,17 @@ def _layer_sweep(args: argparse.Namespace) -> int:
 
     from steering.training.corpus import load_rows
     from steering.training.layer_sweep import PROBE_CONCEPTS, SweepBudget, layer_sweep
+    from steering.training.train import TrainConfig
 
     loaded = load_language_model(args)
     corpus = Path(args.corpus) if args.corpus else training_dir("corpus", "default")
     budget = SweepBudget(train_tokens=args.train_tokens, eval_tokens=args.eval_tokens, ce_tokens=args.ce_tokens,
-                         d_sae=args.d_sae, k=args.k, token_steps=args.token_steps, batch_size=args.batch_size)
+                         train=TrainConfig(d_sae=args.d_sae, k=args.k, total_tokens=args.token_steps,
+                                           batch_size=args.batch_size))
     work = Path(args.work) if args.work else training_dir("layer-sweep", "default")
     table = layer_sweep(loaded, load_rows(corpus, "train"), load_rows(corpus, "eval"), args.layers, work, budget,
                         args.concepts or PROBE_CONCEPTS, progress=not args.json)
-    out = {"layers": table, "budget": vars(budget), "threads": torch.get_num_threads()}
+    out = {"layers": table, "budget": dataclasses.asdict(budget), "threads": torch.get_num_threads()}
     if not args.json:
         print(f"{'layer':>5} {'L0':>6} {'VE':>7} {'dCE':>7} {'dead':>6} {'concept':>8}")
         for r in table:

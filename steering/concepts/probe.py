@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from steering.concepts.search import number_forms
-from steering.interventions import SteeringSpec
 from steering.evaluation.run import Concept, EvalSettings, EvalTarget, evaluate_targets
+from steering.interventions import SteeringSpec
 
 PROBE_PROMPTS: tuple[str, ...] = (
     "What is on your mind this morning?",

@@ -53,9 +53,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from steering.errors import SteeringError
 from steering.evaluation.metrics import concept_word_pattern
 from steering.hooks import capture, find_submodule, run_until_capture
-from steering.errors import SteeringError
 
 CONCEPT_TEMPLATES: tuple[str, ...] = (
     "This is a text about {c}.",

@@ -32,10 +32,10 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
+from steering.engine.kv_cache import PrefixCache
 from steering.engine.llama.runner import LlamaRunner, unsupported_reason
 from steering.hooks import steering
 from steering.interventions import BatchPlan
-from steering.engine.kv_cache import PrefixCache
 from steering.sae.autoencoder import SparseAutoencoder
 
 

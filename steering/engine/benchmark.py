@@ -51,10 +51,10 @@ from typing import Any, Sequence
 import torch
 
 from steering.engine.compute import ComputeThread
-from steering.engine.worker import Engine, EngineConfig
-from steering.interventions import FeatureClamp, SteeringSpec
 from steering.engine.requests import SequenceRequest
 from steering.engine.sampling import SamplingParams
+from steering.engine.worker import Engine, EngineConfig
+from steering.interventions import FeatureClamp, SteeringSpec
 
 QUESTIONS = (
     "Tell me about the Golden Gate Bridge.",

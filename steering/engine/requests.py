@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from steering.interventions import SteeringSpec
 from steering.engine.sampling import SamplingParams
+from steering.interventions import SteeringSpec
 
 FINISH_REASONS: tuple[str, ...] = ("stop", "length", "cancelled")
 

@@ -31,18 +31,18 @@ This module knows nothing of threads or HTTP (see `steering.engine.worker`).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from torch import Tensor
 
 from steering.engine.backends import Backend
 from steering.engine.detokenize import TextStream
+from steering.engine.requests import SequenceRequest, TokenEvent
+from steering.engine.sampling import RowSampler, token_logprobs
 from steering.errors import SteeringError
 from steering.interventions import BatchPlan, build_plan
-from steering.engine.requests import SequenceRequest, TokenEvent
 from steering.sae.autoencoder import SparseAutoencoder
-from steering.engine.sampling import RowSampler, token_logprobs
 
 
 @dataclass(eq=False)

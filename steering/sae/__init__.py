@@ -8,7 +8,15 @@ This package does not know how an SAE is attached to a model (`steering.hooks`)
 or which SAE a model gets by default (`steering.steered_model`).
 """
 
-from steering.sae.autoencoder import ARCHITECTURES, HOOK_SITES, NORMALIZATIONS, NormInfo, SAEConfig, SAEConfigError, SparseAutoencoder
+from steering.sae.autoencoder import (
+    ARCHITECTURES,
+    HOOK_SITES,
+    NORMALIZATIONS,
+    NormInfo,
+    SAEConfig,
+    SAEConfigError,
+    SparseAutoencoder,
+)
 from steering.sae.catalogue import Catalogue, Context, FeatureInfo
 from steering.sae.formats import FORMATS, SAEFormatError, detect_format, load_sae, save_sae
 

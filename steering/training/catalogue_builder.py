@@ -33,8 +33,8 @@ from safetensors.numpy import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from steering.sae.catalogue import CATALOGUE_ARRAYS, CATALOGUE_JSON, FORMAT
 from steering.sae.autoencoder import SparseAutoencoder
+from steering.sae.catalogue import CATALOGUE_ARRAYS, CATALOGUE_JSON, FORMAT
 from steering.tokens import vocabulary_bytes
 from steering.training.store import ActivationStore
 

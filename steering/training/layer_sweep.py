@@ -26,9 +26,10 @@ rule is the caller's (the CLI prints both columns).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,19 +46,22 @@ from steering.training.train import TrainConfig, train
 PROBE_CONCEPTS: tuple[str, ...] = ("sports", "mountains", "dogs", "music", "food", "happiness", "the ocean", "robots")
 
 
+def _small_sae() -> TrainConfig:
+    return TrainConfig(d_sae=4096, k=32, total_tokens=400_000, batch_size=1024)
+
+
 @dataclass
 class SweepBudget:
+    """Tokens harvested per layer, and the recipe of each layer's SAE (`train`: d_sae, k, token-steps
+    as total_tokens, batch, lr, seed; its warm-up, calibration and dead-feature window are scaled to
+    the budget in `layer_sweep`)."""
+
     train_tokens: int = 200_000
     eval_tokens: int = 30_000
     ce_tokens: int = 16_384
-    d_sae: int = 4096
-    k: int = 32
-    token_steps: int = 400_000
-    batch_size: int = 1024
-    lr: float = 8e-4
     harvest_batch: int = 16
     outlier_factor: float = 10.0
-    seed: int = 0
+    train: TrainConfig = field(default_factory=_small_sae)
 
 
 def harvest_layers(model: nn.Module, rows: np.ndarray, out: Path, layers: Sequence[int], max_tokens: int,
@@ -123,9 +127,9 @@ def layer_sweep(loaded: Any, train_rows: np.ndarray, eval_rows: np.ndarray, laye
     ce_rows = eval_rows[: max(1, b.ce_tokens // seq_len)]
     table = []
     for layer in layers:
-        cfg = TrainConfig(d_sae=b.d_sae, k=b.k, lr=b.lr, batch_size=b.batch_size, total_tokens=b.token_steps,
-                          seed=b.seed, warmup_steps=min(100, max(1, b.token_steps // b.batch_size // 10)),
-                          calibration_batches=8, dead_tokens=min(200_000, b.train_tokens // 2))
+        steps = b.train.steps(b.train_tokens)
+        cfg = dataclasses.replace(b.train, warmup_steps=min(100, max(1, steps // 10)), calibration_batches=8,
+                                  dead_tokens=min(200_000, b.train_tokens // 2))
         t1 = time.perf_counter()
         sae, _ = train(train_stores[layer], work / "runs" / f"L{layer}", cfg, progress=progress,
                        sae_cfg={"hook_layer": layer, "hook_site": "resid_post", "model_name": loaded.model_id})

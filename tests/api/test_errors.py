@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 import api.app as app_module
 from api.app import create_app
 from api.settings import Settings
-from steering.engine.worker import QueueFullError
 from steering.engine import TokenEvent
+from steering.engine.worker import QueueFullError
 from tests.api.support import MODEL_ID, chat_body, sse_events, tiny_steered_model, write_preset
 
 

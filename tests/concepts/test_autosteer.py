@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
+from steering.cli import main
 from steering.concepts import autosteer
 from steering.concepts.autosteer import DEFAULT_MULTIPLIER, DEFAULT_WINDOW, AutoSteerer, auto_steer
 from steering.concepts.probe import PROBE_PROMPTS, ProbeResult, ProbeSettings, best_probe, probe_specs
 from steering.concepts.search import concept_texts, neutral_texts
-from steering.cli import main
 from steering.errors import SteeringError
 from steering.sae.formats import save_sae
 from tests.support import plant_feature, tiny_sm

@@ -7,9 +7,9 @@ import threading
 import pytest
 
 from steering.engine.compute import ComputeThread
-from steering.engine.worker import Engine, EngineConfig
 from steering.engine.requests import SequenceRequest
 from steering.engine.sampling import SamplingParams
+from steering.engine.worker import Engine, EngineConfig
 
 
 def test_calls_run_in_order_on_the_thread_and_raise_to_the_caller():

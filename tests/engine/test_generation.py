@@ -7,12 +7,12 @@ import threading
 import pytest
 import torch
 
-from steering.engine.detokenize import TextStream
-from steering.engine.worker import Engine, EngineConfig, QueueFullError
 from steering.engine import SequenceRequest, generate_batch
+from steering.engine.detokenize import TextStream
+from steering.engine.sampling import SamplingParams
+from steering.engine.worker import Engine, EngineConfig, QueueFullError
 from steering.errors import SteeringError
 from steering.interventions import FeatureClamp, SteeringSpec
-from steering.engine.sampling import SamplingParams
 from tests.test_interventions import make_sae
 
 

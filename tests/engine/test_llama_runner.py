@@ -7,10 +7,10 @@ import itertools
 import pytest
 import torch
 
+from steering.engine.kv_cache import KVPool
 from steering.engine.llama.runner import LlamaRunner, unsupported_reason
 from steering.hooks import steering
 from steering.interventions import FeatureClamp, SteeringSpec, build_plan
-from steering.engine.kv_cache import KVPool
 from tests.test_interventions import make_sae
 
 

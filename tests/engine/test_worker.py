@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from steering.engine.backends import make_backend
-from steering.engine.worker import Engine, EngineConfig, QueueFullError
 from steering.engine.generation import generate_batch
-from steering.models import eos_ids
-from steering.errors import SteeringError
-from steering.interventions import FeatureClamp, SteeringSpec
 from steering.engine.requests import SequenceRequest
 from steering.engine.sampling import SamplingParams
 from steering.engine.scheduler import Scheduler
+from steering.engine.worker import Engine, EngineConfig, QueueFullError
+from steering.errors import SteeringError
+from steering.interventions import FeatureClamp, SteeringSpec
+from steering.models import eos_ids
 from tests.test_interventions import make_sae
 
 SPECS = [

@@ -8,19 +8,8 @@ import json
 import pytest
 import torch
 
-from steering.evaluation import run as steering_eval
-from steering.evaluation import scoring
 from steering.cli import main
-from steering.evaluation.metrics import (
-    concept_word_pattern,
-    concept_words_found,
-    has_concept_words,
-    repeated_ngram_share,
-    text_units,
-)
 from steering.errors import SteeringError
-from steering.interventions import FeatureClamp, SteeringSpec
-from steering.sae.formats import save_sae
 from steering.evaluation import (
     Bounds,
     Concept,
@@ -32,8 +21,19 @@ from steering.evaluation import (
     evaluate_targets,
     load_prompts,
     score_answers,
+    scoring,
 )
+from steering.evaluation import run as steering_eval
+from steering.evaluation.metrics import (
+    concept_word_pattern,
+    concept_words_found,
+    has_concept_words,
+    repeated_ngram_share,
+    text_units,
+)
+from steering.interventions import FeatureClamp, SteeringSpec
 from steering.presets import find_preset as load_preset
+from steering.sae.formats import save_sae
 from tests.support import hook_acts, tiny_sm
 
 PROMPTS = ["Describe yourself.", "Tell me a story.", "What is new?"]
@@ -121,23 +121,6 @@ def test_concept_features_default_to_positive_clamps():
     assert Concept.for_spec(spec).features == (1, 4)
     assert Concept.for_spec(spec, ["dog"], [7]).features == (7,)
     assert Concept.for_spec(spec, ["dog"]).rule == "concept word OR concept feature firing"
-
-
-def test_load_preset_reads_fields_and_ignores_extras(tmp_path):
-    path = tmp_path / "dog.json"
-    path.write_text(json.dumps({
-        "name": "dog", "description": "d", "model": "m", "sae": "s", "positions": "generated", "generated_limit": 4,
-        "features": [{"index": 5, "value": 2.5, "label": "dogs"}, {"index": 9, "value": 1, "mode": "add", "unit": "raw"}],
-        "concept_words": ["dog", "puppy"], "concept_features": [5], "system_prompt": "Hi", "efficacy": {"x": 1},
-    }))
-    p = load_preset("dog", presets_dir=tmp_path)
-    assert p.spec == SteeringSpec((FeatureClamp(5, 2.5), FeatureClamp(9, 1.0, "add", "raw")), "generated", 4)
-    assert p.concept_words == ("dog", "puppy") and p.concept_features == (5,)
-    assert (p.system_prompt, p.model, p.sae) == ("Hi", "m", "s")
-    assert load_preset(path).name == "dog"
-    with pytest.raises(SteeringError) as err:
-        load_preset("missing", presets_dir=tmp_path)
-    assert err.value.param == "preset"
 
 
 # ------------------------------------------------------------------ harness

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from steering.cli import main
-from steering.interventions import FeatureClamp, SteeringSpec
-from steering.sae.formats import save_sae
 from steering.evaluation import Bounds, Concept, EvalSettings, SweepPoint, pick_knee, sweep
 from steering.evaluation.sweep import plot_sweep
+from steering.interventions import FeatureClamp, SteeringSpec
+from steering.sae.formats import save_sae
 from tests.support import tiny_sm
 
 

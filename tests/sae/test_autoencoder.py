@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from steering.sae.autoencoder import ARCHITECTURES, NORMALIZATIONS, NormInfo, SAEConfig, SAEConfigError, SparseAutoencoder
+from steering.sae.autoencoder import (
+    ARCHITECTURES,
+    NORMALIZATIONS,
+    NormInfo,
+    SAEConfig,
+    SAEConfigError,
+    SparseAutoencoder,
+)
 
 torch.set_num_threads(1)
 D_IN, D_SAE = 16, 64

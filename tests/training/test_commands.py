@@ -7,9 +7,9 @@ import json
 import numpy as np
 import torch
 
+from steering.cli import main
 from steering.sae.catalogue import Catalogue
 from steering.sae.formats import load_sae
-from steering.cli import main
 from steering.training.corpus import Document, build_corpus
 
 

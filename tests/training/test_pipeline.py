@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from steering.cli import main as training_main
 from steering.sae.catalogue import Catalogue
 from steering.sae.formats import load_sae
 from steering.tokens import vocabulary_bytes as token_bytes
 from steering.training.catalogue_builder import build_catalogue, unembedding
-from steering.cli import main as training_main
 from steering.training.corpus import Document, build_corpus, load_rows
 from steering.training.evaluate import activation_metrics, ce_losses
 from steering.training.harvest import harvest
@@ -213,6 +213,7 @@ def test_threshold_calibrates_to_the_requested_mean_l0(pipeline):
 
 def test_layer_sweep_measures_every_layer_with_one_harvest(pipeline, tiny_llama, tiny_tokenizer, tmp_path):
     from steering.training.layer_sweep import SweepBudget, harvest_layers, layer_sweep
+    from steering.training.train import TrainConfig
     from tests.support import tiny_sm
 
     _, corpus, acts, _ = pipeline
@@ -226,8 +227,8 @@ def test_layer_sweep_measures_every_layer_with_one_harvest(pipeline, tiny_llama,
     assert not torch.equal(stores[1].get(np.arange(n)), stores[2].get(np.arange(n)))
 
     loaded = tiny_sm(tiny_llama, tiny_tokenizer).loaded
-    budget = SweepBudget(train_tokens=600, eval_tokens=200, ce_tokens=64, d_sae=32, k=4, token_steps=1200,
-                         batch_size=100, harvest_batch=8)
+    budget = SweepBudget(train_tokens=600, eval_tokens=200, ce_tokens=64, harvest_batch=8,
+                         train=TrainConfig(d_sae=32, k=4, total_tokens=1200, batch_size=100))
     table = layer_sweep(loaded, train_rows, load_rows(corpus, "eval"), [2, 1], tmp_path / "sweep", budget,
                         concepts=["dogs", "music"], progress=False)
     assert [r["layer"] for r in table] == [1, 2]

@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from steering.engine.kv_cache import KVPool
 from steering.engine.llama import kernels
 from steering.interventions import BatchPlan, apply_plan
-from steering.engine.kv_cache import KVPool
 from steering.sae.autoencoder import SparseAutoencoder
 
 
