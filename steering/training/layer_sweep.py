@@ -31,7 +31,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from steering.training.evaluate import activation_metrics, ce_losses
 from steering.training.harvest import kept_activations
 from steering.training.store import ActivationStore, ActivationWriter
 from steering.training.train import TrainConfig, train
+
+if TYPE_CHECKING:
+    from steering.steered_model import SteeredModel
 
 PROBE_CONCEPTS: tuple[str, ...] = ("sports", "mountains", "dogs", "music", "food", "happiness", "the ocean", "robots")
 
@@ -95,7 +98,7 @@ def harvest_layers(model: nn.Module, rows: np.ndarray, out: Path, layers: Sequen
     return {layer: ActivationStore(out / f"L{layer}") for layer in layers}
 
 
-def concept_score(sm: Any, concepts: Sequence[str]) -> dict[str, Any]:
+def concept_score(sm: "SteeredModel", concepts: Sequence[str]) -> dict[str, Any]:
     """The best concept candidate per concept (score, specificity, word share), and the mean score."""
     from steering.concepts.search import find_concept_features
 

@@ -14,7 +14,6 @@ import torch
 from steering.cli import main as training_main
 from steering.sae.catalogue import Catalogue
 from steering.sae.formats import load_sae
-from steering.tokens import vocabulary_bytes as token_bytes
 from steering.training.catalogue_builder import build_catalogue, unembedding
 from steering.training.corpus import Document, build_corpus, load_rows
 from steering.training.evaluate import activation_metrics, ce_losses
@@ -146,12 +145,6 @@ def test_train_eval_catalogue_end_to_end(pipeline, tiny_llama, tiny_tokenizer, c
         cat.feature(128)
     # the SAE's statistics were set from the same held-out pass
     torch.testing.assert_close(sae.max_activation, torch.from_numpy(cat.arrays["max_activation"]))
-
-
-def test_token_bytes_roundtrip(tiny_tokenizer):
-    vocab = token_bytes(tiny_tokenizer)
-    ids = tiny_tokenizer("héllo <|im_end|>", add_special_tokens=False)["input_ids"]
-    assert b"".join(vocab[i] for i in ids).decode() == "héllo <|im_end|>"
 
 
 def test_training_resumes_from_a_checkpoint(pipeline):
