@@ -1,25 +1,65 @@
 """`python -m api [--host H] [--port P] [--model M] [--sae S] ...`: run the server with uvicorn.
 
-Flags and environment variables are listed in `api.settings`. The server binds
+Flags and environment variables are listed in `api.settings` (this command
+parses the flags; the settings object is built there). The server binds
 at once; the model loads in the background (GET /ready turns 200 when done).
 If loading fails, the server stops with exit status 1.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from api.settings import Settings, SettingsError, settings_from
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m api",
+        description="OpenAI-compatible chat server that steers the model by clamping SAE features.",
+    )
+    p.add_argument("--host", help="bind address (env STEERING_HOST; default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (env STEERING_PORT; default 8000)")
+    p.add_argument("--model", help="HF model directory or cached hub id (env STEERING_MODEL; default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--sae", help="SAE folder or file, 'default' or 'none' (env STEERING_SAE)")
+    p.add_argument("--dtype", help="auto, float32, bfloat16 or float16 (env STEERING_DTYPE)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (env STEERING_DEVICE)")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (env STEERING_THREADS)")
+    p.add_argument("--presets-dir", type=Path, help="folder of preset JSON files (env STEERING_PRESETS_DIR; default ./presets)")
+    p.add_argument("--max-queue", type=_positive_int, help="requests waiting before 429 (env STEERING_MAX_QUEUE; default 64)")
+    p.add_argument("--max-batch", type=_positive_int, help="rows decoded together (env STEERING_MAX_BATCH; default 8)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from command-line flags over environment variables over defaults (exits on a bad one)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return settings_from(vars(args), environ)
+    except SettingsError as exc:
+        parser.error(str(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from api.app import create_app
-    from api.settings import settings_from
     from steering.presets import PresetError, check_files
 
-    settings = settings_from(argv)
+    settings = parse_settings(argv)
     try:  # a broken preset file stops start-up before anything loads
         check_files(settings.presets_dir)
     except PresetError as exc:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from api.settings import Settings, settings_from
+from api.__main__ import parse_settings as settings_from
+from api.settings import Settings
 
 
 def test_defaults():
