@@ -146,7 +146,7 @@ def test_auto_steer_probes_candidates_and_reports_its_pick(client, model_id):
     probes = {p["index"]: p for p in concept["probe"]}
     assert set(probes) == {c["index"] for c in concept["candidates"]} and len(probes) >= 2
     (picked,) = concept["features"]
-    judged = [p for p in probes.values() if p["baseline_rate"] <= 0.25]  # concept_probe.MAX_BASELINE_RATE
+    judged = [p for p in probes.values() if p["baseline_rate"] <= 0.25]  # steering.concepts.probe.MAX_BASELINE_RATE
     assert probes[picked]["lift"] == max(p["lift"] for p in judged) > 0
     assert report["features"][0]["index"] == picked and report["generated_limit"] is not None
     assert out.choices[0].message.content != out.choices[1].message.content

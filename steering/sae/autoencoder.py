@@ -23,7 +23,7 @@ needs per call (a layer norm's mean and std) travels as a `NormInfo` value,
 never as state on the module: one SAE is shared by all concurrent requests
 and is read-only after loading.
 
-This module does not know how SAEs are stored on disk (see `sae_io`) or how
+This module does not know how SAEs are stored on disk (see `steering.sae.formats`) or how
 they are attached to a model (see `hooks`).
 """
 

@@ -84,23 +84,23 @@ def test_kv_pool_keeps_its_first_positions_when_idle_and_can_skip_zeroing():
 
 
 def test_kernels_are_exact_in_float32_and_batch_invariant():
-    from steering.engine.llama import kernels as cpu_kernels
+    from steering.engine.llama import kernels
 
-    if cpu_kernels.load() is None:
+    if kernels.load() is None:
         pytest.skip("no C compiler or no AVX2/FMA: the torch fallback is used")
     gen = torch.Generator().manual_seed(0)
     for (m, n, k), dtype in itertools.product([(1, 64, 72), (5, 33, 64), (9, 260, 130)], [torch.bfloat16, torch.float32]):
         w = (torch.randn(n, k, generator=gen) * 0.1).to(dtype)  # odd N, K tails, M over the 4-row block
         x = torch.randn(m, k, generator=gen)
-        y = cpu_kernels.linear(x, w)
+        y = kernels.linear(x, w)
         torch.testing.assert_close(y, (x.double() @ w.double().T).float(), atol=1e-5, rtol=1e-5)
-        assert torch.equal(cpu_kernels.linear(x[m - 1 :], w)[0], y[m - 1])
+        assert torch.equal(kernels.linear(x[m - 1 :], w)[0], y[m - 1])
 
 
 def test_bf16_model_runs_on_float32_activations_and_matches_hf_in_float32(tiny_llama):
-    from steering.engine.llama import kernels as cpu_kernels
+    from steering.engine.llama import kernels
 
-    if cpu_kernels.load() is None:
+    if kernels.load() is None:
         pytest.skip("no C compiler or no AVX2/FMA: the torch fallback is used")
     model = tiny_llama.to(torch.bfloat16)
     runner = LlamaRunner(model)
@@ -132,11 +132,11 @@ def test_runner_cache_notices_weights_edited_in_place(tiny_llama, tiny_tokenizer
     ("relu", "none", False), ("jumprelu", "expected_average_only_in", True), ("relu", "expected_average_only_in", True),
 ])
 def test_clamp_kernel_is_apply_plan(architecture, normalize, b_dec_in):
-    from steering.engine.llama import kernels as cpu_kernels
+    from steering.engine.llama import kernels
     from steering.engine.llama.runner import _clamp_arguments
     from steering.interventions import apply_plan
 
-    if cpu_kernels.load() is None:
+    if kernels.load() is None:
         pytest.skip("no C compiler or no AVX2/FMA: the torch fallback is used")
     extra = {"norm_scaling_factor": 0.37} if normalize != "none" else {}
     sae = make_sae(d_in=70, architecture=architecture, normalize_activations=normalize, apply_b_dec_to_input=b_dec_in, **extra)
@@ -153,7 +153,7 @@ def test_clamp_kernel_is_apply_plan(architecture, normalize, b_dec_in):
     x = torch.randn(5, 7, 70, generator=torch.Generator().manual_seed(3)) * 3
     positions = torch.arange(7).expand(5, 7).contiguous()
     expected = apply_plan(sae, plan, x, positions)
-    got = cpu_kernels.clamp(x.clone(), plan.rows, positions, plan.start, plan.end, *args)
+    got = kernels.clamp(x.clone(), plan.rows, positions, plan.start, plan.end, *args)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert torch.equal(got[1], x[1]) and not torch.equal(got[2, 5:], x[2, 5:]) and torch.equal(got[2, :5], x[2, :5])
     assert torch.equal(got[3, 5:], x[3, 5:]) and not torch.equal(got[3, :5], x[3, :5])  # prompt + 1 generated token
@@ -162,9 +162,9 @@ def test_clamp_kernel_is_apply_plan(architecture, normalize, b_dec_in):
 
 
 def test_attention_kernel_is_batch_invariant_and_matches_torch():
-    from steering.engine.llama import kernels as cpu_kernels
+    from steering.engine.llama import kernels
 
-    if cpu_kernels.load() is None:
+    if kernels.load() is None:
         pytest.skip("no C compiler or no AVX2/FMA: the torch fallback is used")
     gen = torch.Generator().manual_seed(4)
     H, KV, hd, cap, B = 6, 2, 64, 64, 8
@@ -173,9 +173,9 @@ def test_attention_kernel_is_batch_invariant_and_matches_torch():
     pos = torch.tensor([0, 3, 9, 17, 30, 31, 40, 63])
     slots = torch.arange(B)
     cos, sin = torch.ones(cap, hd), torch.zeros(cap, hd)  # RoPE as the identity, to compare with plain attention
-    together = cpu_kernels.attention(qkv.clone(), pos, slots, kv.clone(), cos, sin, H)  # one task per KV head
+    together = kernels.attention(qkv.clone(), pos, slots, kv.clone(), cos, sin, H)  # one task per KV head
     for i in range(B):  # alone: one task per query head
-        alone = cpu_kernels.attention(qkv[i : i + 1].clone(), pos[i : i + 1], slots[i : i + 1], kv.clone(), cos, sin, H)
+        alone = kernels.attention(qkv[i : i + 1].clone(), pos[i : i + 1], slots[i : i + 1], kv.clone(), cos, sin, H)
         assert torch.equal(alone[0], together[i])
         kv_i = kv.clone()
         kv_i[i, pos[i]] = qkv[i, H * hd :].view(2 * KV, hd)

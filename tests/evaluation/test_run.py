@@ -23,7 +23,7 @@ from steering.evaluation import (
     score_answers,
     scoring,
 )
-from steering.evaluation import run as steering_eval
+from steering.evaluation import run as evaluation_run
 from steering.evaluation.metrics import (
     concept_word_pattern,
     concept_words_found,
@@ -217,7 +217,7 @@ def test_rates_aggregate_by_hand(tiny_llama, tiny_tokenizer, monkeypatch):
         assert [r.sampling.seed for r in requests] == [0, 1, 2, 3] * 2
         return [scoring.Answer(t, tuple(tiny_tokenizer(t)["input_ids"])) for t in texts]
 
-    monkeypatch.setattr(steering_eval, "_generate", fake_generate)
+    monkeypatch.setattr(evaluation_run, "_generate", fake_generate)
     spec = SteeringSpec((FeatureClamp(1, 2.0),))
     r = evaluate(sm, spec, Concept(words=("dog",)), prompts, EvalSettings(seed=0))
     assert (r.word_rate, r.baseline_word_rate, r.concept_rate, r.baseline_concept_rate) == (0.75, 0.0, 0.75, 0.0)
@@ -247,7 +247,7 @@ def test_targets_share_one_baseline_and_keep_their_own_concepts(tiny_llama, tiny
         assert "Talk about cats." in prompts[4] and "Talk about cats." not in prompts[2]
         return [scoring.Answer(t, tuple(tiny_tokenizer(t)["input_ids"])) for t in texts]
 
-    monkeypatch.setattr(steering_eval, "_generate", fake_generate)
+    monkeypatch.setattr(evaluation_run, "_generate", fake_generate)
     a = EvalTarget("A", SteeringSpec((FeatureClamp(1, 2.0),)), Concept(words=("dog",), features=(1,)))
     b = EvalTarget("B", SteeringSpec((FeatureClamp(2, 2.0),)), Concept(words=("cat",), features=(8,)), "Talk about cats.")
     ra, rb = evaluate_targets(sm, [a, b], ["p1", "p2"], EvalSettings())
@@ -295,7 +295,7 @@ def test_preset_system_prompt_goes_to_steered_rows_only(tiny_llama, tiny_tokeniz
         seen.extend(requests)
         return [scoring.Answer("x", (10,))] * len(requests)
 
-    monkeypatch.setattr(steering_eval, "_generate", fake_generate)
+    monkeypatch.setattr(evaluation_run, "_generate", fake_generate)
     r = evaluate_preset(sm, load_preset(tmp_path / "p.json"), PROMPTS, FAST)
     assert r.label == "p" and r.settings["system_prompt"] == "Be brief."
     texts = [tiny_tokenizer.decode(list(req.prompt_ids)) for req in seen]
