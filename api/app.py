@@ -23,8 +23,8 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.gate import ModelGate
-from api.protocol import ChatCompletionRequest, ErrorResponse
-from api.routes import chat, features, models, presets
+from api.protocol import ChatCompletionRequest, ContrastRequest, ErrorResponse, InspectRequest
+from api.routes import chat, features, inspect, models, presets
 from api.settings import Settings
 from api.state import VERSION, ServerState
 from steering.engine import ComputeThread
@@ -95,7 +95,7 @@ def create_app(
         responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
                    503: {"model": ErrorResponse}},
     )
-    install_error_handlers(app, [ChatCompletionRequest])
-    for module in (chat, models, presets, features):
+    install_error_handlers(app, [ChatCompletionRequest, InspectRequest, ContrastRequest])
+    for module in (chat, models, presets, features, inspect):
         app.include_router(module.router)
     return app

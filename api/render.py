@@ -33,13 +33,16 @@ from api.protocol import (
     ConceptProbe,
     ConceptSteering,
     DeltaMessage,
+    FeatureActivation,
     ResponseMessage,
+    TokenFeatures,
     TokenLogprob,
     TopLogprob,
     Usage,
 )
 from api.translate import ResolvedSteering
 from steering.engine import TokenEvent
+from steering.inspection import FeatureValue, TokenReading
 from steering.tokens import TokenTexts
 
 
@@ -198,3 +201,15 @@ def steering_report(steering: ResolvedSteering | None, features: FeatureService 
                                   candidates=candidates, probe=[ConceptProbe(**p.to_dict()) for p in auto.probes])
     return AppliedSteering(features=clamps, positions=spec.positions, generated_limit=spec.generated_limit,
                            preset=steering.preset, concept=concept)
+
+
+def feature_activation(value: FeatureValue, features: FeatureService | None) -> FeatureActivation:
+    return FeatureActivation(index=value.index, activation=value.activation, relative_activation=value.relative,
+                             label=features.label(value.index) if features is not None else None)
+
+
+def token_features(reading: TokenReading, texts: TokenTexts, features: FeatureService | None) -> TokenFeatures:
+    """One token's readout in its wire form (the token's text, its features with their labels)."""
+    return TokenFeatures(position=reading.position, token=texts.lookup(reading.token_id)[0], token_id=reading.token_id,
+                         top=[feature_activation(v, features) for v in reading.top],
+                         features=[feature_activation(v, features) for v in reading.named])

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from api.errors import bad_request, not_found
-from api.protocol import ChatCompletionRequest
+from api.protocol import ChatCompletionRequest, ChatMessage
 from steering.chat_template import ChatFormatError
 from steering.concepts import AutoSteerResult
 from steering.engine import SamplingParams, SequenceRequest
@@ -163,8 +163,13 @@ def resolve_steering(layers: SteeringLayers | None, auto: AutoSteerResult | None
                             auto if layers.concept is not None else None)
 
 
+def message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """Chat messages as the library takes them ("developer", OpenAI's newer name for system, read as system)."""
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+
+
 def _messages(request: ChatCompletionRequest, system_prompt: str | None) -> list[dict[str, str]]:
-    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages]
+    msgs = message_dicts(request.messages)
     if system_prompt and not any(m["role"] == "system" for m in msgs):
         msgs.insert(0, {"role": "system", "content": system_prompt})
     return msgs

@@ -14,7 +14,7 @@ Sites, in SAELens terms, for decoder layer L (`hook_layer`):
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -146,3 +146,26 @@ def run_until_capture(model: nn.Module, **inputs: object) -> None:
             model(**inputs)
     except StopForward:
         pass
+
+
+def activations_at(model: nn.Module, layer: int, site: str, rows: Sequence[Sequence[int]],
+                   batch_size: int = 16) -> Iterator[tuple[int, Tensor]]:
+    """(i, activations [len(rows[i]), d]) at the site for every row of token ids, in order.
+
+    Rows are right-padded into batches of `batch_size` with an attention mask, so
+    a row's activations equal its own forward (up to float rounding); each
+    forward stops at the site.
+    """
+    device = next(model.parameters()).device
+    for start in range(0, len(rows), batch_size):
+        chunk = [list(r) for r in rows[start : start + batch_size]]
+        width = max(1, max(len(r) for r in chunk))
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
+        for r, row in enumerate(chunk):
+            ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[r, : len(row)] = 1
+        with capture(model, layer, site, stop=True) as store:
+            run_until_capture(model, input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        for r, row in enumerate(chunk):
+            yield start + r, store[0][r, : len(row)]

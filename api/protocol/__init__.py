@@ -4,6 +4,7 @@
     models     GET /v1/models, /ready: model cards and the loaded SAE
     presets    GET /v1/presets: the wire form of the library's presets
     features   GET /v1/features...: summaries, details, search matches
+    inspect    POST /v1/inspect, POST /v1/features/contrast: per-token features, contrast
     common     bounds and clamp field types built from the library's constants; the error shape
 
 Extensions to OpenAI's shapes are marked `# ---- extension` where they sit.
@@ -45,6 +46,17 @@ from api.protocol.features import (
     TokenEffect,
     TopContext,
 )
+from api.protocol.inspect import (
+    ContrastFeatureOut,
+    ContrastRequest,
+    ContrastResponse,
+    FeatureActivation,
+    FeatureTotalOut,
+    InspectOptions,
+    InspectRequest,
+    InspectResponse,
+    TokenFeatures,
+)
 from api.protocol.models import ModelCard, ModelList, Readiness, SAEInfo
 from api.protocol.presets import Preset, PresetFeature, PresetInfo, PresetList
 
@@ -54,5 +66,7 @@ __all__ = [
     "ResponseMessage", "SteeringFeature", "SteeringOptions", "StreamOptions", "TextContentPart", "TokenLogprob",
     "TopLogprob", "Usage", "ErrorInfo", "ErrorResponse", "ConceptScores", "FeatureDetail", "FeatureList",
     "FeatureMatch", "FeatureSearchResult", "FeatureSummary", "Neighbour", "TokenEffect", "TopContext", "ModelCard",
-    "ModelList", "Readiness", "SAEInfo", "Preset", "PresetFeature", "PresetInfo", "PresetList",
+    "ModelList", "Readiness", "SAEInfo", "Preset", "PresetFeature", "PresetInfo", "PresetList", "ContrastFeatureOut",
+    "ContrastRequest", "ContrastResponse", "FeatureActivation", "FeatureTotalOut", "InspectOptions", "InspectRequest",
+    "InspectResponse", "TokenFeatures",
 ]

@@ -4,6 +4,7 @@
     models     GET /v1/models[/{id}], /health, /ready
     presets    GET /v1/presets[/{name}]
     features   GET /v1/features, /v1/features/search, /v1/features/{index}
+    inspect    POST /v1/inspect, POST /v1/features/contrast
 
 Each route takes the state through `Depends(server)`, checks its input, then
 calls `require_ready()` (a 503 while the model loads), and leaves the work to

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from steering.errors import SteeringError
 from steering.evaluation.metrics import concept_word_pattern
-from steering.hooks import capture, find_submodule, run_until_capture
+from steering.hooks import activations_at, find_submodule
 
 if TYPE_CHECKING:
     from steering.steered_model import SteeredModel
@@ -164,33 +164,20 @@ def text_stats(sm: "SteeredModel", texts: Sequence[str], concept: str = "", batc
     left out, so every token of the text counts, the first one too.
     """
     model, tok, sae = sm.loaded.model, sm.loaded.tokenizer, sm.sae
-    device = next(model.parameters()).device
     pattern = concept_word_pattern([concept]) if concept.strip() else None
     sink = sink_token_id(tok)
     plain = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    encoded = [[sink, *ids] for ids in plain]
     masks = [[False, *_word_mask(tok, t, ids, pattern)] for t, ids in zip(texts, plain)]
     out = {k: torch.zeros(len(texts), sae.d_sae) for k in ("mean", "max", "on_word", "total")}
-    for start in range(0, len(texts), batch_size):
-        chunk = encoded[start : start + batch_size]
-        width = max(len(ids) for ids in chunk)
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        attn = torch.zeros(len(chunk), width, dtype=torch.long)
-        for r, row in enumerate(chunk):
-            ids[r, : len(row)] = torch.tensor(row)
-            attn[r, : len(row)] = 1
-        with capture(model, sae.cfg.hook_layer, sae.cfg.hook_site, stop=True) as store:
-            run_until_capture(model, input_ids=ids.to(device), attention_mask=attn.to(device))
+    rows = [[sink, *ids] for ids in plain]
+    for t, hidden in activations_at(model, sae.cfg.hook_layer, sae.cfg.hook_site, rows, batch_size):
+        if len(rows[t]) < 2:  # an empty text: all zeros
+            continue
         with torch.no_grad():
-            acts = sae.encode(store[0].to(sae.W_dec.dtype)).float().cpu()  # [B, T, d_sae]
-        for r, row in enumerate(chunk):
-            t = start + r
-            if len(row) < 2:  # an empty text: all zeros
-                continue
-            a = acts[r, 1 : len(row)]  # the sink left out
-            on = torch.tensor(masks[t][1 : len(row)], dtype=torch.float32)
-            out["mean"][t], out["max"][t] = a.mean(0), a.amax(0)
-            out["on_word"][t], out["total"][t] = on @ a, a.sum(0)
+            a = sae.encode(hidden[1:].to(sae.W_dec.dtype)).float().cpu()  # [T, d_sae], the sink left out
+        on = torch.tensor(masks[t][1:], dtype=torch.float32)
+        out["mean"][t], out["max"][t] = a.mean(0), a.amax(0)
+        out["on_word"][t], out["total"][t] = on @ a, a.sum(0)
     return TextStats(**out)
 
 

@@ -1,0 +1,99 @@
+"""POST /v1/inspect and POST /v1/features/contrast: reading the model (extensions; OpenAI has no such endpoint).
+
+The per-token shapes (`TokenFeatures`, `FeatureActivation`) are the same for
+an existing text here and for a generation's `steering.inspect`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from api.protocol.chat import ChatMessage
+from api.protocol.common import LENIENT, STRICT
+from steering.inspection import INSPECT_POSITIONS, MAX_NAMED_FEATURES, MAX_TOP_K
+from steering.inspection.contrast import MAX_TEXTS
+
+InspectPositions = Literal[tuple(INSPECT_POSITIONS)]  # type: ignore[valid-type]
+MAX_INSPECT_TOKENS = 2048  # per conversation of POST /v1/inspect
+MAX_CONTRAST_TOKENS = 512  # per text of POST /v1/features/contrast
+
+
+class InspectOptions(BaseModel):
+    """What to read per token."""
+
+    model_config = STRICT
+    top_k: int = Field(8, ge=0, le=MAX_TOP_K, description="How many of the most active features per token.")
+    features: list[int] = Field(default_factory=list, max_length=MAX_NAMED_FEATURES,
+                                description="Features whose value is reported at every token, active or not.")
+    positions: InspectPositions = Field(  # type: ignore[valid-type]
+        "generated", description="In a chat completion: the `generated` tokens only, or `all` (the prompt's too). "
+        "POST /v1/inspect reads every token but position 0 (an attention sink).")
+
+
+class FeatureActivation(BaseModel):
+    index: int
+    activation: float
+    relative_activation: float | None = Field(description="activation / the feature's max activation (null if unknown).")
+    label: str | None = Field(None, description="The catalogue's label, when the SAE has one.")
+
+
+class TokenFeatures(BaseModel):
+    position: int = Field(description="The token's position in the rendered sequence (prompt and answer).")
+    token: str
+    token_id: int
+    top: list[FeatureActivation] = Field(description="The most active features, largest first (only f > 0).")
+    features: list[FeatureActivation] = Field(default_factory=list, description="The requested features, in order.")
+
+
+class FeatureTotalOut(BaseModel):
+    index: int
+    label: str | None = None
+    total: float = Field(description="Sum of the activation over the read tokens.")
+    max_activation: float = Field(description="Largest activation on a read token.")
+    relative_max: float | None = None
+    fires: int = Field(description="Read tokens on which the feature fires.")
+
+
+class InspectRequest(BaseModel):
+    model_config = LENIENT
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1, description="A conversation; it may end in an assistant message.")
+    inspect: InspectOptions = Field(default_factory=InspectOptions)
+    summary_limit: int = Field(20, ge=0, le=200, description="Features in the conversation's summary.")
+    order: Literal["total", "max"] = Field("total", description="How the summary ranks features.")
+
+
+class InspectResponse(BaseModel):
+    object: Literal["inspection"] = "inspection"
+    model: str
+    tokens: list[TokenFeatures]
+    summary: list[FeatureTotalOut]
+
+
+class ContrastRequest(BaseModel):
+    model_config = LENIENT
+    model: str
+    a: list[str | list[ChatMessage]] = Field(min_length=1, max_length=MAX_TEXTS,
+                                             description="Texts or conversations of the first set.")
+    b: list[str | list[ChatMessage]] = Field(min_length=1, max_length=MAX_TEXTS, description="The second set.")
+    limit: int = Field(10, ge=1, le=100, description="Features per side.")
+    query: str | None = Field(None, max_length=200, description="Rerank: catalogue matches for this text first.")
+
+
+class ContrastFeatureOut(BaseModel):
+    index: int
+    label: str | None = None
+    effect: float = Field(description="Cohen's d of the mean relative activation, A over B (variance floored).")
+    mean_a: float
+    mean_b: float
+    fire_rate_a: float
+    fire_rate_b: float
+    query_score: float | None = Field(None, description="The catalogue's match score for `query`.")
+
+
+class ContrastResponse(BaseModel):
+    object: Literal["contrast"] = "contrast"
+    a: list[ContrastFeatureOut] = Field(description="Features that mark set A, largest effect first.")
+    b: list[ContrastFeatureOut] = Field(description="Features that mark set B.")
