@@ -2,13 +2,17 @@
 
 Both backends keep one KV slot per sequence and offer the same calls:
 
-    prefill(slot0, chunks, starts, plan, row_plans) -> logits [R, V]  (row r: chunks[r] at positions
-                                                 starts[r].., in slot slot0 + r; its last token's logits)
-    decode(ids, positions, plan, row_plans)    -> logits [B, V] (rows in slots 0..B-1)
+    prefill(slot0, chunks, starts, plan, row_plans, read) -> (logits [R, V], sites)  (row r: chunks[r]
+                                                 at positions starts[r].., in slot slot0 + r; its last token's logits)
+    decode(ids, positions, plan, row_plans, read) -> (logits [B, V], sites) (rows in slots 0..B-1)
     move(src, dst, length)                      a sequence changes slot
     release()                                   free all KV memory
     reuse_prefix(slot, prompt, variant)  -> L   copy a cached prompt prefix into a slot
     remember_prefix(slot, prompt, variant)      offer a prefilled prompt to the cache
+
+`read` lists the rows (of the call) whose activations at the SAE's site,
+before its edit, come back in `sites`, one [T_r, d] tensor each in `read`'s
+order (inspection and monitors; `steering.engine.readout`).
 
 `FastBackend` runs Llama-family models through `LlamaRunner` (one forward
 for the whole decoding batch, per-row clamps from the batch's BatchPlan).
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from contextlib import nullcontext
+from contextlib import ExitStack
 from typing import Protocol, Sequence
 
 import torch
@@ -34,7 +38,7 @@ from transformers import DynamicCache
 
 from steering.engine.kv_cache import PrefixCache
 from steering.engine.llama.runner import LlamaRunner, unsupported_reason
-from steering.hooks import steering
+from steering.hooks import capture, steering
 from steering.interventions import BatchPlan
 from steering.sae.autoencoder import SparseAutoencoder
 
@@ -43,12 +47,14 @@ class Backend(Protocol):
     max_length: int
 
     def prefill(
-        self, slot0: int, chunks: Sequence[Sequence[int]], starts: Sequence[int], plan: BatchPlan | None, row_plans: Sequence[BatchPlan | None]
-    ) -> Tensor: ...
+        self, slot0: int, chunks: Sequence[Sequence[int]], starts: Sequence[int], plan: BatchPlan | None,
+        row_plans: Sequence[BatchPlan | None], read: Sequence[int] = (),
+    ) -> tuple[Tensor, list[Tensor]]: ...
 
     def decode(
-        self, ids: Sequence[int], positions: Sequence[int], plan: BatchPlan | None, row_plans: Sequence[BatchPlan | None]
-    ) -> Tensor: ...
+        self, ids: Sequence[int], positions: Sequence[int], plan: BatchPlan | None,
+        row_plans: Sequence[BatchPlan | None], read: Sequence[int] = (),
+    ) -> tuple[Tensor, list[Tensor]]: ...
 
     def move(self, src: int, dst: int, length: int) -> None: ...
 
@@ -69,7 +75,15 @@ class FastBackend:
         self.max_length = runner.max_length
         self.device = runner.device
 
-    def prefill(self, slot0, chunks, starts, plan, row_plans) -> Tensor:  # type: ignore[no-untyped-def]
+    def _forward(self, slot0: int, ids: Tensor, pos: Tensor, plan: BatchPlan | None, read: Sequence[int],
+                 lengths: Sequence[int], last: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
+        if not read:
+            return self.runner.forward(self.pool, slot0, ids, pos, self.sae, plan, last), []
+        rows = torch.tensor(list(read), dtype=torch.long, device=self.device)
+        logits, site = self.runner.forward(self.pool, slot0, ids, pos, self.sae, plan, last, rows)
+        return logits, [site[k, : lengths[r]] for k, r in enumerate(read)]
+
+    def prefill(self, slot0, chunks, starts, plan, row_plans, read=()):  # type: ignore[no-untyped-def]
         # Rows are right-padded to the longest chunk. A pad token's K/V land past its row's
         # prompt, where nothing attends to them before the row's own next token overwrites them.
         width = max(len(c) for c in chunks)
@@ -79,12 +93,12 @@ class FastBackend:
             ids[r, : len(chunk)] = torch.tensor(list(chunk), dtype=torch.long)
             pos[r] = torch.arange(start, start + width).clamp(max=self.max_length - 1)
         last = torch.tensor([len(c) - 1 for c in chunks], dtype=torch.long)
-        return self.runner.forward(self.pool, slot0, ids.to(self.device), pos.to(self.device), self.sae, plan, last)
+        return self._forward(slot0, ids.to(self.device), pos.to(self.device), plan, read, [len(c) for c in chunks], last)
 
-    def decode(self, ids, positions, plan, row_plans) -> Tensor:  # type: ignore[no-untyped-def]
+    def decode(self, ids, positions, plan, row_plans, read=()):  # type: ignore[no-untyped-def]
         x = torch.tensor(list(ids), dtype=torch.long, device=self.device)[:, None]
         pos = torch.tensor(list(positions), dtype=torch.long, device=self.device)[:, None]
-        return self.runner.forward(self.pool, 0, x, pos, self.sae, plan)
+        return self._forward(0, x, pos, plan, read, [1] * len(ids))
 
     def move(self, src: int, dst: int, length: int) -> None:
         self.pool.move(src, dst, length)
@@ -117,21 +131,32 @@ class HFBackend:
         self.max_length = int(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 2048))
         self.device = next(model.parameters()).device
 
-    def _run(self, slot: int, ids: Sequence[int], start: int, plan: BatchPlan | None) -> Tensor:
+    def _run(self, slot: int, ids: Sequence[int], start: int, plan: BatchPlan | None, read: bool) -> tuple[Tensor, Tensor | None]:
         if start == 0 or self.caches[slot] is None:
             self.caches[slot] = DynamicCache()
         x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         pos = torch.arange(start, start + len(ids), device=self.device)[None]
         active = plan is not None and not plan.is_empty and self.sae is not None
-        with steering(self.model, self.sae, plan, pos) if active else nullcontext():
+        with ExitStack() as hooks:
+            # The reading hook is attached first, so it sees the site before the clamp's edit.
+            store = hooks.enter_context(capture(self.model, self.sae.cfg.hook_layer, self.sae.cfg.hook_site)) if read else None
+            if active:
+                hooks.enter_context(steering(self.model, self.sae, plan, pos))
             out = self.model(input_ids=x, position_ids=pos, past_key_values=self.caches[slot], use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1]
+        return out.logits[0, -1], (store[0][0] if store else None)
 
-    def prefill(self, slot0, chunks, starts, plan, row_plans) -> Tensor:  # type: ignore[no-untyped-def]
-        return torch.stack([self._run(slot0 + r, c, s, row_plans[r]) for r, (c, s) in enumerate(zip(chunks, starts))])
+    def _rows(self, runs: list[tuple[Tensor, Tensor | None]], read: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
+        return torch.stack([logits for logits, _ in runs]), [runs[r][1] for r in read]  # type: ignore[misc]
 
-    def decode(self, ids, positions, plan, row_plans) -> Tensor:  # type: ignore[no-untyped-def]
-        return torch.stack([self._run(r, [t], p, row_plans[r]) for r, (t, p) in enumerate(zip(ids, positions))])
+    def prefill(self, slot0, chunks, starts, plan, row_plans, read=()):  # type: ignore[no-untyped-def]
+        wanted = set(read)
+        return self._rows([self._run(slot0 + r, c, s, row_plans[r], r in wanted)
+                           for r, (c, s) in enumerate(zip(chunks, starts))], read)
+
+    def decode(self, ids, positions, plan, row_plans, read=()):  # type: ignore[no-untyped-def]
+        wanted = set(read)
+        return self._rows([self._run(r, [t], p, row_plans[r], r in wanted)
+                           for r, (t, p) in enumerate(zip(ids, positions))], read)
 
     def move(self, src: int, dst: int, length: int) -> None:
         if src == dst:

@@ -11,18 +11,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from steering.engine.sampling import SamplingParams
+from steering.inspection.monitors import Monitor, MonitorEvent
+from steering.inspection.readout import InspectSpec, TokenReading
 from steering.interventions import SteeringSpec
 
-FINISH_REASONS: tuple[str, ...] = ("stop", "length", "cancelled")
+FINISH_REASONS: tuple[str, ...] = ("stop", "length", "content_filter", "cancelled")
 
 
 @dataclass(frozen=True)
 class SequenceRequest:
-    """One sequence to generate: prompt token ids, how to sample, how to steer."""
+    """One sequence to generate: prompt token ids, how to sample, how to steer, what to read.
+
+    `inspect`: the features to read per token (`steering.inspection`);
+    `monitors`: features watched at every generated token. A row that reads
+    releases each token's event one step later, with its reading (see
+    `steering.engine.readout`)."""
 
     prompt_ids: tuple[int, ...]
     sampling: SamplingParams = SamplingParams()
     steering: SteeringSpec | None = None
+    inspect: InspectSpec | None = None
+    monitors: tuple[Monitor, ...] = ()
+
+    @property
+    def reads(self) -> bool:
+        return self.inspect is not None or bool(self.monitors)
 
 
 @dataclass(frozen=True)
@@ -31,9 +44,12 @@ class TokenEvent:
 
     `index` is the row's position within its submitted group. `text` is the
     newly released text (whole characters; may be "" while held back).
-    `finish_reason` is "stop" or "length" on a row's last event, "cancelled"
-    if generation was cancelled, else None. `token_id` is None on an event
-    that carries no token (end of sequence, cancellation).
+    `finish_reason` is "stop" or "length" on a row's last event,
+    "content_filter" when a `stop` monitor ended it, "cancelled" if generation
+    was cancelled, else None. `token_id` is None on an event that carries no
+    token (end of sequence, cancellation, a stop monitor). `readings`: the
+    features read at this event's token (after the prompt's, on a row's first
+    event, with inspect positions `all`); `monitor_events`: the crossings at it.
     """
 
     index: int
@@ -43,3 +59,5 @@ class TokenEvent:
     top_logprobs: tuple[tuple[int, float], ...] = ()
     finish_reason: str | None = None
     completion_tokens: int = 0
+    readings: tuple[TokenReading, ...] = ()
+    monitor_events: tuple[MonitorEvent, ...] = ()

@@ -38,9 +38,11 @@ from torch import Tensor
 
 from steering.engine.backends import Backend
 from steering.engine.detokenize import TextStream
+from steering.engine.readout import Readout, RowReader
 from steering.engine.requests import SequenceRequest, TokenEvent
 from steering.engine.sampling import RowSampler, token_logprobs
 from steering.errors import SteeringError
+from steering.inspection.monitors import validate_monitors
 from steering.interventions import BatchPlan, build_plan
 from steering.sae.autoencoder import SparseAutoencoder
 
@@ -60,6 +62,7 @@ class Row:
     next_token: int | None = None
     count: int = 0  # completion tokens
     finished: bool = False
+    reader: RowReader | None = None  # inspection and monitors (steering.engine.readout)
 
     @property
     def prompt(self) -> tuple[int, ...]:
@@ -79,6 +82,12 @@ def check_request(req: SequenceRequest, sae: SparseAutoencoder | None, max_lengt
         raise SteeringError(
             f"the prompt has {len(req.prompt_ids)} tokens; this model's context is {max_length}", "messages"
         )
+    if req.reads and sae is None:
+        raise SteeringError("this server has no SAE loaded; there are no features to read", "steering")
+    if req.inspect is not None:
+        req.inspect.validate(sae, "steering.inspect")  # type: ignore[arg-type]
+    if req.monitors:
+        validate_monitors(req.monitors, sae, "steering.monitors")  # type: ignore[arg-type]
     spec = req.steering
     if spec is None or spec.is_empty:
         return
@@ -125,6 +134,7 @@ class Scheduler:
         self.decoding: list[Row] = []
         self._plan: BatchPlan | None = None
         self._plan_rows: list[Row] | None = None
+        self.readout = Readout(sae) if sae is not None else None
 
     # ------------------------------------------------------------ admission
     def add(self, requests: Iterable[SequenceRequest], owner: Any = None, checked: bool = False) -> list[Row]:
@@ -137,7 +147,8 @@ class Scheduler:
         device = getattr(self.backend, "device", None)
         for i, req in enumerate(requests):
             rows.append(Row(req, owner, i, _own_plan(req, self.sae), RowSampler.create(req.sampling, device),
-                            TextStream(self.tokenizer, req.sampling.stop)))
+                            TextStream(self.tokenizer, req.sampling.stop),
+                            reader=self.readout.reader(req) if self.readout is not None else None))
         self.waiting.extend(rows)
         return rows
 
@@ -161,13 +172,20 @@ class Scheduler:
             self._drop_cancelled(is_cancelled, out)
         if self.decoding:
             rows = self.decoding
-            logits = self.backend.decode(
-                [r.next_token for r in rows], [r.length for r in rows], self._decode_plan(), [r.plan for r in rows]
+            read = [i for i, r in enumerate(rows) if r.reader is not None]
+            logits, sites = self.backend.decode(
+                [r.next_token for r in rows], [r.length for r in rows], self._decode_plan(), [r.plan for r in rows], read
             )
+            if read:
+                self._release([rows[i] for i in read], sites, out)
             greedy = _greedy_tokens(rows, logits)
             for i, row in enumerate(rows):
                 row.length += 1
-                out.append((row, self._choose(row, logits[i], greedy[i])))
+                if row.finished:  # a reading row that only had its last token read, or a stop monitor's
+                    continue
+                event = self._choose(row, logits[i], greedy[i])
+                if event is not None:
+                    out.append((row, event))
         self._prefill(out)
         self._reap()
         if self.idle:
@@ -180,6 +198,16 @@ class Scheduler:
         self._drop_cancelled(lambda owner: True, out)
         self.backend.release()
         return out
+
+    def _release(self, rows: list[Row], sites: list[Tensor], out: list) -> None:
+        """Reading rows fed their held token: release each held event with its reading (module readout)."""
+        positions = [[r.length] for r in rows]
+        readings, values = self.readout.read([r.reader for r in rows], sites, positions, [[r.next_token] for r in rows])
+        for row, reading, value in zip(rows, readings, values):
+            event, stopped = row.reader.release(reading[0] if reading else None, value[0] if value else (),
+                                                row.count - 1, row.length)
+            out.append((row, event))
+            row.finished = stopped or row.reader.finishing
 
     def _drop_cancelled(self, is_cancelled: Callable[[Any], bool], out: list) -> None:
         def gone(row: Row) -> bool:
@@ -210,7 +238,10 @@ class Scheduler:
             tokens = 0
             while self.waiting and len(self.decoding) + len(group) < self.max_batch and budget > 0:
                 row = self.waiting.popleft()
-                row.prefilled = row.length = self.backend.reuse_prefix(len(self.decoding) + len(group), row.prompt, _variant(row))
+                # A row that reads its prompt computes all of it: a reused prefix has no activations to read.
+                reuse = row.reader is None or not row.reader.reads_prompt
+                slot = len(self.decoding) + len(group)
+                row.prefilled = row.length = self.backend.reuse_prefix(slot, row.prompt, _variant(row)) if reuse else 0
                 rest = len(row.prompt) - row.prefilled
                 if group and (rest > self.prefill_chunk or tokens + rest > self.prefill_chunk):
                     self.waiting.appendleft(row)  # its slot comes free once the group has joined
@@ -233,9 +264,13 @@ class Scheduler:
         plan = None
         if self.sae is not None and any(r.plan is not None for r in rows):
             plan = rows[0].plan if len(rows) == 1 else build_plan(self.sae, [r.request.steering for r in rows], [len(r.prompt) for r in rows])
-        logits = self.backend.prefill(
-            slot0, [r.prompt[r.prefilled : e] for r, e in zip(rows, ends)], [r.prefilled for r in rows], plan, [r.plan for r in rows]
+        read = [i for i, r in enumerate(rows) if r.reader is not None and r.reader.reads_prompt]
+        logits, sites = self.backend.prefill(
+            slot0, [r.prompt[r.prefilled : e] for r, e in zip(rows, ends)], [r.prefilled for r in rows], plan,
+            [r.plan for r in rows], read
         )
+        if read:
+            self._read_prompts([rows[i] for i in read], [ends[i] for i in read], sites)
         for i, (row, end) in enumerate(zip(rows, ends)):
             row.prefilled = row.length = end
             if end < len(row.prompt):
@@ -244,7 +279,20 @@ class Scheduler:
             if row is self.filling:
                 self.filling = None
             self.decoding.append(row)
-            out.append((row, self._choose(row, logits[i])))
+            event = self._choose(row, logits[i])
+            if event is not None:
+                out.append((row, event))
+
+    def _read_prompts(self, rows: list[Row], ends: list[int], sites: list[Tensor]) -> None:
+        """Prompt readings of rows inspecting all positions (position 0, an attention sink, never read)."""
+        positions = [list(range(r.prefilled, e)) for r, e in zip(rows, ends)]
+        keep = [[k for k, p in enumerate(pos) if p > 0] for pos in positions]
+        sites = [s[k] for s, k in zip(sites, keep)]
+        positions = [[pos[k] for k in ks] for pos, ks in zip(positions, keep)]
+        readings, _ = self.readout.read([r.reader for r in rows], sites, positions,
+                                        [[r.prompt[p] for p in pos] for r, pos in zip(rows, positions)])
+        for row, got in zip(rows, readings):
+            row.reader.prompt.extend(got)
 
     def _reap(self) -> None:
         """Finished decoding rows leave; the last row moves into each freed slot."""
@@ -272,8 +320,17 @@ class Scheduler:
         return self._plan
 
     # ------------------------------------------------------------ sampling
-    def _choose(self, row: Row, logits: Tensor, greedy: int | None = None) -> TokenEvent:
-        """Sample row's next token from its logits [V] (`greedy`: its argmax, already taken) and turn it into an event."""
+    def _choose(self, row: Row, logits: Tensor, greedy: int | None = None) -> TokenEvent | None:
+        """Sample row's next token from its logits [V] (`greedy`: its argmax, already taken) and turn it into an
+        event; a reading row's token event is held until its reading (None now)."""
+        event = self._sample(row, logits, greedy)
+        if row.reader is None or event.token_id is None:
+            return event
+        row.reader.hold(event)
+        row.finished = False  # one more forward reads the last token
+        return None
+
+    def _sample(self, row: Row, logits: Tensor, greedy: int | None = None) -> TokenEvent:
         params = row.request.sampling
         token = greedy if greedy is not None and row.sampler.generator is None else row.sampler.choose(logits)
         logprob, top = None, ()

@@ -136,11 +136,14 @@ class LlamaRunner:
         sae: SparseAutoencoder | None = None,
         plan: BatchPlan | None = None,
         last: Tensor | None = None,
-    ) -> Tensor:
+        read: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """ids, positions [B, T] for slots slot0..slot0+B-1 -> logits [B, V] of each row's last token.
 
         `last` [B] picks another token than the last for each row's logits
-        (a right-padded row's last real token).
+        (a right-padded row's last real token). `read` [R] (rows of the batch):
+        also return their activations at the SAE's site before its edit,
+        (logits, site [R, T, d]), for inspection and monitors.
 
         Every row's positions must be consecutive and follow what its slot
         already holds (the K/V at positions < p[:, 0] are those of its prefix).
@@ -148,33 +151,41 @@ class LlamaRunner:
         B, T = ids.shape
         span = int(positions[:, -1].max()) + 1
         pool.reserve(span)
-        split = None  # the SAE edit runs after layers 0..split-1
-        if sae is not None and plan is not None and not plan.is_empty:
+        edit = sae is not None and plan is not None and not plan.is_empty
+        split = None  # the SAE's site: after layers 0..split-1
+        if sae is not None and (edit or read is not None):
             split = sae.cfg.hook_layer + (1 if sae.cfg.hook_site == "resid_post" else 0)
             if not 0 <= split <= len(self.layers):
                 raise ValueError(f"the SAE hooks layer {sae.cfg.hook_layer}; the model has {len(self.layers)} layers")
         h = self.embed(ids).to(self.act_dtype).contiguous()
         state = self._prepare(pool, slot0, positions, span)
+        site = None
         if self.stack is not None:
             first = 0
             for stop in ([split] if split is not None else []) + [len(self.layers)]:
                 self.stack.run(h, first, stop, pool.kv, state["pos"], state["slots"], self.cos, self.sin_signed)
                 if stop == split:
-                    h = self._clamp(sae, plan, h, state["pos"], positions)  # type: ignore[arg-type]
+                    site = h.index_select(0, read) if read is not None else None  # a copy: the clamp is in place
+                    if edit:
+                        h = self._clamp(sae, plan, h, state["pos"], positions)  # type: ignore[arg-type]
                 first = stop
         else:
             for index, weights in enumerate(self.layers):
                 if index == split:
-                    h = apply_plan(sae, plan, h, positions)  # type: ignore[arg-type]
+                    site = h.index_select(0, read) if read is not None else None
+                    h = apply_plan(sae, plan, h, positions) if edit else h  # type: ignore[arg-type]
                 h = self._layer_torch(h, weights, pool.kv[index], state)
             if split == len(self.layers):
-                h = apply_plan(sae, plan, h, positions)  # type: ignore[arg-type]
+                site = h.index_select(0, read) if read is not None else None
+                h = apply_plan(sae, plan, h, positions) if edit else h  # type: ignore[arg-type]
         h = h[:, -1] if last is None else h[torch.arange(B, device=self.device), last.to(self.device)]
         head = self.lm_head
         if self.linear is F.linear or head._forward_hooks or head._forward_pre_hooks:
             # the modules themselves, so that hooks on them (tests, debugging) still run
-            return head(self.norm(h.to(self.dtype))).float()
-        return self.linear(h, self.w_head, norm=self.norm_weight, eps=self.norm_eps)
+            logits = head(self.norm(h.to(self.dtype))).float()
+        else:
+            logits = self.linear(h, self.w_head, norm=self.norm_weight, eps=self.norm_eps)
+        return logits if read is None else (logits, site)
 
     def _prepare(self, pool: KVPool, slot0: int, positions: Tensor, span: int) -> dict:
         """Per-forward values every layer shares."""
