@@ -34,6 +34,8 @@ from api.protocol import (
     ConceptSteering,
     DeltaMessage,
     FeatureActivation,
+    MonitorEventOut,
+    MonitorOptions,
     ResponseMessage,
     TokenFeatures,
     TokenLogprob,
@@ -58,6 +60,21 @@ def token_logprob(texts: TokenTexts, event: TokenEvent) -> TokenLogprob | None:
     return TokenLogprob(token=text, logprob=event.logprob, bytes=list(raw), top_logprobs=top)
 
 
+# A choice's finish reasons that reach the client ("cancelled" never does: its client is gone).
+ANSWER_FINISHES = ("stop", "length", "content_filter")
+
+
+def readout(meta: "ResponseMeta", texts: TokenTexts, e: TokenEvent) -> tuple[list[TokenFeatures] | None,
+                                                                          list[MonitorEventOut] | None]:
+    """The event's readings and monitor crossings in their wire form (None where the request asked for none)."""
+    fs = meta.features
+    readings = [token_features(r, texts, fs) for r in e.readings] if meta.inspect else None
+    events = [MonitorEventOut(name=m.name, index=m.index, label=fs.label(m.index) if fs is not None else None,
+                              token_index=m.token_index, position=m.position, value=m.value, threshold=m.threshold,
+                              action=m.action) for m in e.monitor_events] if meta.monitors else None
+    return readings, events
+
+
 def new_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
@@ -72,6 +89,9 @@ class ResponseMeta:
     logprobs: bool
     system_fingerprint: str | None = None
     steering: AppliedSteering | None = None  # the extension's report: on the completion, or the first chunk
+    inspect: bool = False  # the choices report `inspection` (steering.inspect)
+    monitors: bool = False  # the choices report `monitor_events` (steering.monitors, a preset's)
+    features: FeatureService | None = None  # labels for readings and events
     id: str = field(default_factory=new_id)
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -89,6 +109,8 @@ class Collector:
         self.logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
         self.finish: list[str | None] = [None] * n
         self.tokens = [0] * n
+        self.inspection: list[list[TokenFeatures]] = [[] for _ in range(n)]
+        self.events: list[list[MonitorEventOut]] = [[] for _ in range(n)]
 
     def add(self, events: list[TokenEvent]) -> None:
         for e in events:
@@ -98,7 +120,10 @@ class Collector:
                 lp = token_logprob(self.texts, e)
                 if lp is not None:
                     self.logprobs[e.index].append(lp)
-            if e.finish_reason in ("stop", "length"):
+            readings, events = readout(self.meta, self.texts, e)
+            self.inspection[e.index] += readings or []
+            self.events[e.index] += events or []
+            if e.finish_reason in ANSWER_FINISHES:
                 self.finish[e.index] = e.finish_reason
 
     def result(self) -> ChatCompletion:
@@ -110,6 +135,8 @@ class Collector:
                 logprobs=ChoiceLogprobs(content=self.logprobs[i]) if m.logprobs else None,
                 finish_reason=self.finish[i],  # type: ignore[arg-type]
                 steered=m.steered[i],
+                inspection=self.inspection[i] if m.inspect else None,
+                monitor_events=self.events[i] if m.monitors else None,
             )
             for i in range(len(m.steered))
         ]
@@ -146,6 +173,9 @@ class Chunker:
         # Deltas carry only what changed, as OpenAI's do ({"content": "..."}, {} at the end).
         for c, d in zip(data["choices"], choices):
             c["delta"] = d.delta.model_dump(mode="json", exclude_unset=True)
+            for key in ("inspection", "monitor_events"):  # extension fields: only on chunks that carry them
+                if c[key] is None:
+                    del c[key]
         if self.include_usage:  # null on every chunk but the last
             data["usage"] = usage_value.model_dump(mode="json") if usage_value is not None else None
         if steering is not None:  # extension: the first chunk only
@@ -166,14 +196,16 @@ class Chunker:
         out = []
         for e in events:
             self.tokens[e.index] = max(self.tokens[e.index], e.completion_tokens)
-            finish = e.finish_reason if e.finish_reason in ("stop", "length") else None
+            finish = e.finish_reason if e.finish_reason in ANSWER_FINISHES else None
             lp = token_logprob(self.texts, e) if self.meta.logprobs else None
-            if not e.text and finish is None and lp is None:
+            readings, events = readout(self.meta, self.texts, e)
+            if not e.text and finish is None and lp is None and not readings and not events:
                 continue
             logprobs = ChoiceLogprobs(content=[lp] if lp is not None else []) if self.meta.logprobs else None
             delta = DeltaMessage(content=e.text) if e.text or lp is not None else DeltaMessage()
             out.append(self._chunk([ChunkChoice(index=e.index, delta=delta, logprobs=logprobs,
-                                                finish_reason=finish, steered=self.meta.steered[e.index])]))
+                                                finish_reason=finish, steered=self.meta.steered[e.index],
+                                                inspection=readings or None, monitor_events=events or None)]))
         return out
 
     def last(self) -> list[str]:
@@ -199,8 +231,10 @@ def steering_report(steering: ResolvedSteering | None, features: FeatureService 
         concept = ConceptSteering(concept=auto.concept, strength=auto.strength,
                                   features=[f.index for f in auto.features], rationale=auto.rationale,
                                   candidates=candidates, probe=[ConceptProbe(**p.to_dict()) for p in auto.probes])
+    monitors = [MonitorOptions(index=m.index, threshold=m.threshold, unit=m.unit, action=m.action, name=m.name)
+                for m in steering.monitors]
     return AppliedSteering(features=clamps, positions=spec.positions, generated_limit=spec.generated_limit,
-                           preset=steering.preset, concept=concept)
+                           monitors=monitors, preset=steering.preset, concept=concept)
 
 
 def feature_activation(value: FeatureValue, features: FeatureService | None) -> FeatureActivation:

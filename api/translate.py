@@ -14,7 +14,8 @@ Rules:
   then the request's own `features`. `positions` and `generated_limit` are a
   pair: the request's if it sets either, else auto-steer's for a concept,
   else the preset's, else `all` with no limit. A preset's system prompt is
-  prepended when the messages have none.
+  prepended when the messages have none. `inspect` and `monitors` (the
+  preset's monitors, then the request's) apply to every choice, baselines too.
 - max_tokens: max_completion_tokens, else max_tokens, else
   min(settings.default_max_tokens, context left after the prompt).
 - top_p == 0 keeps only the likeliest token: it is decoded greedily.
@@ -37,6 +38,8 @@ from steering.chat_template import ChatFormatError
 from steering.concepts import AutoSteerResult
 from steering.engine import SamplingParams, SequenceRequest
 from steering.errors import SteeringError
+from steering.inspection import InspectSpec
+from steering.inspection.monitors import MAX_MONITORS, Monitor, validate_monitors
 from steering.interventions import FeatureClamp, SteeringSpec
 from steering.presets import PresetRegistry
 from steering.sae import SparseAutoencoder
@@ -71,16 +74,21 @@ class SteeringLayers:
     window: tuple[str, int | None] | None  # the request's (positions, generated_limit), if it set either
     concept: str | None
     strength: float
+    inspect: InspectSpec | None = None
+    monitors: tuple[Monitor, ...] = ()  # the preset's, then the request's
 
 
 @dataclass(frozen=True)
 class ResolvedSteering:
-    """What a request's steering comes to: the merged spec (empty: nothing to apply) and where it came from."""
+    """What a request's steering comes to: the merged spec (empty: nothing to apply), what every choice
+    reads (inspection, monitors), and where it came from."""
 
     spec: SteeringSpec
     preset: str | None = None
     system_prompt: str | None = None
     concept: AutoSteerResult | None = None
+    inspect: InspectSpec | None = None
+    monitors: tuple[Monitor, ...] = ()
 
     @property
     def applied(self) -> SteeringSpec | None:
@@ -123,7 +131,7 @@ def check_steering(request: ChatCompletionRequest, served: ServedModel,
         return None
     if opts.concept is None and "strength" in opts.model_fields_set:
         raise bad_request("steering.strength only applies with steering.concept.", "steering.strength")
-    preset, system_prompt = SteeringSpec(), None
+    preset, system_prompt, preset_monitors = SteeringSpec(), None, ()
     if opts.preset is not None:
         entry = presets.get(opts.preset)
         if entry is None:
@@ -133,7 +141,7 @@ def check_steering(request: ChatCompletionRequest, served: ServedModel,
         if not entry.available:
             raise bad_request(f"Preset {opts.preset!r} cannot be used here: {entry.reason}.",
                               "steering.preset", "preset_unavailable")
-        preset, system_prompt = entry.preset.spec, entry.preset.system_prompt
+        preset, system_prompt, preset_monitors = entry.preset.spec, entry.preset.system_prompt, entry.preset.monitors
     window_set = bool({"positions", "generated_limit"} & opts.model_fields_set)
     window = ((opts.positions or "all"), opts.generated_limit) if window_set else None
     own = tuple(FeatureClamp(f.index, f.value, f.mode, f.unit) for f in opts.features)
@@ -146,7 +154,25 @@ def check_steering(request: ChatCompletionRequest, served: ServedModel,
             mine.validate(served.sae, "features")
     except SteeringError as e:
         raise bad_request(str(e), f"steering.{e.param}") from None
-    return SteeringLayers(opts.preset, preset, system_prompt, own, window, opts.concept, opts.strength)
+    inspect = None
+    if opts.inspect is not None:
+        i = opts.inspect
+        inspect = InspectSpec(i.top_k, tuple(i.features), i.positions)
+    monitors = tuple(Monitor(m.index, m.threshold, m.unit, m.action, m.name) for m in opts.monitors)
+    if inspect is not None or monitors or preset_monitors:
+        if served.sae is None:
+            raise bad_request("This server runs without an SAE; there are no features to read.", "steering")
+        try:
+            if inspect is not None:
+                inspect.validate(served.sae, "steering.inspect")
+            validate_monitors(monitors, served.sae, "steering.monitors")
+            if len(preset_monitors) + len(monitors) > MAX_MONITORS:
+                raise SteeringError(f"the preset's and the request's monitors come to more than {MAX_MONITORS}",
+                                    "steering.monitors")
+        except SteeringError as e:
+            raise bad_request(str(e), e.param) from None
+    return SteeringLayers(opts.preset, preset, system_prompt, own, window, opts.concept, opts.strength, inspect,
+                          tuple(preset_monitors) + monitors)
 
 
 def resolve_steering(layers: SteeringLayers | None, auto: AutoSteerResult | None = None) -> ResolvedSteering | None:
@@ -160,7 +186,7 @@ def resolve_steering(layers: SteeringLayers | None, auto: AutoSteerResult | None
     positions, limit = layers.window or (under.positions, under.generated_limit)
     spec = SteeringSpec(layers.own, positions, limit).merged_over(concept.merged_over(layers.preset))
     return ResolvedSteering(spec, layers.preset_name, layers.system_prompt,
-                            auto if layers.concept is not None else None)
+                            auto if layers.concept is not None else None, layers.inspect, layers.monitors)
 
 
 def message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
@@ -218,6 +244,8 @@ def to_engine(request: ChatCompletionRequest, served: ServedModel, steering: Res
     greedy = request.top_p == 0.0
     compare = bool(request.steering and request.steering.compare)
     spec = steering.applied if steering is not None else None
+    inspect = steering.inspect if steering is not None else None
+    monitors = steering.monitors if steering is not None else ()
 
     def params(i: int) -> SamplingParams:
         p = SamplingParams(
@@ -234,6 +262,7 @@ def to_engine(request: ChatCompletionRequest, served: ServedModel, steering: Res
         except SteeringError as e:  # the protocol's bounds should have caught it
             raise bad_request(str(e), e.param) from None
 
-    steered = [SequenceRequest(prompt, params(i), spec) for i in range(request.n)]
-    baseline = [SequenceRequest(prompt, params(i), None) for i in range(request.n)] if compare else []
+    # Every choice reads alike: the baselines of a compare are inspected and monitored as the steered ones are.
+    steered = [SequenceRequest(prompt, params(i), spec, inspect, monitors) for i in range(request.n)]
+    baseline = [SequenceRequest(prompt, params(i), None, inspect, monitors) for i in range(request.n)] if compare else []
     return EngineJob(tuple(steered + baseline), request.n, compare, len(prompt), seed, steering)

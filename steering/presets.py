@@ -8,6 +8,7 @@ and what it is for:
     features [{index, value, mode, unit, label}], positions, generated_limit
     system_prompt                        prepended when a chat has none
     concept_words, concept_features      how the evaluation judges its answers
+    monitors [{index, threshold, unit, action, name}]   features watched while it generates
     efficacy                             the measured record (free-form JSON)
     notes                                what it does and why, for people
 
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from steering.errors import SteeringError
+from steering.inspection.monitors import MAX_MONITORS, MONITOR_ACTIONS, Monitor, validate_monitors
 from steering.interventions import (
     CLAMP_MODES,
     CLAMP_UNITS,
@@ -60,7 +62,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 EFFICACY_RATES = frozenset({"concept_rate", "baseline_concept_rate", "word_rate", "baseline_word_rate",
                             "feature_rate", "baseline_feature_rate", "repeated_4gram", "baseline_repeated_4gram"})
 _FIELDS = ("name", "description", "model", "sae", "features", "positions", "generated_limit", "system_prompt",
-           "concept_words", "concept_features", "efficacy", "notes")
+           "concept_words", "concept_features", "monitors", "efficacy", "notes")
+_MONITOR_FIELDS = ("index", "threshold", "unit", "action", "name")
 _FEATURE_FIELDS = ("index", "value", "mode", "unit", "label")
 _DRAFT_OPTIONAL = ("description", "model", "sae")
 
@@ -100,6 +103,7 @@ class Preset:
     system_prompt: str | None = None
     concept_words: tuple[str, ...] = ()
     concept_features: tuple[int, ...] | None = None
+    monitors: tuple[Monitor, ...] = ()
     efficacy: dict[str, Any] | None = None
     notes: str | None = None
     path: Path | None = None
@@ -160,6 +164,31 @@ def _feature(item: Any, at: str) -> PresetFeature:
     return PresetFeature(index, float(value), mode, unit, label)
 
 
+def _monitor(item: Any, at: str) -> Monitor:
+    """Types and vocabulary here; indices, thresholds and max activations against the SAE (`check_against`)."""
+    if not isinstance(item, dict):
+        raise _Invalid(at, "must be an object {index, threshold, unit, action, name}")
+    for key in item:
+        if key not in _MONITOR_FIELDS:
+            raise _Invalid(f"{at}.{key}", "unknown field")
+    for key in ("index", "threshold"):
+        if key not in item:
+            raise _Invalid(f"{at}.{key}", "field required")
+    index, threshold = item["index"], item["threshold"]
+    if not _is_int(index) or index < 0:
+        raise _Invalid(f"{at}.index", "must be an integer >= 0")
+    if not _is_number(threshold) or not math.isfinite(threshold) or threshold <= 0:
+        raise _Invalid(f"{at}.threshold", "must be a finite number > 0")
+    unit, action, name = item.get("unit", "max"), item.get("action", "flag"), item.get("name")
+    if unit not in CLAMP_UNITS:
+        raise _Invalid(f"{at}.unit", f"must be one of {', '.join(CLAMP_UNITS)}")
+    if action not in MONITOR_ACTIONS:
+        raise _Invalid(f"{at}.action", f"must be one of {', '.join(MONITOR_ACTIONS)}")
+    if name is not None and not isinstance(name, str):
+        raise _Invalid(f"{at}.name", "must be a string")
+    return Monitor(index, float(threshold), unit, action, name)
+
+
 def _finite_json(v: Any, at: str) -> None:
     if isinstance(v, float) and not math.isfinite(v):
         raise _Invalid(at, "NaN and infinite numbers are not JSON")
@@ -218,8 +247,12 @@ def _parse(data: dict, path: Path, draft: bool) -> Preset:
         for k, index in enumerate(cf):
             if not _is_int(index) or index < 0:
                 raise _Invalid(f"concept_features[{k}]", "must be an integer >= 0")
+    monitors = data.get("monitors", [])
+    if not isinstance(monitors, list) or len(monitors) > MAX_MONITORS:
+        raise _Invalid("monitors", f"must be a list of at most {MAX_MONITORS} monitors")
     return Preset(
         name=name, features=clamps, positions=positions, generated_limit=limit,
+        monitors=tuple(_monitor(item, f"monitors[{k}]") for k, item in enumerate(monitors)),
         system_prompt=_text(data, "system_prompt", required=False), concept_words=tuple(words),
         concept_features=tuple(cf) if cf is not None else None, efficacy=_efficacy(data.get("efficacy")),
         notes=_text(data, "notes", required=False), path=path, **strings,
@@ -288,6 +321,10 @@ def check_against(preset: Preset, sae: SparseAutoencoder) -> None:
     path = preset.path or Path(preset.name)
     try:
         preset.spec.validate(sae)
+    except SteeringError as e:
+        raise PresetError(path, e.param, str(e)) from None
+    try:
+        validate_monitors(preset.monitors, sae)
     except SteeringError as e:
         raise PresetError(path, e.param, str(e)) from None
     for k, index in enumerate(preset.concept_features or ()):

@@ -5,6 +5,7 @@
     presets    GET /v1/presets: the wire form of the library's presets
     features   GET /v1/features...: summaries, details, search matches
     inspect    POST /v1/inspect, POST /v1/features/contrast: per-token features, contrast
+    readings   per-token features and monitor events (shared by inspect and chat)
     common     bounds and clamp field types built from the library's constants; the error shape
 
 Extensions to OpenAI's shapes are marked `# ---- extension` where they sit.
@@ -50,15 +51,13 @@ from api.protocol.inspect import (
     ContrastFeatureOut,
     ContrastRequest,
     ContrastResponse,
-    FeatureActivation,
     FeatureTotalOut,
-    InspectOptions,
     InspectRequest,
     InspectResponse,
-    TokenFeatures,
 )
 from api.protocol.models import ModelCard, ModelList, Readiness, SAEInfo
 from api.protocol.presets import Preset, PresetFeature, PresetInfo, PresetList
+from api.protocol.readings import FeatureActivation, InspectOptions, MonitorEventOut, MonitorOptions, TokenFeatures
 
 __all__ = [
     "AppliedFeature", "AppliedSteering", "ChatCompletion", "ChatCompletionChunk", "ChatCompletionRequest",
@@ -68,5 +67,5 @@ __all__ = [
     "FeatureMatch", "FeatureSearchResult", "FeatureSummary", "Neighbour", "TokenEffect", "TopContext", "ModelCard",
     "ModelList", "Readiness", "SAEInfo", "Preset", "PresetFeature", "PresetInfo", "PresetList", "ContrastFeatureOut",
     "ContrastRequest", "ContrastResponse", "FeatureActivation", "FeatureTotalOut", "InspectOptions", "InspectRequest",
-    "InspectResponse", "TokenFeatures",
+    "InspectResponse", "TokenFeatures", "MonitorEventOut", "MonitorOptions",
 ]

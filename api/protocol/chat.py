@@ -41,6 +41,8 @@ from api.protocol.common import (
     Positions,
 )
 from api.protocol.features import FeatureMatch
+from api.protocol.readings import InspectOptions, MonitorEventOut, MonitorOptions, TokenFeatures
+from steering.inspection.monitors import MAX_MONITORS
 
 
 # ------------------------------------------------------------------ request
@@ -136,6 +138,14 @@ class SteeringOptions(BaseModel):
         "(1 is the calibrated default). Only with `concept`.",
     )
 
+    inspect: InspectOptions | None = Field(
+        None, description="Read the SAE features at every generated token (with `positions: all`, the prompt's "
+        "too): each choice (baselines too) reports `inspection`, each stream chunk its tokens' readings.")
+    monitors: list[MonitorOptions] = Field(
+        default_factory=list, max_length=MAX_MONITORS,
+        description="Features watched at every generated token, after the preset's monitors: a crossing is a "
+        "`monitor_events` entry; `stop` ends that choice with finish_reason `content_filter`.")
+
     @field_validator("concept")
     @classmethod
     def _check_concept(cls, concept: str | None) -> str | None:
@@ -209,9 +219,14 @@ class Choice(BaseModel):
     index: int
     message: ResponseMessage
     logprobs: ChoiceLogprobs | None
-    finish_reason: Literal["stop", "length"] | None
+    # deviation: content_filter comes from a `stop` monitor of the steering extension, not a moderation model
+    finish_reason: Literal["stop", "length", "content_filter"] | None
     # ---- extension: SAE steering ------------------------------------------
     steered: bool = Field(description="True for a steered choice, false for a compare baseline (extension).")
+    inspection: list[TokenFeatures] | None = Field(
+        None, description="Per token, the features read (with `steering.inspect`; null without it).")
+    monitor_events: list[MonitorEventOut] | None = Field(
+        None, description="The monitors' crossings (with `steering.monitors`; null without them).")
 
 
 class Usage(BaseModel):
@@ -263,6 +278,8 @@ class AppliedSteering(BaseModel):
     features: list[AppliedFeature] = Field(description="The merged clamps applied to the steered choices.")
     positions: Positions
     generated_limit: int | None = Field(None, description="Clamps stop after this many generated tokens (null: never).")
+    monitors: list[MonitorOptions] = Field(default_factory=list, description="The monitors every choice ran "
+                                           "(the preset's, then the request's).")
     preset: str | None = Field(None, description="The preset named by the request.")
     concept: ConceptSteering | None = Field(None, description="Auto-steer's choice; null without steering.concept.")
 
@@ -290,9 +307,13 @@ class ChunkChoice(BaseModel):
     index: int
     delta: DeltaMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "content_filter"] | None = None
     # ---- extension: SAE steering ------------------------------------------
     steered: bool = Field(description="True for a steered choice, false for a compare baseline (extension).")
+    inspection: list[TokenFeatures] | None = Field(
+        None, description="The readings of this chunk's tokens (with `steering.inspect`).")
+    monitor_events: list[MonitorEventOut] | None = Field(
+        None, description="Monitor crossings at this chunk's tokens (with `steering.monitors`).")
 
 
 class ChatCompletionChunk(BaseModel):

@@ -11,40 +11,12 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from api.protocol.chat import ChatMessage
-from api.protocol.common import LENIENT, STRICT
-from steering.inspection import INSPECT_POSITIONS, MAX_NAMED_FEATURES, MAX_TOP_K
+from api.protocol.common import LENIENT
+from api.protocol.readings import InspectOptions, TokenFeatures
 from steering.inspection.contrast import MAX_TEXTS
 
-InspectPositions = Literal[tuple(INSPECT_POSITIONS)]  # type: ignore[valid-type]
 MAX_INSPECT_TOKENS = 2048  # per conversation of POST /v1/inspect
 MAX_CONTRAST_TOKENS = 512  # per text of POST /v1/features/contrast
-
-
-class InspectOptions(BaseModel):
-    """What to read per token."""
-
-    model_config = STRICT
-    top_k: int = Field(8, ge=0, le=MAX_TOP_K, description="How many of the most active features per token.")
-    features: list[int] = Field(default_factory=list, max_length=MAX_NAMED_FEATURES,
-                                description="Features whose value is reported at every token, active or not.")
-    positions: InspectPositions = Field(  # type: ignore[valid-type]
-        "generated", description="In a chat completion: the `generated` tokens only, or `all` (the prompt's too). "
-        "POST /v1/inspect reads every token but position 0 (an attention sink).")
-
-
-class FeatureActivation(BaseModel):
-    index: int
-    activation: float
-    relative_activation: float | None = Field(description="activation / the feature's max activation (null if unknown).")
-    label: str | None = Field(None, description="The catalogue's label, when the SAE has one.")
-
-
-class TokenFeatures(BaseModel):
-    position: int = Field(description="The token's position in the rendered sequence (prompt and answer).")
-    token: str
-    token_id: int
-    top: list[FeatureActivation] = Field(description="The most active features, largest first (only f > 0).")
-    features: list[FeatureActivation] = Field(default_factory=list, description="The requested features, in order.")
 
 
 class FeatureTotalOut(BaseModel):

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, JsonValue
 
 from api.protocol.common import ClampMode, ClampUnit, GeneratedLimit, Positions
+from api.protocol.readings import MonitorOptions
 
 
 class PresetFeature(BaseModel):
@@ -38,6 +39,8 @@ class Preset(BaseModel):
     concept_features: list[int] | None = Field(
         None, description="Features whose firing on an answer marks it as on the concept (evaluation); null: the "
         "preset's own clamps that push a feature up.")
+    monitors: list[MonitorOptions] = Field(default_factory=list, description="Features watched while it generates "
+                                           "(merged before a request's own `steering.monitors`).")
     efficacy: dict[str, JsonValue] | None = Field(
         None, description="The measured efficacy record (free-form; keys in presets/README.md, e.g. concept_rate, "
         "baseline_concept_rate, repeated_4gram, delta_loss, n_prompts, max_tokens, seed, measured_at, command).")

@@ -91,6 +91,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
         logprobs=body.logprobs,
         system_fingerprint=state.fingerprint,
         steering=steering_report(job.steering, state.features),
+        inspect=job.steering is not None and job.steering.inspect is not None,
+        monitors=job.steering is not None and bool(job.steering.monitors),
+        features=state.features,
     )
     try:
         handle = await _submit(state, job.requests)

@@ -7,7 +7,7 @@ import dataclasses
 from fastapi import APIRouter, Depends
 
 from api.errors import not_found
-from api.protocol import PresetFeature, PresetInfo, PresetList
+from api.protocol import MonitorOptions, PresetFeature, PresetInfo, PresetList
 from api.routes import server
 from api.state import ServerState
 from steering.presets import PresetEntry
@@ -18,8 +18,9 @@ router = APIRouter()
 def preset_info(entry: PresetEntry) -> PresetInfo:
     """A library preset in its wire form."""
     p = entry.preset
-    fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name not in ("features", "path")}
+    fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name not in ("features", "monitors", "path")}
     return PresetInfo(**fields, features=[PresetFeature(**dataclasses.asdict(f)) for f in p.features],
+                      monitors=[MonitorOptions(**dataclasses.asdict(m)) for m in p.monitors],
                       available=entry.available, unavailable_reason=entry.reason)
 
 
