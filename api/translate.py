@@ -124,7 +124,7 @@ def check_model(name: str, served: ServedModel) -> None:
 def check_steering(request: ChatCompletionRequest, served: ServedModel,
                    presets: PresetRegistry) -> SteeringLayers | None:
     """The request's model and steering block checked (None without one); run before a concept search,
-    so a bad request never costs one."""
+    so that a bad steering block never costs one (the messages and sampling are checked by `to_engine`)."""
     check_model(request.model, served)
     opts = request.steering
     if opts is None:

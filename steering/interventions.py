@@ -108,11 +108,11 @@ class FeatureClamp:
             )
         if not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
             raise SteeringError(f"{param}.value must be a finite number, got {self.value!r}", f"{param}.value")
-        if self.mode not in CLAMP_MODES:
+        if not isinstance(self.mode, str) or self.mode not in CLAMP_MODES:
             raise SteeringError(
                 f"unknown mode {self.mode!r}; valid: {', '.join(CLAMP_MODES)}", f"{param}.mode"
             )
-        if self.unit not in CLAMP_UNITS:
+        if not isinstance(self.unit, str) or self.unit not in CLAMP_UNITS:
             raise SteeringError(
                 f"unknown unit {self.unit!r}; valid: {', '.join(CLAMP_UNITS)}", f"{param}.unit"
             )
@@ -160,7 +160,7 @@ class SteeringSpec:
 
     def validate_window(self) -> None:
         """`positions` and `generated_limit` alone (no SAE needed)."""
-        if self.positions not in POSITIONS:
+        if not isinstance(self.positions, str) or self.positions not in POSITIONS:
             raise SteeringError(
                 f"unknown positions {self.positions!r}; valid: {', '.join(POSITIONS)}", "positions"
             )

@@ -12,7 +12,9 @@ and what it is for:
     efficacy                             the measured record (free-form JSON)
     notes                                what it does and why, for people
 
-`read_preset(path)` checks every field (types, bounds, unknown keys) and
+`read_preset(path)` checks every field (types, strictly: an index is a
+JSON integer, a value a JSON number, not a string or a boolean; bounds;
+unknown keys; a contradictory window) and
 raises a `PresetError` that names the file and the field in the notation a
 person reads (`features[0].value`, `efficacy.delta_loss`). The clamp
 vocabulary and bounds come from `steering.interventions`. With `draft=True`
@@ -57,7 +59,7 @@ from steering.sae.autoencoder import SparseAutoencoder
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # the whole name (re.fullmatch)
 # Keys of the efficacy record that are shares in [0, 1] when present (presets/README.md).
 EFFICACY_RATES = frozenset({"concept_rate", "baseline_concept_rate", "word_rate", "baseline_word_rate",
                             "feature_rate", "baseline_feature_rate", "repeated_4gram", "baseline_repeated_4gram"})
@@ -154,9 +156,9 @@ def _feature(item: Any, at: str) -> PresetFeature:
     if not _is_number(value) or not math.isfinite(value) or abs(value) > MAX_CLAMP_VALUE:
         raise _Invalid(f"{at}.value", f"must be a finite number with |value| <= {MAX_CLAMP_VALUE:g}")
     mode, unit = item.get("mode", "clamp"), item.get("unit", "max")
-    if mode not in CLAMP_MODES:
+    if not isinstance(mode, str) or mode not in CLAMP_MODES:
         raise _Invalid(f"{at}.mode", f"must be one of {', '.join(CLAMP_MODES)}")
-    if unit not in CLAMP_UNITS:
+    if not isinstance(unit, str) or unit not in CLAMP_UNITS:
         raise _Invalid(f"{at}.unit", f"must be one of {', '.join(CLAMP_UNITS)}")
     label = item.get("label")
     if label is not None and not isinstance(label, str):
@@ -180,9 +182,9 @@ def _monitor(item: Any, at: str) -> Monitor:
     if not _is_number(threshold) or not math.isfinite(threshold) or threshold <= 0:
         raise _Invalid(f"{at}.threshold", "must be a finite number > 0")
     unit, action, name = item.get("unit", "max"), item.get("action", "flag"), item.get("name")
-    if unit not in CLAMP_UNITS:
+    if not isinstance(unit, str) or unit not in CLAMP_UNITS:
         raise _Invalid(f"{at}.unit", f"must be one of {', '.join(CLAMP_UNITS)}")
-    if action not in MONITOR_ACTIONS:
+    if not isinstance(action, str) or action not in MONITOR_ACTIONS:
         raise _Invalid(f"{at}.action", f"must be one of {', '.join(MONITOR_ACTIONS)}")
     if name is not None and not isinstance(name, str):
         raise _Invalid(f"{at}.name", "must be a string")
@@ -219,7 +221,7 @@ def _parse(data: dict, path: Path, draft: bool) -> Preset:
         if key not in _FIELDS:
             raise _Invalid(key, "unknown field")
     name = data.get("name", path.stem if draft else None)
-    if not isinstance(name, str) or not re.match(NAME_PATTERN, name):
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
         raise _Invalid("name", "field required" if name is None else
                        "must be 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit")
     strings = {k: _text(data, k, required=not (draft and k in _DRAFT_OPTIONAL)) for k in _DRAFT_OPTIONAL}
@@ -228,7 +230,7 @@ def _parse(data: dict, path: Path, draft: bool) -> Preset:
         raise _Invalid("features", "field required" if features is None else f"must list 1 to {MAX_CLAMPS} clamps")
     clamps = tuple(_feature(item, f"features[{i}]") for i, item in enumerate(features))
     positions = data.get("positions", "all")
-    if positions not in POSITIONS:
+    if not isinstance(positions, str) or positions not in POSITIONS:
         raise _Invalid("positions", f"must be one of {', '.join(POSITIONS)}")
     limit = data.get("generated_limit")
     if limit is not None and (not _is_int(limit) or not 0 <= limit <= MAX_GENERATED_LIMIT):

@@ -127,3 +127,19 @@ def test_a_draft_preset_by_name_or_path(tmp_path):
     with pytest.raises(SteeringError) as err:
         find_preset("missing", presets_dir=tmp_path)
     assert err.value.param == "preset"
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"features": [{"index": 1, "value": 2, "mode": []}]}, "features[0].mode"),
+    ({"features": [{"index": 1, "value": 2, "unit": {}}]}, "features[0].unit"),
+    ({"positions": ["all"]}, "positions"),
+    ({"name": "abc\n"}, "name"),
+    ({"monitors": [{"index": 1, "threshold": 1, "action": ["stop"]}]}, "monitors[0].action"),
+    ({"monitors": [{"index": 1, "threshold": 0}]}, "monitors[0].threshold"),
+    ({"monitors": [{"index": 96, "threshold": 1}]}, "monitors[0].index"),  # past d_sae of the loaded SAE
+])
+def test_wrong_types_and_monitors_name_the_field(tmp_path, sae, fields, field):
+    path = write_preset(tmp_path, "broken", **fields)
+    with pytest.raises(PresetError) as info:
+        load(tmp_path, sae)
+    assert str(path) in str(info.value) and f"field '{field}'" in str(info.value)

@@ -3,7 +3,9 @@
 The clamp vocabulary (modes, units, positions) and its bounds are the
 library's (`steering.interventions`), as are the sampling bounds
 (`steering.engine`) and auto-steer's (`steering.concepts`): the schemas are
-built from them, so a request, a preset file and a command accept the same.
+built from them, so a request, a preset file and a command offer the same
+choices and bounds (a request's types are parsed by pydantic's lax mode, a
+preset file's strictly by `steering.presets`).
 NaN and +-inf are rejected everywhere: Python's json (and so FastAPI) reads
 the non-standard literals NaN and Infinity, and 1e999 becomes inf.
 """

@@ -6,9 +6,9 @@
     features   GET /v1/features, /v1/features/search, /v1/features/{index}
     inspect    POST /v1/inspect, POST /v1/features/contrast
 
-Each route takes the state through `Depends(server)`, checks its input, then
-calls `require_ready()` (a 503 while the model loads), and leaves the work to
-the library and `api.translate` / `api.render`.
+Each route takes the state through `Depends(server)` once FastAPI has
+validated its input, calls `require_ready()` (a 503 while the model loads),
+and leaves the work to the library and `api.translate` / `api.render`.
 """
 
 from __future__ import annotations

@@ -155,9 +155,11 @@ class AutoSteerer:
     """Auto-steer on one SteeredModel, remembering each concept's search and probe (module docstring).
 
     `probe`: the probe's budget, None to pick by the search's score alone (no
-    generation). Thread-safe: the cache is guarded by a lock; a search runs
-    outside it (two threads may search the same new concept; the later result
-    is kept).
+    generation). The caches (choices, and each concept's catalogue label
+    matches) are guarded by a lock, so `is_cached` and a cached `steer` may run
+    on any thread and cost a dictionary look-up. An uncached `steer` runs
+    forwards with hooks on the shared model: callers must serialise those with
+    any other use of the model (the server runs them alone, `api.gate`).
     """
 
     def __init__(self, sm: "SteeredModel", probe: ProbeSettings | None = DEFAULT_PROBE,
@@ -166,11 +168,27 @@ class AutoSteerer:
         self.probe = probe
         self.max_cached = max_cached if max_cached is not None else MAX_CACHED_CONCEPTS
         self._cache: OrderedDict[tuple[Any, ...], _Choice] = OrderedDict()
+        self._labels: OrderedDict[str, tuple[int, ...]] = OrderedDict()  # concept key -> its label matches
         self._lock = threading.Lock()
 
-    def _extra(self, concept: str, extra: Sequence[int] | None) -> tuple[int, ...]:
-        found = label_matches(self.sm, concept) if extra is None else extra
-        return tuple(dict.fromkeys(int(i) for i in found))
+    def _extra(self, concept: str, extra: Sequence[int] | None, compute: bool = True) -> tuple[int, ...] | None:
+        """The extra candidates: `extra`, else the catalogue's label matches (remembered: a catalogue search
+        takes a few hundred ms on the shipped one); None when not known and not `compute`."""
+        if extra is not None:
+            return tuple(dict.fromkeys(int(i) for i in extra))
+        key = _key(concept)
+        with self._lock:
+            known = self._labels.get(key)
+            if known is not None:
+                self._labels.move_to_end(key)  # used as the choices are: the same least recently used order
+        if known is not None or not compute:
+            return known
+        found = tuple(dict.fromkeys(label_matches(self.sm, concept)))
+        with self._lock:
+            self._labels[key] = found
+            while len(self._labels) > self.max_cached:
+                self._labels.popitem(last=False)
+        return found
 
     @staticmethod
     def _key(concept: str, extra: Sequence[int]) -> tuple[Any, ...]:
@@ -180,9 +198,11 @@ class AutoSteerer:
         """True when `steer(concept, ..., extra=extra)` will run no forward pass."""
         if self.sm.sae is None or not isinstance(concept, str):
             return False
-        key = self._key(concept, self._extra(concept, extra))
+        found = self._extra(concept, extra, compute=False)
+        if found is None:  # its label matches are not known yet, so neither is its choice
+            return False
         with self._lock:
-            return key in self._cache
+            return self._key(concept, found) in self._cache
 
     def steer(self, concept: str, strength: float = 1.0, max_features: int = 1,
               extra: Sequence[int] | None = None) -> AutoSteerResult:

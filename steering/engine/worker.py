@@ -198,8 +198,15 @@ class Engine:
             handle = item
             handles[id(handle)] = handle
             if handle.requests:
+                try:  # plans are built here, on this thread; a failure fails this group alone
+                    self._scheduler.add(handle.requests, owner=handle, checked=True)
+                except Exception as exc:
+                    handle.fail(exc)
+                    self._end(handle, handles)
+                    with self._lock:
+                        self._waiting -= 1
+                    continue
                 waiting.add(id(handle))
-                self._scheduler.add(handle.requests, owner=handle, checked=True)
             else:
                 self._end(handle, handles)
                 with self._lock:

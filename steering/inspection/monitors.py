@@ -52,11 +52,11 @@ class Monitor:
                 or not math.isfinite(self.threshold) or self.threshold <= 0:
             raise SteeringError("threshold must be a finite number > 0 (a feature at 0 is not active)",
                                 f"{param}.threshold")
-        if self.unit not in CLAMP_UNITS:
+        if not isinstance(self.unit, str) or self.unit not in CLAMP_UNITS:
             raise SteeringError(f"unknown unit {self.unit!r}; valid: {', '.join(CLAMP_UNITS)}", f"{param}.unit")
         if self.unit == "max" and not math.isfinite(float(sae.max_activation[self.index])):
             raise SteeringError(f"feature {self.index} has no known max activation; use unit 'raw'", f"{param}.unit")
-        if self.action not in MONITOR_ACTIONS:
+        if not isinstance(self.action, str) or self.action not in MONITOR_ACTIONS:
             raise SteeringError(f"unknown action {self.action!r}; valid: {', '.join(MONITOR_ACTIONS)}",
                                 f"{param}.action")
         if self.name is not None and (not isinstance(self.name, str) or len(self.name) > MAX_MONITOR_NAME):

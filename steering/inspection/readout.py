@@ -48,7 +48,7 @@ class InspectSpec:
             if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < sae.d_sae:
                 raise SteeringError(f"feature {i!r} does not exist: this SAE has {sae.d_sae} features",
                                     f"{param}.features[{k}]")
-        if self.positions not in INSPECT_POSITIONS:
+        if not isinstance(self.positions, str) or self.positions not in INSPECT_POSITIONS:
             raise SteeringError(f"unknown positions {self.positions!r}; valid: {', '.join(INSPECT_POSITIONS)}",
                                 f"{param}.positions")
         return self

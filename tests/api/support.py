@@ -1,6 +1,6 @@
 """Helpers for the API tests: a tiny SteeredModel (random Llama, byte tokenizer, small SAE with stats).
 
-Imported by tests/test_api_*.py; the tiny model and tokenizer come from
+Imported by tests/api/test_*.py; the tiny model and tokenizer come from
 conftest.py's builders. Nothing here downloads anything.
 """
 

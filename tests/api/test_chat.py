@@ -185,7 +185,7 @@ def test_clamp_windows_prompt_and_generated_limit(client):
         out = complete(client, max_tokens=12, temperature=0, steering=steering)
         return out["choices"][0]["message"]["content"], out["steering"]
 
-    # What windows do to tokens is tested on the engine (tests/test_generation.py); here: the wire.
+    # What windows do to tokens is tested on the engine (tests/engine/test_generation.py); here: the wire.
     always, _ = text(features=STRONG)
     prompt_only, report = text(features=STRONG, positions="prompt")
     assert report["positions"] == "prompt" and report["generated_limit"] is None

@@ -204,7 +204,8 @@ def test_concept_without_an_sae_is_a_400(tiny_llama, tiny_tokenizer):
 def test_features_only_report_and_openapi(client):
     out = complete(client, steering={"features": [{"index": 3, "value": 2}], "compare": True})
     assert out["steering"] == {"features": [{"index": 3, "value": 2.0, "mode": "clamp", "unit": "max"}],
-                               "positions": "all", "generated_limit": None, "preset": None, "concept": None}
+                               "positions": "all", "generated_limit": None, "monitors": [], "preset": None,
+                               "concept": None}
     assert complete(client, steering={"compare": True})["steering"]["features"] == []
     schema = client.get("/openapi.json").json()["components"]["schemas"]
     opts = schema["SteeringOptions"]["properties"]

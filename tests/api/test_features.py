@@ -179,7 +179,7 @@ CONCEPT = "zzzz zzzz zzzz zzzz zzzz"
 
 @pytest.fixture
 def planted(sm):
-    """Feature 17 planted as a detector of 'z' that promotes 'z' (tests/steering_support.py)."""
+    """Feature 17 planted as a detector of 'z' that promotes 'z' (tests/support.py)."""
     from steering.concepts.search import concept_texts, neutral_texts
     from tests.support import plant_feature
 

@@ -315,3 +315,13 @@ def test_cli_concept_search_shows_catalogue_labels(tiny_model_dir, tiny_tokenize
     assert cands[0]["index"] == 17 and cands[0]["catalogue"]["label"] == "zzz buzzing"
     assert main(args[:4] + args[5:]) == 0  # the table
     assert "label: 'zzz buzzing'" in capsys.readouterr().out
+
+
+def test_label_matches_are_searched_once_per_concept(planted, monkeypatch):
+    calls = []
+    monkeypatch.setattr(autosteer, "label_matches", lambda sm, concept, limit=4: calls.append(concept) or [])
+    steerer = AutoSteerer(planted, probe=None)
+    assert not steerer.is_cached(CONCEPT) and calls == []  # is_cached never searches the catalogue
+    steerer.steer(CONCEPT)
+    steerer.steer(CONCEPT.upper(), 0.5)
+    assert steerer.is_cached(CONCEPT) and calls == [CONCEPT]

@@ -304,3 +304,26 @@ def test_engine_on_a_non_llama_model_uses_the_hf_forward_with_per_row_clamps(tin
     for req, got in zip(reqs, results):
         assert got == alone(tiny_gpt2, tiny_tokenizer, sae, req)
     assert results[1] != alone(tiny_gpt2, tiny_tokenizer, sae, SequenceRequest(prompt(1), greedy(6)))
+
+
+def test_a_group_whose_plan_fails_fails_alone(tiny_llama, tiny_tokenizer, monkeypatch):
+    from steering.engine import scheduler as scheduler_module
+
+    sae = make_sae(layer=2)
+    real, failures = scheduler_module.build_plan, [RuntimeError("out of memory")]
+
+    def flaky(*args, **kw):
+        if failures:
+            raise failures.pop()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(scheduler_module, "build_plan", flaky)
+    engine = Engine(tiny_llama, tiny_tokenizer, sae, EngineConfig(max_batch=2))
+    try:
+        params = SamplingParams(max_tokens=4, temperature=0.0)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            engine.generate([SequenceRequest((10, 11, 12), params, SteeringSpec((FeatureClamp(1, 2.0),)))])
+        events = engine.generate([SequenceRequest((10, 11, 12), params)])  # the worker goes on
+        assert events and events[-1][-1].finish_reason == "length" and engine.waiting == 0
+    finally:
+        engine.close()

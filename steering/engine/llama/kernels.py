@@ -21,7 +21,7 @@ the residual adds into the products leaves five calls per layer, and running
 the layers in one C loop leaves no Python between them: at batch 1 the ~150
 calls' Python cost (~15 us each) had been ~15% of a step of a small model.
 
-The C source (`steering/csrc/kernels.c` and `products.h`) is compiled once
+The C source (`steering/engine/llama/csrc/kernels.c` and `products.h`) is compiled once
 with the system C compiler into the cache folder
 (`steering.models.default_cache_dir()/kernels`) and loaded with ctypes; it links the OpenMP runtime torch already loaded and uses torch's
 thread count. `load()` returns None where there is no compiler, no AVX2/FMA,

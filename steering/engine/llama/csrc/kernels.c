@@ -1,4 +1,4 @@
-/* CPU kernels for the decoding forward (AVX2 + FMA), built and loaded by steering/cpu_kernels.py,
+/* CPU kernels for the decoding forward (AVX2 + FMA), built and loaded by steering/engine/llama/kernels.py,
    which documents each entry point. This file holds what does not depend on the weights' type;
    products.h, included once per weight type below, holds the matrix products and the layer loop. */
 #include <immintrin.h>
