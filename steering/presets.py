@@ -226,8 +226,11 @@ def _parse(data: dict, path: Path, draft: bool) -> Preset:
                        "must be 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit")
     strings = {k: _text(data, k, required=not (draft and k in _DRAFT_OPTIONAL)) for k in _DRAFT_OPTIONAL}
     features = data.get("features")
-    if not isinstance(features, list) or not 1 <= len(features) <= MAX_CLAMPS:
-        raise _Invalid("features", "field required" if features is None else f"must list 1 to {MAX_CLAMPS} clamps")
+    # A preset clamps, or only watches (monitors and no clamps: "features": []).
+    fewest = 0 if data.get("monitors") else 1
+    if not isinstance(features, list) or not fewest <= len(features) <= MAX_CLAMPS:
+        raise _Invalid("features", "field required" if features is None else
+                       f"must list {fewest} to {MAX_CLAMPS} clamps" + ("" if fewest == 0 else " (0 with monitors)"))
     clamps = tuple(_feature(item, f"features[{i}]") for i, item in enumerate(features))
     positions = data.get("positions", "all")
     if not isinstance(positions, str) or positions not in POSITIONS:

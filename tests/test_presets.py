@@ -104,6 +104,13 @@ def test_shipped_presets_parse_and_their_efficacy_verdict_follows_the_numbers(pa
     preset = read_preset(path)
     SteeringSpec(positions=preset.positions, generated_limit=preset.generated_limit).validate_window()
     assert preset.concept_words and preset.efficacy is not None and preset.notes
+    if not preset.features:  # a preset that only watches: its record is of flag rates (eval-monitors)
+        assert preset.monitors
+        eff = preset.efficacy
+        meets = eff["flag_rate_on"] >= 0.9 and eff["flag_rate_off"] <= 0.1
+        assert eff["meets_targets"] is meets and eff["n_on"] >= 40 and eff["n_off"] >= 40
+        assert eff["flag_rate_on"] == eff["flagged_on"] / eff["n_on"]
+        return
     for eff in (preset.efficacy, preset.efficacy.get("holdout") or preset.efficacy):
         meets = (eff["concept_rate"] >= 0.8 and eff["baseline_concept_rate"] <= 0.05
                  and eff["repeated_4gram"] <= 0.2 and eff["delta_loss"] <= 1.0)

@@ -5,6 +5,8 @@
     sweep            the same per strength multiplier, and the knee        (sweep)
     concept-search   rank an SAE's features for a concept                  (concept_search)
     inspect          the SAE features active at each token of a text      (inspect)
+    screen-monitors, eval-monitors
+                     choose monitors from examples, measure flag rates     (monitors)
     bench            the engine's speed and consistency                    (bench)
     build-corpus, harvest, train-sae, eval-sae, build-catalogue, layer-sweep
                      dictionary learning                                   (training)
@@ -20,13 +22,13 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from steering.cli import bench, concept_search, evaluate, generate, inspect, sweep, training
+from steering.cli import bench, concept_search, evaluate, generate, inspect, monitors, sweep, training
 from steering.cli.common import report
 from steering.errors import ParameterError
 
 # Every command, in the order `--help` lists them.
 REGISTRARS = (generate.add_parser, evaluate.add_parser, sweep.add_parser, concept_search.add_parser,
-              inspect.add_parser, bench.add_parser, training.add_parsers)
+              inspect.add_parser, monitors.add_parsers, bench.add_parser, training.add_parsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -92,6 +92,8 @@ def _target(args: argparse.Namespace, preset: Preset | None, sm: "SteeredModel")
 
 
 def _why_not(preset: Preset, sm: "SteeredModel") -> str | None:
+    if not preset.features:
+        return f"preset {preset.name!r} has no clamps (it only watches: measure it with eval-monitors)"
     why = unavailable_reason(preset, sm.model_id, sm.sae_id, sm.sae)
     return None if why is None else f"preset {preset.name!r} {why}"
 

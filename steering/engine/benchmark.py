@@ -11,6 +11,8 @@ over repetitions:
     b1_clamped   the same with 3 clamped features
     b8           8 concurrent streams (different prompts), no clamps
     b8_clamped   8 concurrent streams, 3 clamped features each, 8 distinct specs
+    b1_monitors, b8_monitors   b1 and b8 with 3 monitors (flag) on every row
+    b8_inspect   b8 with inspect top_k 8 on every row (the full SAE encode per token)
     generate     transformers' `model.generate`, batch 1, no hook, same dtype
 
 Two throughputs per configuration: `e2e`, generated tokens / wall time from
@@ -26,6 +28,8 @@ Each ratio is the median over repetitions of the ratio within a repetition:
     steering_overhead_b1 = b1_clamped / b1     steering_overhead_b8 = b8_clamped / b8
     batching_gain_8      = b8_clamped / b1_clamped
     engine_vs_generate_b1 = b1 / generate      (e2e, prefill included, for both)
+    monitor_overhead_b1 = b1_monitors / b1     monitor_overhead_b8 = b8_monitors / b8
+    inspect_overhead_b8 = b8_inspect / b8
 
 `decode_tps_b1` is b1's decode rate; `decode_ceiling_tps_b1` is the
 memory-bound ceiling of a batch-1 step on this machine, measured read
@@ -54,6 +58,8 @@ from steering.engine.compute import ComputeThread
 from steering.engine.requests import SequenceRequest
 from steering.engine.sampling import SamplingParams
 from steering.engine.worker import Engine, EngineConfig
+from steering.inspection import InspectSpec
+from steering.inspection.monitors import Monitor
 from steering.interventions import FeatureClamp, SteeringSpec
 
 if TYPE_CHECKING:
@@ -123,6 +129,12 @@ def _specs(sae: Any, n: int) -> list[SteeringSpec]:
     return specs
 
 
+def _monitors(sae: Any) -> tuple[Monitor, ...]:
+    """3 flag monitors on features with a known max activation, at a threshold they rarely reach."""
+    usable = torch.isfinite(sae.max_activation).nonzero().flatten().tolist()
+    return tuple(Monitor(int(usable[(53 * j) % len(usable)]), 0.9, "max", "flag", f"m{j}") for j in range(3))
+
+
 def run_bench(sm: "SteeredModel", threads: int, reps: int, max_tokens: int, consistency: int,
               compute: ComputeThread | None = None) -> dict:
     """Every figure, measured with all torch work on one thread: `compute` (the one that loaded
@@ -132,7 +144,9 @@ def run_bench(sm: "SteeredModel", threads: int, reps: int, max_tokens: int, cons
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     specs = _specs(sae, 8) if sae is not None else [None] * 8
     engine = Engine(model, tok, sae, EngineConfig(max_batch=8, threads=threads), compute=compute)
-    configs = ("b1", "b1_clamped", "b8", "b8_clamped")
+    configs = ("b1", "b1_clamped", "b8", "b8_clamped", "b1_monitors", "b8_monitors", "b8_inspect")
+    watch = _monitors(sae) if sae is not None else ()
+    inspect = InspectSpec(top_k=8) if sae is not None else None
     runs: dict[str, list[float]] = {f"{k}_{m}": [] for k in configs for m in ("e2e", "decode")}
     runs["generate_e2e"] = []
     ttfts: list[float] = []
@@ -147,6 +161,9 @@ def run_bench(sm: "SteeredModel", threads: int, reps: int, max_tokens: int, cons
                 "b1_clamped": [SequenceRequest(prompts[0], params, specs[0])],
                 "b8": [SequenceRequest(p, params) for p in prompts],
                 "b8_clamped": [SequenceRequest(p, params, s) for p, s in zip(prompts, specs)],
+                "b1_monitors": [SequenceRequest(prompts[0], params, None, None, watch)],
+                "b8_monitors": [SequenceRequest(p, params, None, None, watch) for p in prompts],
+                "b8_inspect": [SequenceRequest(p, params, None, inspect) for p in prompts],
             }
             # Every other repetition runs the configurations in reverse, so that what runs
             # before a configuration (and any drift within a repetition) is the same for all.
@@ -180,6 +197,9 @@ def run_bench(sm: "SteeredModel", threads: int, reps: int, max_tokens: int, cons
         "steering_overhead_b8": round(ratio("b8_clamped_decode", "b8_decode"), 4),
         "batching_gain_8": round(ratio("b8_clamped_decode", "b1_clamped_decode"), 3),
         "engine_vs_generate_b1": round(ratio("b1_e2e", "generate_e2e"), 3),
+        "monitor_overhead_b1": round(ratio("b1_monitors_decode", "b1_decode"), 4),
+        "monitor_overhead_b8": round(ratio("b8_monitors_decode", "b8_decode"), 4),
+        "inspect_overhead_b8": round(ratio("b8_inspect_decode", "b8_decode"), 4),
         "decode_tps_b1": round(med["b1_decode"], 2),
         "decode_ceiling_tps_b1": round(ceiling, 1) if ceiling else None,
         "decode_fraction_of_ceiling_b1": round(med["b1_decode"] / ceiling, 3) if ceiling else None,
