@@ -53,6 +53,15 @@ def vocabulary_bytes(tokenizer: Any) -> list[bytes]:
     return [token_text_and_bytes(tokenizer, i)[1] for i in range(len(tokenizer))]
 
 
+def sink_token_id(tokenizer: Any) -> int:
+    """The token put at position 0 of a plain text that is read (an attention sink whose norms are orders of
+    magnitude above the others': never read itself, so that every token of the text is)."""
+    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id, 0):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
 class TokenTexts:
     """Token id -> (text, bytes), cached per id (one tokenizer, read-only)."""
 

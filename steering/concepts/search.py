@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from steering.errors import SteeringError
 from steering.evaluation.metrics import concept_word_pattern
 from steering.hooks import activations_at, find_submodule
+from steering.tokens import sink_token_id
 
 if TYPE_CHECKING:
     from steering.steered_model import SteeredModel
@@ -147,14 +148,6 @@ def _word_mask(tokenizer: Any, text: str, ids: list[int], pattern: Any) -> list[
     if len(offsets) != len(ids):
         return [False] * len(ids)
     return [any(a < e and s < b for s, e in spans) for a, b in offsets]
-
-
-def sink_token_id(tokenizer: Any) -> int:
-    """The token put at position 0 of every text (an attention sink with huge norms, left out of the stats)."""
-    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id, 0):
-        if tid is not None:
-            return int(tid)
-    return 0
 
 
 def text_stats(sm: "SteeredModel", texts: Sequence[str], concept: str = "", batch_size: int = 16) -> TextStats:

@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from steering.engine.llama import kernels
 from steering.engine.requests import SequenceRequest, TokenEvent
 from steering.inspection.monitors import Monitor, MonitorEvent
 from steering.inspection.readout import TokenReading, max_activations, readings
@@ -96,8 +97,6 @@ class Readout:
         """f = SAE.encode(x) for x [T, d_in], float32 [T, d_sae]."""
         sae = self.sae
         if self._kernels is None:
-            from steering.engine.llama import kernels
-
             usable = sae.W_enc.device.type == "cpu" and sae.W_enc.dtype == torch.float32 and kernels.load() is not None
             self._kernels = kernels if usable else False
             if usable:

@@ -24,6 +24,7 @@ import torch
 from steering.chat_template import render_chat
 from steering.hooks import activations_at
 from steering.inspection.readout import FeatureValue, InspectSpec, TokenReading, max_activations, readings
+from steering.tokens import sink_token_id
 
 if TYPE_CHECKING:
     from steering.steered_model import SteeredModel
@@ -55,8 +56,6 @@ class TextInspection:
 def token_rows(sm: "SteeredModel", texts: Sequence[Text]) -> list[list[int]]:
     """Token ids per text: a conversation through the chat template (no generation prompt when it ends with
     the assistant), a string after the sink token."""
-    from steering.concepts.search import sink_token_id
-
     tok = sm.loaded.tokenizer
     rows = []
     for text in texts:
