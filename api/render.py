@@ -16,6 +16,7 @@ Nothing here touches the network or the model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -231,7 +232,8 @@ def steering_report(steering: ResolvedSteering | None, features: FeatureService 
         concept = ConceptSteering(concept=auto.concept, strength=auto.strength,
                                   features=[f.index for f in auto.features], rationale=auto.rationale,
                                   candidates=candidates, probe=[ConceptProbe(**p.to_dict()) for p in auto.probes])
-    monitors = [MonitorOptions(index=m.index, threshold=m.threshold, unit=m.unit, action=m.action, name=m.name)
+    monitors = [MonitorOptions(index=m.index, threshold=m.threshold, unit=m.unit, action=m.action, name=m.name,
+                               clamps=[dataclasses.asdict(c) for c in m.clamps], duration=m.duration)
                 for m in steering.monitors]
     return AppliedSteering(features=clamps, positions=spec.positions, generated_limit=spec.generated_limit,
                            monitors=monitors, preset=steering.preset, concept=concept)

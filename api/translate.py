@@ -15,7 +15,8 @@ Rules:
   pair: the request's if it sets either, else auto-steer's for a concept,
   else the preset's, else `all` with no limit. A preset's system prompt is
   prepended when the messages have none. `inspect` and `monitors` (the
-  preset's monitors, then the request's) apply to every choice, baselines too.
+  preset's monitors, then the request's) apply to every choice, baselines
+  too, except that a `steer` monitor only flags on a baseline.
 - max_tokens: max_completion_tokens, else max_tokens, else
   min(settings.default_max_tokens, context left after the prompt).
 - top_p == 0 keeps only the likeliest token: it is decoded greedily.
@@ -28,6 +29,7 @@ this module nobody sees pydantic models.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -158,7 +160,9 @@ def check_steering(request: ChatCompletionRequest, served: ServedModel,
     if opts.inspect is not None:
         i = opts.inspect
         inspect = InspectSpec(i.top_k, tuple(i.features), i.positions)
-    monitors = tuple(Monitor(m.index, m.threshold, m.unit, m.action, m.name) for m in opts.monitors)
+    monitors = tuple(Monitor(m.index, m.threshold, m.unit, m.action, m.name,
+                             tuple(FeatureClamp(c.index, c.value, c.mode, c.unit) for c in m.clamps), m.duration)
+                     for m in opts.monitors)
     if inspect is not None or monitors or preset_monitors:
         if served.sae is None:
             raise bad_request("This server runs without an SAE; there are no features to read.", "steering")
@@ -262,7 +266,11 @@ def to_engine(request: ChatCompletionRequest, served: ServedModel, steering: Res
         except SteeringError as e:  # the protocol's bounds should have caught it
             raise bad_request(str(e), e.param) from None
 
-    # Every choice reads alike: the baselines of a compare are inspected and monitored as the steered ones are.
+    # Every choice reads alike: the baselines of a compare are inspected and monitored as the steered ones are,
+    # but never steered: a `steer` monitor only flags on a baseline.
+    plain_monitors = tuple(dataclasses.replace(m, action="flag", clamps=(), duration=None) if m.action == "steer"
+                           else m for m in monitors)
     steered = [SequenceRequest(prompt, params(i), spec, inspect, monitors) for i in range(request.n)]
-    baseline = [SequenceRequest(prompt, params(i), None, inspect, monitors) for i in range(request.n)] if compare else []
+    baseline = ([SequenceRequest(prompt, params(i), None, inspect, plain_monitors) for i in range(request.n)]
+                if compare else [])
     return EngineJob(tuple(steered + baseline), request.n, compare, len(prompt), seed, steering)

@@ -216,14 +216,25 @@ class SteeringSpec:
 
 
 @dataclass(frozen=True)
+class WindowedClamps:
+    """Clamps over an explicit window of absolute positions, start <= p < end: what a `steer` monitor
+    adds to its row once it triggers (conditional steering). Over the row's own spec, on the same
+    feature these win."""
+
+    features: tuple[FeatureClamp, ...]
+    start: int
+    end: int = NO_END
+
+
+@dataclass(frozen=True)
 class BatchPlan:
     """The clamps of a whole batch, compiled once per batch composition.
 
     rows [R] are the batch rows with clamps; features [m] the union of their
     feature indices; a, b [R, m] the affine coefficients (zero where a row does
-    not clamp a feature); start, end [R] the window of absolute positions each
-    row clamps, start <= p < end (`SteeringSpec.clamp_window`; end NO_END when
-    the clamps never stop). The SAE columns of `features` are gathered here so
+    not clamp a feature); start, end [R, m] the window of absolute positions
+    each (row, feature) clamps, start <= p < end (`SteeringSpec.clamp_window`,
+    or a `WindowedClamps`' own; end NO_END when the clamps never stop). The SAE columns of `features` are gathered here so
     the per-step hot path does no indexing of the SAE.
     """
 
@@ -254,34 +265,40 @@ def build_plan(
     sae: SparseAutoencoder,
     specs: Sequence[SteeringSpec | None],
     prompt_lengths: Sequence[int] | None = None,
+    triggered: Sequence[Sequence[WindowedClamps]] | None = None,
 ) -> BatchPlan:
     """Compile one spec per batch row (None or empty: untouched) into a BatchPlan.
 
     Specs are validated here, so a bad spec fails before any forward pass.
     `prompt_lengths` (per row) is needed unless every row clamps all positions without a limit.
+    `triggered` (per row): clamps with windows of their own, over the row's spec (the later wins on a feature).
     """
-    rows: list[int] = []
-    row_specs: list[SteeringSpec] = []
+    per_row: list[tuple[int, list[tuple[FeatureClamp, int, int]]]] = []
     for r, spec in enumerate(specs):
-        if spec is None or spec.is_empty:
-            continue
-        spec.validate(sae)
-        if spec.needs_prompt_length and prompt_lengths is None:
-            raise SteeringError(f"positions {spec.positions!r} with generated_limit {spec.generated_limit} "
-                                "needs the prompt lengths", "positions")
-        rows.append(r)
-        row_specs.append(spec)
-    features = sorted({c.index for spec in row_specs for c in spec.features})
+        entries: dict[int, tuple[FeatureClamp, int, int]] = {}
+        if spec is not None and not spec.is_empty:
+            spec.validate(sae)
+            if spec.needs_prompt_length and prompt_lengths is None:
+                raise SteeringError(f"positions {spec.positions!r} with generated_limit {spec.generated_limit} "
+                                    "needs the prompt lengths", "positions")
+            window = spec.clamp_window(int(prompt_lengths[r])) if spec.needs_prompt_length else (0, NO_END)  # type: ignore[index]
+            entries = {c.index: (c, *window) for c in spec.features}
+        for extra in (triggered[r] if triggered is not None else ()):
+            entries.update({c.index: (c, extra.start, extra.end) for c in extra.features})
+        if entries:
+            per_row.append((r, list(entries.values())))
+    rows = [r for r, _ in per_row]
+    features = sorted({c.index for _, entries in per_row for c, _, _ in entries})
     column = {f: j for j, f in enumerate(features)}
     a = torch.zeros(len(rows), len(features))
     b = torch.zeros(len(rows), len(features))
-    start = torch.zeros(len(rows), dtype=torch.long)
-    end = torch.full((len(rows),), NO_END, dtype=torch.long)
-    for i, (r, spec) in enumerate(zip(rows, row_specs)):
-        for clamp in spec.features:
-            a[i, column[clamp.index]], b[i, column[clamp.index]] = clamp.affine(sae)
-        if spec.needs_prompt_length:
-            start[i], end[i] = spec.clamp_window(int(prompt_lengths[r]))  # type: ignore[index]
+    start = torch.zeros(len(rows), len(features), dtype=torch.long)
+    end = torch.full((len(rows), len(features)), NO_END, dtype=torch.long)
+    for i, (_, entries) in enumerate(per_row):
+        for clamp, lo, hi in entries:
+            j = column[clamp.index]
+            a[i, j], b[i, j] = clamp.affine(sae)
+            start[i, j], end[i, j] = lo, hi
     idx = torch.tensor(features, dtype=torch.long)
     dev, dtype = sae.W_dec.device, sae.W_dec.dtype
     with torch.no_grad():
@@ -344,8 +361,8 @@ def apply_plan(
             pos = torch.arange(x.shape[1], device=x.device).expand(xs.shape[0], -1)
         else:
             pos = positions.index_select(0, plan.rows)
-        active = ((pos >= plan.start[:, None]) & (pos < plan.end[:, None])).to(coeff.dtype)  # [R, T]
-        coeff = coeff * active[..., None]
+        active = (pos[:, :, None] >= plan.start[:, None, :]) & (pos[:, :, None] < plan.end[:, None, :])  # [R, T, m]
+        coeff = coeff * active.to(coeff.dtype)
     delta = sae.denormalize_delta(coeff @ plan.W_dec, info)  # [R, T, d]
     return x.index_add(0, plan.rows, delta.to(x.dtype))
 

@@ -65,7 +65,7 @@ EFFICACY_RATES = frozenset({"concept_rate", "baseline_concept_rate", "word_rate"
                             "feature_rate", "baseline_feature_rate", "repeated_4gram", "baseline_repeated_4gram"})
 _FIELDS = ("name", "description", "model", "sae", "features", "positions", "generated_limit", "system_prompt",
            "concept_words", "concept_features", "monitors", "efficacy", "notes")
-_MONITOR_FIELDS = ("index", "threshold", "unit", "action", "name")
+_MONITOR_FIELDS = ("index", "threshold", "unit", "action", "name", "clamps", "duration")
 _FEATURE_FIELDS = ("index", "value", "mode", "unit", "label")
 _DRAFT_OPTIONAL = ("description", "model", "sae")
 
@@ -188,7 +188,14 @@ def _monitor(item: Any, at: str) -> Monitor:
         raise _Invalid(f"{at}.action", f"must be one of {', '.join(MONITOR_ACTIONS)}")
     if name is not None and not isinstance(name, str):
         raise _Invalid(f"{at}.name", "must be a string")
-    return Monitor(index, float(threshold), unit, action, name)
+    clamps = item.get("clamps", [])
+    if not isinstance(clamps, list) or len(clamps) > MAX_CLAMPS:
+        raise _Invalid(f"{at}.clamps", f"must list at most {MAX_CLAMPS} clamps")
+    duration = item.get("duration")
+    if duration is not None and (not _is_int(duration) or not 0 < duration <= MAX_GENERATED_LIMIT):
+        raise _Invalid(f"{at}.duration", f"must be an integer in [1, {MAX_GENERATED_LIMIT}] or null")
+    return Monitor(index, float(threshold), unit, action, name,
+                   tuple(_feature(c, f"{at}.clamps[{k}]").clamp for k, c in enumerate(clamps)), duration)
 
 
 def _finite_json(v: Any, at: str) -> None:

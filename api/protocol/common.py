@@ -48,7 +48,7 @@ LENIENT = ConfigDict(allow_inf_nan=False, extra="ignore")
 
 __all__ = [
     "MAX_N", "MAX_STOP", "MAX_TOP_LOGPROBS", "MAX_STEERING_FEATURES", "MAX_FEATURE_VALUE", "MAX_GENERATED_LIMIT",
-    "MAX_SEED", "MAX_CONCEPT_CHARS", "MAX_STRENGTH", "ClampMode", "ClampUnit", "Positions", "GeneratedLimit",
+    "MAX_SEED", "MAX_CLAMPS", "MAX_CLAMP_VALUE", "MAX_CONCEPT_CHARS", "MAX_STRENGTH", "ClampMode", "ClampUnit", "Positions", "GeneratedLimit",
     "STRICT", "LENIENT", "ErrorInfo", "ErrorResponse",
 ]
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from api.protocol.common import STRICT, ClampUnit
+from api.protocol.common import MAX_CLAMP_VALUE, MAX_CLAMPS, MAX_GENERATED_LIMIT, STRICT, ClampMode, ClampUnit
 from steering.inspection import INSPECT_POSITIONS, MAX_NAMED_FEATURES, MAX_TOP_K
 from steering.inspection.monitors import MAX_MONITOR_NAME, MONITOR_ACTIONS
 
@@ -42,6 +42,16 @@ class TokenFeatures(BaseModel):
     features: list[FeatureActivation] = Field(default_factory=list, description="The requested features, in order.")
 
 
+class MonitorClamp(BaseModel):
+    """A clamp a `steer` monitor applies (the fields of `steering.features[]`)."""
+
+    model_config = STRICT
+    index: int = Field(ge=0)
+    value: float = Field(ge=-MAX_CLAMP_VALUE, le=MAX_CLAMP_VALUE)
+    mode: ClampMode = "clamp"
+    unit: ClampUnit = "max"
+
+
 class MonitorOptions(BaseModel):
     """Watch a feature at every generated token."""
 
@@ -52,6 +62,10 @@ class MonitorOptions(BaseModel):
     action: MonitorAction = Field(  # type: ignore[valid-type]
         "flag", description="; ".join(f"`{k}`: {v}" for k, v in MONITOR_ACTIONS.items()) + ".")
     name: str | None = Field(None, max_length=MAX_MONITOR_NAME, description="Reported with each event.")
+    clamps: list[MonitorClamp] = Field(default_factory=list, max_length=MAX_CLAMPS, description="With action "
+                                       "`steer`: the clamps applied to that choice from the token after the crossing.")
+    duration: int | None = Field(None, ge=1, le=MAX_GENERATED_LIMIT, description="With `steer`: how many tokens the "
+                                 "clamps last (null: to the end).")
 
 
 class MonitorEventOut(BaseModel):

@@ -20,7 +20,7 @@ def preset_info(entry: PresetEntry) -> PresetInfo:
     p = entry.preset
     fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name not in ("features", "monitors", "path")}
     return PresetInfo(**fields, features=[PresetFeature(**dataclasses.asdict(f)) for f in p.features],
-                      monitors=[MonitorOptions(**dataclasses.asdict(m)) for m in p.monitors],
+                      monitors=[MonitorOptions(**dataclasses.asdict(m)) for m in p.monitors],  # clamps as dicts
                       available=entry.available, unavailable_reason=entry.reason)
 
 

@@ -31,6 +31,7 @@ from steering.engine.llama import kernels
 from steering.engine.requests import SequenceRequest, TokenEvent
 from steering.inspection.monitors import Monitor, MonitorEvent
 from steering.inspection.readout import TokenReading, max_activations, readings
+from steering.interventions import WindowedClamps
 from steering.sae.autoencoder import SparseAutoencoder
 
 
@@ -45,6 +46,8 @@ class RowReader:
         self.held: TokenEvent | None = None  # the last sampled token's event, waiting for its reading
         self.finishing = False  # the held event ends the row: one more forward to read its token
         self.prompt: list[TokenReading] = []  # the prompt's readings, released with the first event
+        self.triggered: list[WindowedClamps] = []  # what `steer` monitors added, oldest first
+        self.plan_changed = False  # set by a `steer` crossing, cleared by the scheduler
 
     @property
     def reads_prompt(self) -> bool:
@@ -57,7 +60,8 @@ class RowReader:
     def release(self, reading: TokenReading | None, values: Sequence[float], token_index: int,
                 position: int) -> tuple[TokenEvent, bool]:
         """The held event with its reading and monitor crossings; True when a stop monitor ends the row
-        (the event is then the row's last, `content_filter`, without the crossing token)."""
+        (the event is then the row's last, `content_filter`, without the crossing token). A `steer`
+        crossing adds its clamps to `triggered` (the scheduler rebuilds the row's plan)."""
         held = self.held
         assert held is not None
         self.held = None
@@ -68,6 +72,9 @@ class RowReader:
                 crossings.append(MonitorEvent(m.label, m.index, token_index, position, float(v),
                                               self.thresholds[k], m.action))
                 stop = stop or m.action == "stop"
+                if m.action == "steer":
+                    self.triggered.append(m.window(position))
+                    self.plan_changed = True
             self.above[k] = over
         if stop:
             return TokenEvent(held.index, None, "", finish_reason="content_filter",

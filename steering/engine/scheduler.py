@@ -54,7 +54,7 @@ class Row:
     request: SequenceRequest
     owner: Any  # whoever submitted it (the engine's handle); compared by identity
     index: int  # position within the owner's group
-    plan: BatchPlan | None  # this row alone (used for its prefill)
+    plan: BatchPlan | None  # this row alone (its prefill; the HF path's decode; a steer monitor's clamps join it)
     sampler: RowSampler
     stream: TextStream
     prefilled: int = 0  # prompt tokens whose K/V are stored
@@ -208,6 +208,10 @@ class Scheduler:
                                                 row.count - 1, row.length)
             out.append((row, event))
             row.finished = stopped or row.reader.finishing
+            if row.reader.plan_changed:  # a steer monitor fired: its clamps join the next forward's plans
+                row.reader.plan_changed = False
+                row.plan = build_plan(self.sae, [row.request.steering], [len(row.prompt)], [row.reader.triggered])
+                self._plan_rows = None
 
     def _drop_cancelled(self, is_cancelled: Callable[[Any], bool], out: list) -> None:
         def gone(row: Row) -> bool:
@@ -312,11 +316,12 @@ class Scheduler:
             return None
         if self._plan_rows != self.decoding:
             self._plan_rows = list(self.decoding)
-            if all(r.plan is None for r in self.decoding):
+            triggered = [r.reader.triggered if r.reader is not None else () for r in self.decoding]
+            if all(r.plan is None for r in self.decoding) and not any(triggered):
                 self._plan = None
             else:
                 specs = [r.request.steering for r in self.decoding]
-                self._plan = build_plan(self.sae, specs, [len(r.prompt) for r in self.decoding])
+                self._plan = build_plan(self.sae, specs, [len(r.prompt) for r in self.decoding], triggered)
         return self._plan
 
     # ------------------------------------------------------------ sampling

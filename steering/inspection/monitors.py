@@ -10,7 +10,12 @@ feature's own encoder column, as clamps do:
 Each crossing is a `MonitorEvent` (monitor name, feature, token index among
 the generated tokens, position, value). Actions: `flag` only reports it;
 `stop` ends the row at that token: the crossing token is not released, and
-the row finishes with `content_filter` (other rows never notice).
+the row finishes with `content_filter` (other rows never notice); `steer`
+(conditional steering, Goodfire's set_when, IBM's CAST) applies the
+monitor's `clamps` to that row from the next position on, p + 1 where p is
+the crossing token's position, for `duration` positions (None: to the end),
+over the row's own clamps (on the same feature the monitor's win). Rows that
+never cross are untouched.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ import math
 from dataclasses import dataclass
 
 from steering.errors import SteeringError
-from steering.interventions import CLAMP_UNITS
+from steering.interventions import CLAMP_UNITS, MAX_GENERATED_LIMIT, NO_END, FeatureClamp, SteeringSpec, WindowedClamps
 from steering.sae import SparseAutoencoder
 
 MONITOR_ACTIONS: dict[str, str] = {
     "flag": "report the crossing and go on",
     "stop": "end the choice before the crossing token (finish_reason content_filter)",
+    "steer": "apply the monitor's clamps from the next token on (for `duration` tokens; null: to the end)",
 }
 MAX_MONITORS = 16
 MAX_MONITOR_NAME = 64
@@ -39,6 +45,8 @@ class Monitor:
     unit: str = "max"
     action: str = "flag"
     name: str | None = None
+    clamps: tuple[FeatureClamp, ...] = ()  # with action `steer`
+    duration: int | None = None  # positions the clamps last once triggered (None: to the end)
 
     @property
     def label(self) -> str:
@@ -61,7 +69,21 @@ class Monitor:
                                 f"{param}.action")
         if self.name is not None and (not isinstance(self.name, str) or len(self.name) > MAX_MONITOR_NAME):
             raise SteeringError(f"name must be a string of at most {MAX_MONITOR_NAME} characters", f"{param}.name")
+        if self.action == "steer":
+            if not self.clamps:
+                raise SteeringError("a `steer` monitor needs clamps to apply", f"{param}.clamps")
+            SteeringSpec(tuple(self.clamps)).validate(sae, f"{param}.clamps")
+        elif self.clamps or self.duration is not None:
+            raise SteeringError("clamps and duration go with action `steer`", f"{param}.clamps")
+        d = self.duration
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or not 0 < d <= MAX_GENERATED_LIMIT):
+            raise SteeringError(f"duration must be an integer in [1, {MAX_GENERATED_LIMIT}] or null", f"{param}.duration")
         return self
+
+    def window(self, position: int) -> WindowedClamps:
+        """The clamps a `steer` crossing at `position` adds: from position + 1, for `duration` positions."""
+        start = position + 1
+        return WindowedClamps(tuple(self.clamps), start, NO_END if self.duration is None else start + self.duration)
 
     def raw_threshold(self, sae: SparseAutoencoder) -> float:
         if self.unit == "max":

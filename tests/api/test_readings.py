@@ -79,3 +79,24 @@ def test_a_stop_monitor_ends_its_choice_with_content_filter(client):
 def test_bad_readings_are_400s_naming_the_parameter(client, steering, param):
     r = client.post("/v1/chat/completions", json=chat_body(steering=steering))
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_a_steer_monitor_clamps_its_choice_from_the_token_after_the_crossing(client):
+    read = complete(client, inspect={"top_k": 1})["choices"][0]
+    fired = next(f["index"] for t in read["inspection"][2:] for f in t["top"])
+    clamps = [{"index": 5, "value": 40}, {"index": 9, "value": 40}]
+    monitor = {"index": fired, "threshold": 1e-6, "unit": "raw", "action": "steer", "name": "when", "clamps": clamps}
+    out = complete(client, compare=True, monitors=[monitor])
+    steered, baseline = out["choices"]
+    at = steered["monitor_events"][0]["token_index"]
+    assert steered["monitor_events"][0]["action"] == "steer" and out["steering"]["monitors"][0]["clamps"][0]["index"] == 5
+    assert steered["message"]["content"][: at + 2] == read["message"]["content"][: at + 2]  # untouched until then
+    assert steered["message"]["content"] != read["message"]["content"]
+    # the baseline is never steered: its steer monitor only flags
+    assert baseline["message"] == read["message"] and [e["action"] for e in baseline["monitor_events"]][:1] == ["flag"]
+    for bad, param in (({"action": "steer", "clamps": []}, "steering.monitors[0].clamps"),
+                       ({"action": "flag"}, "steering.monitors[0].clamps"),
+                       ({"clamps": [{"index": 96, "value": 1}]}, "steering.monitors[0].clamps[0].index"),
+                       ({"duration": 0}, "steering.monitors[0].duration")):
+        r = client.post("/v1/chat/completions", json=chat_body(steering={"monitors": [{**monitor, **bad}]}))
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (bad, r.text)

@@ -132,3 +132,49 @@ def test_bad_reading_specs_name_the_parameter(tiny_llama, tiny_tokenizer, reques
     with pytest.raises(SteeringError) as err:
         list(generate_batch(tiny_llama, tiny_tokenizer, make_sae(layer=2), [SequenceRequest(PROMPTS[1], greedy(), **request_kw)]))
     assert err.value.param == param
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("duration", [None, 3])
+def test_conditional_clamps_start_one_token_after_the_trigger(request, model_fixture, duration, tiny_tokenizer):
+    model = request.getfixturevalue(model_fixture)
+    sae = make_sae(layer=2)
+    prompt = PROMPTS[0]
+    (plain,) = run(model, tiny_tokenizer, sae, [SequenceRequest(prompt, greedy(14))])
+    dense = reference(model, sae, prompt, plain["ids"])[len(prompt):].detach()
+    feature, at = next((i, _first_crossing(dense[:, i].tolist(), 1e-6)) for i in range(sae.d_sae)
+                       if 2 <= (_first_crossing(dense[:, i].tolist(), 1e-6) or 0) <= 6)
+    clamps = (FeatureClamp(0, 40.0), FeatureClamp(1, 40.0))
+    steer = Monitor(feature, float(dense[at, feature]), "raw", "steer", "when", clamps, duration)
+    req = SequenceRequest(prompt, greedy(14), monitors=(steer,))
+    (got,) = run(model, tiny_tokenizer, sae, [req])
+    assert [e.action for e in got["events"][:1]] == ["steer"] and got["events"][0].token_index == at
+    # Tokens up to the one sampled from the crossing token's forward are the plain ones; then the clamps act,
+    # exactly as a row whose prompt ends at the crossing token and whose clamps cover its generated positions.
+    assert got["ids"][: at + 2] == plain["ids"][: at + 2]
+    ref_spec = SteeringSpec(clamps, "generated", duration)
+    (ref,) = run(model, tiny_tokenizer, sae, [SequenceRequest(prompt + tuple(plain["ids"][: at + 1]), greedy(14 - at - 1),
+                                                               ref_spec)])
+    assert got["ids"][at + 1 :] == ref["ids"]
+    assert got["ids"] != plain["ids"]  # the clamps were strong enough to change the answer
+    # In a mixed batch of 8, the conditional row is the same and the others are untouched.
+    others = [SequenceRequest(PROMPTS[i % 4], greedy(6 + i), SteeringSpec((FeatureClamp(i, 9.0),)) if i % 2 else None)
+              for i in range(7)]
+    together = run(model, tiny_tokenizer, sae, [req, *others], max_batch=8)
+    assert together[0]["ids"] == got["ids"]
+    for r, other in enumerate(others, start=1):
+        (alone,) = run(model, tiny_tokenizer, sae, [other])
+        assert together[r]["ids"] == alone["ids"]
+
+
+def test_steer_monitor_specs_are_checked(tiny_llama, tiny_tokenizer):
+    sae = make_sae(layer=2)
+    for monitor, param in ((Monitor(1, 1.0, action="steer"), "steering.monitors[0].clamps"),
+                           (Monitor(1, 1.0, clamps=(FeatureClamp(2, 1.0),)), "steering.monitors[0].clamps"),
+                           (Monitor(1, 1.0, action="steer", clamps=(FeatureClamp(999, 1.0),)),
+                            "steering.monitors[0].clamps[0].index"),
+                           (Monitor(1, 1.0, action="steer", clamps=(FeatureClamp(2, 1.0),), duration=0),
+                            "steering.monitors[0].duration")):
+        with pytest.raises(SteeringError) as err:
+            list(generate_batch(tiny_llama, tiny_tokenizer, sae, [SequenceRequest(PROMPTS[1], greedy(), monitors=(monitor,))]))
+        assert err.value.param == param

@@ -225,8 +225,8 @@ def clamp(x: Tensor, rows: Tensor, positions: Tensor, start: Tensor, end: Tensor
           threshold: bool) -> Tensor:
     """SAE feature clamps on x [B, T, d] in place (float32, contiguous); see `steering.interventions`.
 
-    rows [R], start, end [R] int64: the clamped batch rows and the window of positions each clamps
-    (start <= p < end); positions [B, T] int64 (contiguous): every token's position. a, b [R, m]:
+    rows [R] int64: the clamped batch rows; start, end [R, m] int64 (contiguous): the window of positions
+    each (row, feature) clamps (start <= p < end); positions [B, T] int64 (contiguous): every token's position. a, b [R, m]:
     the affine coefficients; enc, dec [m, d]: the features' encoder columns and decoder rows;
     b_enc, theta [m]; b_dec [d] (None: not subtracted from the input); scale: the SAE's input
     normalisation factor c (x_n = c x).

@@ -202,7 +202,8 @@ void attention(float *qkv, const int64_t *pos, const int64_t *slot, float *kv, i
 }
 
 /* A batch's SAE feature clamps on x [B*T, d] in place (see `clamp` in Python): for plan row i
-   (batch row rows[i]) and each of its T tokens at a position in [start[i], end[i]), with x_n = c x,
+   (batch row rows[i]), each of its T tokens and each feature j whose window holds the token's
+   position, start[i, j] <= p < end[i, j] (start, end [R, m]), with x_n = c x,
        pre_j = (x_n - b_dec) . e_j + b_enc_j          (b_dec == NULL: no b_dec term)
        f_j   = relu(pre_j) (act 0) or pre_j [pre_j > theta_j] (act 1)
        x    += sum_j (a_ij f_j + b_ij) d_j / c
@@ -217,11 +218,13 @@ void clamp(float *x, int T, int d, const int64_t *rows, int R, const int64_t *po
     for (int i = 0; i < R; i++) {
         for (int t = 0; t < T; t++) {
             const long row = rows[i] * T + t;
-            if (pos[row] < start[i] || pos[row] >= end[i]) continue;
+            const int64_t p = pos[row];
             float *xr = x + row * d;
             for (int j = 0; j < m; j++) {
-                const float aj = a[(long)i * m + j];
-                coef[j] = b[(long)i * m + j];
+                const long ij = (long)i * m + j;
+                if (p < start[ij] || p >= end[ij]) { coef[j] = 0.f; continue; }
+                const float aj = a[ij];
+                coef[j] = b[ij];
                 if (aj == 0.f) continue;
                 const float *e = enc + (long)j * d;
                 __m256 acc = _mm256_setzero_ps();
