@@ -45,7 +45,7 @@ from api.protocol import (
 )
 from api.translate import ResolvedSteering
 from steering.engine import TokenEvent
-from steering.inspection import FeatureValue, TokenReading
+from steering.readings import FeatureValue, TokenReading
 from steering.tokens import TokenTexts
 
 

@@ -40,10 +40,10 @@ from steering.chat_template import ChatFormatError
 from steering.concepts import AutoSteerResult
 from steering.engine import SamplingParams, SequenceRequest
 from steering.errors import SteeringError
-from steering.inspection import InspectSpec
-from steering.inspection.monitors import MAX_MONITORS, Monitor, validate_monitors
 from steering.interventions import FeatureClamp, SteeringSpec
+from steering.monitors import MAX_MONITORS, Monitor, validate_monitors
 from steering.presets import PresetRegistry
+from steering.readings import InspectSpec
 from steering.sae import SparseAutoencoder
 
 # No tokenizer packs more characters than this into one token on average.

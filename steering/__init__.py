@@ -14,11 +14,13 @@ The library knows nothing of HTTP (the server is the `api` package). Its rooms:
     interventions   clamp specs (one table of modes, units, positions) and the per-row clamp math
     hooks           forward hooks, only through context managers
     presets         the one reader of preset files, and a folder of them
+    readings        what is read per token (InspectSpec, the readout); monitors: features watched while generating
     tokens          the bytes of each token
     errors          ParameterError, the base of every error that names a parameter
     sae/            the SAE module, its file formats, the feature catalogue
     engine/         continuously batched, per-row steered generation
     concepts/       concept search, the generation probe, auto-steer
+    inspection/     reading existing text: per-token features, contrast
     evaluation/     does a spec steer: concept rate and fluency, sweeps
     training/       dictionary learning: corpus, harvest, train, evaluate, catalogue
     cli/            the commands (`python -m steering --help`)

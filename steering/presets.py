@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 from steering.errors import SteeringError
-from steering.inspection.monitors import MAX_MONITORS, MONITOR_ACTIONS, Monitor, validate_monitors
 from steering.interventions import (
     CLAMP_MODES,
     CLAMP_UNITS,
@@ -55,6 +54,7 @@ from steering.interventions import (
     FeatureClamp,
     SteeringSpec,
 )
+from steering.monitors import MAX_MONITORS, MONITOR_ACTIONS, Monitor, validate_monitors
 from steering.sae.autoencoder import SparseAutoencoder
 
 log = logging.getLogger(__name__)

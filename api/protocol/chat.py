@@ -42,7 +42,7 @@ from api.protocol.common import (
 )
 from api.protocol.features import FeatureMatch
 from api.protocol.readings import InspectOptions, MonitorEventOut, MonitorOptions, TokenFeatures
-from steering.inspection.monitors import MAX_MONITORS
+from steering.monitors import MAX_MONITORS
 
 
 # ------------------------------------------------------------------ request

@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from api.protocol.common import MAX_CLAMP_VALUE, MAX_CLAMPS, MAX_GENERATED_LIMIT, STRICT, ClampMode, ClampUnit
-from steering.inspection import INSPECT_POSITIONS, MAX_NAMED_FEATURES, MAX_TOP_K
-from steering.inspection.monitors import MAX_MONITOR_NAME, MONITOR_ACTIONS
+from steering.monitors import MAX_MONITOR_NAME, MONITOR_ACTIONS
+from steering.readings import INSPECT_POSITIONS, MAX_NAMED_FEATURES, MAX_TOP_K
 
 InspectPositions = Literal[tuple(INSPECT_POSITIONS)]  # type: ignore[valid-type]
 MonitorAction = Literal[tuple(MONITOR_ACTIONS)]  # type: ignore[valid-type]

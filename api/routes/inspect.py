@@ -28,7 +28,8 @@ from api.state import ServerState
 from api.translate import check_model, message_dicts
 from steering.chat_template import ChatFormatError
 from steering.errors import SteeringError
-from steering.inspection import ContrastFeature, InspectSpec, contrast, inspect_texts, token_rows
+from steering.inspection import ContrastFeature, contrast, inspect_texts, token_rows
+from steering.readings import InspectSpec
 
 router = APIRouter()
 

@@ -1,4 +1,4 @@
-"""`python -m steering bench [--json]`: the engine's speed and consistency (`steering.engine.benchmark`).
+"""`python -m steering bench [--json]`: the engine's speed and consistency (`steering.evaluation.benchmark`).
 
 Loads the model and runs every measurement on one compute thread, as the
 server does; the last line of output is one JSON object.
@@ -16,8 +16,8 @@ from steering.cli.common import add_model_arguments
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from steering.engine.benchmark import run_bench
     from steering.engine.compute import ComputeThread
+    from steering.evaluation.benchmark import run_bench
     from steering.steered_model import SteeredModel
 
     threads = args.threads or torch.get_num_threads()

@@ -17,7 +17,8 @@ from typing import Any
 
 from steering.cli.common import add_model_arguments, load_steered
 from steering.errors import SteeringError
-from steering.inspection import InspectSpec, inspect_texts
+from steering.inspection import inspect_texts
+from steering.readings import InspectSpec
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from steering.cli.common import CommandError, add_model_arguments, load_steered
 from steering.errors import SteeringError
 from steering.evaluation.monitoring import MonitorSettings, evaluate_monitors, greedy_cover, screen_features
 from steering.evaluation.prompts import load_prompts
-from steering.inspection.monitors import Monitor, validate_monitors
+from steering.monitors import Monitor, validate_monitors
 from steering.presets import find_preset
 
 

@@ -10,8 +10,8 @@
     compute      the one thread that runs a process's torch work
     worker       Engine: the scheduler's loop on that thread, fed by submit()
     handle       RequestHandle: one submitted group's events; QueueFullError
+    readout      inspection and monitors of generating rows
     generation   generate_batch: the scheduler in the caller's thread
-    benchmark    speed and consistency, side by side
 
 The engine knows nothing of HTTP: a server translates requests into
 SequenceRequests and TokenEvents into its wire format. It never mutates the

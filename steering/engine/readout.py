@@ -14,7 +14,7 @@ Per forward, for the reading rows together:
     inspection  f = SAE.encode(x)  for the inspecting rows' tokens (the full encode), then top-k
     monitors    f_i(x) for the watched features only (their own encoder columns, `encode_features`)
 
-Monitors (`steering.inspection.monitors`) fire on a rising crossing; a
+Monitors (`steering.monitors`) fire on a rising crossing; a
 `stop` crossing ends the row before the crossing token is released
 (`content_filter`). This module knows nothing of threads or HTTP.
 """
@@ -29,9 +29,9 @@ from torch import Tensor
 
 from steering.engine.llama import kernels
 from steering.engine.requests import SequenceRequest, TokenEvent
-from steering.inspection.monitors import Monitor, MonitorEvent
-from steering.inspection.readout import TokenReading, max_activations, readings
 from steering.interventions import WindowedClamps
+from steering.monitors import Monitor, MonitorEvent
+from steering.readings import TokenReading, max_activations, readings
 from steering.sae.autoencoder import SparseAutoencoder
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from steering.engine.sampling import SamplingParams
-from steering.inspection.monitors import Monitor, MonitorEvent
-from steering.inspection.readout import InspectSpec, TokenReading
 from steering.interventions import SteeringSpec
+from steering.monitors import Monitor, MonitorEvent
+from steering.readings import InspectSpec, TokenReading
 
 FINISH_REASONS: tuple[str, ...] = ("stop", "length", "content_filter", "cancelled")
 

@@ -42,8 +42,8 @@ from steering.engine.readout import Readout, RowReader
 from steering.engine.requests import SequenceRequest, TokenEvent
 from steering.engine.sampling import RowSampler, token_logprobs
 from steering.errors import SteeringError
-from steering.inspection.monitors import validate_monitors
 from steering.interventions import BatchPlan, build_plan
+from steering.monitors import validate_monitors
 from steering.sae.autoencoder import SparseAutoencoder
 
 

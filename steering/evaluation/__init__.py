@@ -1,4 +1,4 @@
-"""Does a steering spec steer? Concept rate and fluency of presets, clamps and auto-steer.
+"""Measurements: does a steering spec steer, do monitors flag what they should, how fast is the engine.
 
     targets   EvalTarget, Concept (how answers are judged), EvalSettings, Bounds (the targets)
     run       evaluate_targets: steered and baseline answers to neutral prompts, read back
@@ -7,6 +7,8 @@
     metrics   concept words and repeated n-grams (pure functions of text)
     prompts   the shipped neutral prompts
     sweep     one target at several strength multipliers, and the knee
+    monitoring  monitors' flag rates on labelled prompts; choosing monitors from examples
+    benchmark   the engine's speed and consistency, side by side (`python -m steering bench`)
 
 Generation goes through `steering.engine.generate_batch` in the caller's
 thread; nothing here knows of HTTP or parses arguments (the commands are in

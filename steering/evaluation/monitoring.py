@@ -35,7 +35,7 @@ import torch
 
 from steering.engine import SamplingParams, SequenceRequest, generate_batch
 from steering.hooks import activations_at
-from steering.inspection.monitors import Monitor
+from steering.monitors import Monitor
 
 if TYPE_CHECKING:
     from steering.steered_model import SteeredModel

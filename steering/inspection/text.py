@@ -23,7 +23,7 @@ import torch
 
 from steering.chat_template import render_chat
 from steering.hooks import activations_at
-from steering.inspection.readout import FeatureValue, InspectSpec, TokenReading, max_activations, readings
+from steering.readings import FeatureValue, InspectSpec, TokenReading, max_activations, readings
 from steering.tokens import sink_token_id
 
 if TYPE_CHECKING:

@@ -7,9 +7,9 @@ import pytest
 from steering.engine import SequenceRequest, generate_batch
 from steering.engine.sampling import SamplingParams
 from steering.errors import SteeringError
-from steering.inspection import InspectSpec
-from steering.inspection.monitors import Monitor
 from steering.interventions import FeatureClamp, SteeringSpec
+from steering.monitors import Monitor
+from steering.readings import InspectSpec
 from tests.support import hook_acts
 from tests.test_interventions import make_sae
 

@@ -11,7 +11,7 @@ from steering.evaluation.monitoring import (
     greedy_cover,
     screen_features,
 )
-from steering.inspection.monitors import Monitor
+from steering.monitors import Monitor
 from tests.support import tiny_sm
 
 ON = ["Tell me about dogs.", "A story about a cat.", "What is a park?", "Say something."]

@@ -8,7 +8,8 @@ import torch
 from steering.chat_template import render_chat
 from steering.concepts import concept_texts, neutral_texts
 from steering.errors import SteeringError
-from steering.inspection import InspectSpec, contrast, inspect_texts, read_tokens
+from steering.inspection import contrast, inspect_texts
+from steering.readings import InspectSpec, read_tokens
 from tests.support import hook_acts, plant_feature, tiny_sm
 
 CONCEPT = "zzzz zzzz zzzz zzzz zzzz"

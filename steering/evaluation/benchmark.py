@@ -58,9 +58,9 @@ from steering.engine.compute import ComputeThread
 from steering.engine.requests import SequenceRequest
 from steering.engine.sampling import SamplingParams
 from steering.engine.worker import Engine, EngineConfig
-from steering.inspection import InspectSpec
-from steering.inspection.monitors import Monitor
 from steering.interventions import FeatureClamp, SteeringSpec
+from steering.monitors import Monitor
+from steering.readings import InspectSpec
 
 if TYPE_CHECKING:
     from steering.steered_model import SteeredModel

@@ -7,7 +7,7 @@ import json
 import torch
 
 from steering.cli import build_parser
-from steering.engine.benchmark import decode_weight_bytes, read_bandwidth_gbs, run_bench
+from steering.evaluation.benchmark import decode_weight_bytes, read_bandwidth_gbs, run_bench
 from tests.support import tiny_sm
 
 KEYS = ("steering_overhead_b1", "steering_overhead_b8", "batching_gain_8", "engine_vs_generate_b1",
