@@ -43,6 +43,7 @@ from api.protocol import (
     TopLogprob,
     Usage,
 )
+from api.protocol.chat import FINISH_REASONS
 from api.translate import ResolvedSteering
 from steering.engine import TokenEvent
 from steering.readings import FeatureValue, TokenReading
@@ -59,10 +60,6 @@ def token_logprob(texts: TokenTexts, event: TokenEvent) -> TokenLogprob | None:
         t, b = texts.lookup(tid)
         top.append(TopLogprob(token=t, logprob=lp, bytes=list(b)))
     return TokenLogprob(token=text, logprob=event.logprob, bytes=list(raw), top_logprobs=top)
-
-
-# A choice's finish reasons that reach the client ("cancelled" never does: its client is gone).
-ANSWER_FINISHES = ("stop", "length", "content_filter")
 
 
 def readout(meta: "ResponseMeta", texts: TokenTexts, e: TokenEvent) -> tuple[list[TokenFeatures] | None,
@@ -124,7 +121,7 @@ class Collector:
             readings, events = readout(self.meta, self.texts, e)
             self.inspection[e.index] += readings or []
             self.events[e.index] += events or []
-            if e.finish_reason in ANSWER_FINISHES:
+            if e.finish_reason in FINISH_REASONS:
                 self.finish[e.index] = e.finish_reason
 
     def result(self) -> ChatCompletion:
@@ -197,7 +194,7 @@ class Chunker:
         out = []
         for e in events:
             self.tokens[e.index] = max(self.tokens[e.index], e.completion_tokens)
-            finish = e.finish_reason if e.finish_reason in ANSWER_FINISHES else None
+            finish = e.finish_reason if e.finish_reason in FINISH_REASONS else None
             lp = token_logprob(self.texts, e) if self.meta.logprobs else None
             readings, events = readout(self.meta, self.texts, e)
             if not e.text and finish is None and lp is None and not readings and not events:

@@ -141,18 +141,25 @@ def _text(data: dict, key: str, required: bool) -> str | None:
     return v
 
 
-def _feature(item: Any, at: str) -> PresetFeature:
+def _object(item: Any, at: str, fields: tuple[str, ...], required: tuple[str, ...]) -> int:
+    """An object with only `fields`, the `required` ones present, and a feature `index` >= 0 (returned)."""
     if not isinstance(item, dict):
-        raise _Invalid(at, "must be an object {index, value, mode, unit, label}")
+        raise _Invalid(at, "must be an object {" + ", ".join(fields) + "}")
     for key in item:
-        if key not in _FEATURE_FIELDS:
+        if key not in fields:
             raise _Invalid(f"{at}.{key}", "unknown field")
-    for key in ("index", "value"):
+    for key in required:
         if key not in item:
             raise _Invalid(f"{at}.{key}", "field required")
-    index, value = item["index"], item["value"]
+    index = item["index"]
     if not _is_int(index) or index < 0:
         raise _Invalid(f"{at}.index", "must be an integer >= 0")
+    return index
+
+
+def _feature(item: Any, at: str) -> PresetFeature:
+    index = _object(item, at, _FEATURE_FIELDS, ("index", "value"))
+    value = item["value"]
     if not _is_number(value) or not math.isfinite(value) or abs(value) > MAX_CLAMP_VALUE:
         raise _Invalid(f"{at}.value", f"must be a finite number with |value| <= {MAX_CLAMP_VALUE:g}")
     mode, unit = item.get("mode", "clamp"), item.get("unit", "max")
@@ -168,17 +175,8 @@ def _feature(item: Any, at: str) -> PresetFeature:
 
 def _monitor(item: Any, at: str) -> Monitor:
     """Types and vocabulary here; indices, thresholds and max activations against the SAE (`check_against`)."""
-    if not isinstance(item, dict):
-        raise _Invalid(at, "must be an object {index, threshold, unit, action, name}")
-    for key in item:
-        if key not in _MONITOR_FIELDS:
-            raise _Invalid(f"{at}.{key}", "unknown field")
-    for key in ("index", "threshold"):
-        if key not in item:
-            raise _Invalid(f"{at}.{key}", "field required")
-    index, threshold = item["index"], item["threshold"]
-    if not _is_int(index) or index < 0:
-        raise _Invalid(f"{at}.index", "must be an integer >= 0")
+    index = _object(item, at, _MONITOR_FIELDS, ("index", "threshold"))
+    threshold = item["threshold"]
     if not _is_number(threshold) or not math.isfinite(threshold) or threshold <= 0:
         raise _Invalid(f"{at}.threshold", "must be a finite number > 0")
     unit, action, name = item.get("unit", "max"), item.get("action", "flag"), item.get("name")

@@ -17,7 +17,7 @@ penalties, logit_bias, ...) are ignored, as vLLM and llama.cpp's server do.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -43,6 +43,10 @@ from api.protocol.common import (
 from api.protocol.features import FeatureMatch
 from api.protocol.readings import InspectOptions, MonitorEventOut, MonitorOptions, TokenFeatures
 from steering.monitors import MAX_MONITORS
+
+# deviation: content_filter comes from a `stop` monitor of the steering extension, not a moderation model
+FinishReason = Literal["stop", "length", "content_filter"]
+FINISH_REASONS: tuple[str, ...] = get_args(FinishReason)  # the finish reasons a client sees ("cancelled" never)
 
 
 # ------------------------------------------------------------------ request
@@ -219,8 +223,7 @@ class Choice(BaseModel):
     index: int
     message: ResponseMessage
     logprobs: ChoiceLogprobs | None
-    # deviation: content_filter comes from a `stop` monitor of the steering extension, not a moderation model
-    finish_reason: Literal["stop", "length", "content_filter"] | None
+    finish_reason: FinishReason | None
     # ---- extension: SAE steering ------------------------------------------
     steered: bool = Field(description="True for a steered choice, false for a compare baseline (extension).")
     inspection: list[TokenFeatures] | None = Field(
@@ -307,7 +310,7 @@ class ChunkChoice(BaseModel):
     index: int
     delta: DeltaMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length", "content_filter"] | None = None
+    finish_reason: FinishReason | None = None
     # ---- extension: SAE steering ------------------------------------------
     steered: bool = Field(description="True for a steered choice, false for a compare baseline (extension).")
     inspection: list[TokenFeatures] | None = Field(
