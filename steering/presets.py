@@ -62,7 +62,8 @@ log = logging.getLogger(__name__)
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # the whole name (re.fullmatch)
 # Keys of the efficacy record that are shares in [0, 1] when present (presets/README.md).
 EFFICACY_RATES = frozenset({"concept_rate", "baseline_concept_rate", "word_rate", "baseline_word_rate",
-                            "feature_rate", "baseline_feature_rate", "repeated_4gram", "baseline_repeated_4gram"})
+                            "feature_rate", "baseline_feature_rate", "repeated_4gram", "baseline_repeated_4gram",
+                            "unchanged_rate", "triggered_rate"})
 _FIELDS = ("name", "description", "model", "sae", "features", "positions", "generated_limit", "system_prompt",
            "concept_words", "concept_features", "monitors", "efficacy", "notes")
 _MONITOR_FIELDS = ("index", "threshold", "unit", "action", "name", "clamps", "duration")

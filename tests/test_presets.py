@@ -104,7 +104,8 @@ def test_shipped_presets_parse_and_their_efficacy_verdict_follows_the_numbers(pa
     preset = read_preset(path)
     SteeringSpec(positions=preset.positions, generated_limit=preset.generated_limit).validate_window()
     assert preset.concept_words and preset.efficacy is not None and preset.notes
-    if not preset.features:  # a preset that only watches: its record is of flag rates (eval-monitors)
+    conditional = any(m.action == "steer" for m in preset.monitors)
+    if not preset.features and not conditional:  # a preset that only watches: its record is of flag rates
         assert preset.monitors
         eff = preset.efficacy
         meets = eff["flag_rate_on"] >= 0.9 and eff["flag_rate_off"] <= 0.1
@@ -115,6 +116,10 @@ def test_shipped_presets_parse_and_their_efficacy_verdict_follows_the_numbers(pa
         meets = (eff["concept_rate"] >= 0.8 and eff["baseline_concept_rate"] <= 0.05
                  and eff["repeated_4gram"] <= 0.2 and eff["delta_loss"] <= 1.0)
         assert eff["meets_targets"] is meets and eff["n_prompts"] >= 30
+    if conditional:  # measured on on-topic prompts, and on off-topic ones where it should leave answers alone
+        off = preset.efficacy["off_topic"]
+        assert preset.efficacy["n_prompts"] >= 40 and off["n_prompts"] >= 40
+        assert 1 >= off["unchanged_rate"] >= 1 - off["triggered_rate"] - 1e-9  # untriggered rows are untouched
 
 
 

@@ -1,9 +1,10 @@
 """Monitor commands: choose a monitor's features from examples, and measure its flag rates.
 
-    screen-monitors --on FILE --off FILE [--max-off-answers K] [--limit N] [--json]
+    screen-monitors --on FILE... --off FILE... [--max-off-answers K] [--limit N] [--json]
     eval-monitors (--preset NAME | --monitor I=THRESHOLD[:UNIT]...) --on FILE --off FILE [--json]
 
 Prompt files hold one prompt a line (`steering/data/monitor_prompts/`);
+`--on` and `--off` may be repeated (the files' prompts are pooled);
 answers are sampled as `steering.evaluation.monitoring` says. Choose on one
 set of prompts and report on another.
 """
@@ -27,6 +28,11 @@ def _settings(args: argparse.Namespace) -> MonitorSettings:
     return MonitorSettings(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
 
 
+def _pooled(files: list[str] | None) -> list[str]:
+    """The prompts of every file given (none: the shipped neutral prompts)."""
+    return [p for f in files for p in load_prompts(f)] if files else load_prompts(None)
+
+
 def _parse_monitor(text: str) -> Monitor:
     try:
         index, rest = text.split("=", 1)
@@ -40,7 +46,7 @@ def screen(args: argparse.Namespace) -> int:
     sm = load_steered(args)
     if sm.sae is None:
         raise SteeringError("monitors need an SAE", "sae")
-    cands, on_peaks, off_peaks = screen_features(sm, load_prompts(args.on), load_prompts(args.off), _settings(args),
+    cands, on_peaks, off_peaks = screen_features(sm, _pooled(args.on), _pooled(args.off), _settings(args),
                                                  args.max_off_answers, limit=args.limit)
     cover = greedy_cover(cands, on_peaks, off_peaks, args.max_features)
     label = (lambda i: sm.catalogue.labels[i]) if sm.catalogue is not None else (lambda i: None)  # noqa: E731
@@ -66,9 +72,10 @@ def evaluate(args: argparse.Namespace) -> int:
     if not monitors:
         raise CommandError("give --preset with monitors or --monitor", "monitor")
     validate_monitors(monitors, sm.sae)
-    rates = evaluate_monitors(sm, monitors, load_prompts(args.on), load_prompts(args.off), _settings(args))
+    rates = evaluate_monitors(sm, monitors, _pooled(args.on), _pooled(args.off), _settings(args))
     out = {**dataclasses.asdict(rates), "meets_targets": rates.meets(), "max_tokens": args.max_tokens,
-           "temperature": args.temperature, "seed": args.seed, "on": args.on, "off": args.off or "neutral prompts",
+           "temperature": args.temperature, "seed": args.seed, "on": ", ".join(args.on),
+           "off": ", ".join(args.off) if args.off else "neutral prompts",
            "monitors": [dataclasses.asdict(m) for m in monitors]}
     print(json.dumps(out, indent=2) if args.json else
           f"flagged {rates.flagged_on}/{rates.n_on} on-topic ({100 * rates.flag_rate_on:.1f}%), "
@@ -78,8 +85,8 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--on", required=True, help="on-topic prompts, one a line")
-    p.add_argument("--off", default=None, help="off-topic prompts (default: the shipped neutral prompts)")
+    p.add_argument("--on", required=True, action="append", help="on-topic prompts, one a line (repeatable)")
+    p.add_argument("--off", action="append", help="off-topic prompts (repeatable; default: the shipped neutral prompts)")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--seed", type=int, default=0)

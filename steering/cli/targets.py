@@ -88,11 +88,12 @@ def _target(args: argparse.Namespace, preset: Preset | None, sm: "SteeredModel")
     words = words if words is not None else list(preset.concept_words)
     if feats is None and preset.concept_features is not None:
         feats = list(preset.concept_features)
-    return EvalTarget(preset.name, spec, Concept.for_spec(spec, words, feats, args.fire_fraction), preset.system_prompt)
+    concept = Concept.for_spec(spec, words, feats, args.fire_fraction, preset.monitors)
+    return EvalTarget(preset.name, spec, concept, preset.system_prompt, preset.monitors)
 
 
 def _why_not(preset: Preset, sm: "SteeredModel") -> str | None:
-    if not preset.features:
+    if not preset.features and not any(m.action == "steer" for m in preset.monitors):
         return f"preset {preset.name!r} has no clamps (it only watches: measure it with eval-monitors)"
     why = unavailable_reason(preset, sm.model_id, sm.sae_id, sm.sae)
     return None if why is None else f"preset {preset.name!r} {why}"

@@ -52,6 +52,8 @@ class EvalResult:
     seconds: float  # the whole call (shared by every spec of a sweep)
     generate_seconds: float = 0.0
     score_seconds: float = 0.0
+    unchanged_rate: float | None = None  # steered answers equal to their baseline, token for token
+    triggered_rate: float | None = None  # with monitors: answers on which one crossed its threshold
     examples: list[dict[str, str]] = field(default_factory=list)
     rows: list[AnswerRecord] = field(default_factory=list)
 
@@ -62,7 +64,7 @@ class EvalResult:
         """The compact record a preset keeps of its measured efficacy (rates in [0, 1], losses in nats)."""
         keys = ("n_prompts", "n_answers", "concept_rule", "concept_rate", "baseline_concept_rate", "word_rate",
                 "baseline_word_rate", "feature_rate", "baseline_feature_rate", "repeated_4gram",
-                "baseline_repeated_4gram", "delta_loss")
+                "baseline_repeated_4gram", "delta_loss", "unchanged_rate", "triggered_rate")
         out: dict[str, Any] = {k: getattr(self, k) for k in keys}
         out.update({k: self.settings.get(k) for k in ("max_tokens", "temperature", "seed", "samples", "fire_fraction")})
         out["meets_targets"] = self.meets()

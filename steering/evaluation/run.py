@@ -23,6 +23,10 @@ Reported per target (answers with no tokens count for rates, not for losses):
     repeated_4gram  mean over answers of the repeated 4-gram share (`metrics`)
     delta_loss      mean loss of the steered answers minus that of the
                     baselines, in nats (> 0: the plain model finds them less likely)
+    unchanged_rate  share of steered answers token for token equal to their
+                    baseline (a conditional preset should leave what it does
+                    not trigger on alone)
+    triggered_rate  with monitors: share of steered answers where one crossed
 
 and the same rates for the baselines. Concept features default to the spec's
 own positive clamps ("does the plain model, reading the answer, see the
@@ -58,6 +62,7 @@ if TYPE_CHECKING:
 def _generate(sm: "SteeredModel", requests: list[SequenceRequest], batch_size: int) -> list[Answer]:
     texts = [""] * len(requests)
     ids: list[list[int]] = [[] for _ in requests]
+    crossed = [False] * len(requests)
     model, tokenizer = sm.loaded.model, sm.loaded.tokenizer
     for start in range(0, len(requests), batch_size):
         chunk = requests[start : start + batch_size]
@@ -66,8 +71,8 @@ def _generate(sm: "SteeredModel", requests: list[SequenceRequest], batch_size: i
                 texts[start + e.index] += e.text
                 if e.token_id is not None:
                     ids[start + e.index].append(e.token_id)
-    return [Answer(t, tuple(i)) for t, i in zip(texts, ids)]
-
+                crossed[start + e.index] |= bool(e.monitor_events)
+    return [Answer(t, tuple(i), c) for t, i, c in zip(texts, ids, crossed)]
 
 
 def evaluate_targets(
@@ -103,7 +108,7 @@ def evaluate_targets(
     for t in targets:
         system = [{"role": "system", "content": t.system_prompt}] if t.system_prompt else []
         requests += [SequenceRequest(sm.prompt_ids(system + [{"role": "user", "content": prompts[j]}]) if system
-                                     else base_ids[j], params[j], t.spec) for j in range(n)]
+                                     else base_ids[j], params[j], t.spec, None, t.monitors) for j in range(n)]
     answers = _generate(sm, requests, settings.batch_size)
     t_gen = time.perf_counter()
     losses, peaks = score_answers(sm, base_ids * (len(targets) + 1), [a.ids for a in answers], features,
@@ -139,6 +144,8 @@ def evaluate_targets(
             baseline_repeated_4gram=mean(r.baseline_rep4 for r in rows) or 0.0,
             loss=loss, baseline_loss=base_loss,
             delta_loss=None if loss is None or base_loss is None else loss - base_loss,
+            unchanged_rate=rate(answers[n * (s + 1) + j].ids == answers[j].ids for j in range(n)),
+            triggered_rate=rate(answers[n * (s + 1) + j].crossed for j in range(n)) if t.monitors else None,
             settings={**dataclasses.asdict(settings), "system_prompt": t.system_prompt,
                       "fire_fraction": t.concept.fire_fraction},
             seconds=0.0,

@@ -28,10 +28,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Answer:
-    """A generated answer: its text and token ids."""
+    """A generated answer: its text, token ids, and whether a monitor crossed its threshold on it."""
 
     text: str
     ids: tuple[int, ...]
+    crossed: bool = False
 
 
 

@@ -2,7 +2,9 @@
 
 An `EvalTarget` is a spec, the `Concept` its answers should carry (concept
 words, concept features firing at >= fire_fraction x their max, or either),
-and the system prompt of its steered rows (a preset's, if any). `Bounds` are
+the system prompt of its steered rows (a preset's, if any) and the monitors
+its steered rows carry (a conditional preset's `steer` monitors: its clamps
+start only where the monitor fires). `Bounds` are
 the project's efficacy targets; `EvalSettings` the sampling and batch sizes
 of a run.
 """
@@ -12,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from steering.interventions import SteeringSpec
+from steering.interventions import FeatureClamp, SteeringSpec
+from steering.monitors import Monitor
 from steering.presets import Preset
 
 
@@ -26,10 +29,12 @@ class Concept:
 
     @classmethod
     def for_spec(cls, spec: SteeringSpec, words: Sequence[str] = (), features: Sequence[int] | None = None,
-                 fire_fraction: float = 0.2) -> "Concept":
-        """Concept features default to the spec's clamps that push a feature up."""
+                 fire_fraction: float = 0.2, monitors: Sequence[Monitor] = ()) -> "Concept":
+        """Concept features default to the clamps that push a feature up: the spec's, then the
+        `steer` monitors' (a conditional preset's clamps)."""
         if features is None:
-            features = [c.index for c in spec.features
+            clamps: list[FeatureClamp] = list(spec.features) + [c for m in monitors for c in m.clamps]
+            features = [c.index for c in clamps
                         if (c.mode in ("clamp", "add") and c.value > 0) or (c.mode == "scale" and c.value > 1)]
         return cls(tuple(w for w in words if w.strip()), tuple(dict.fromkeys(features)), fire_fraction)
 
@@ -76,9 +81,11 @@ class EvalTarget:
     spec: SteeringSpec
     concept: Concept
     system_prompt: str | None = None
+    monitors: tuple[Monitor, ...] = ()
 
     @classmethod
     def from_preset(cls, preset: Preset) -> "EvalTarget":
-        concept = Concept.for_spec(preset.spec, preset.concept_words, preset.concept_features)
-        return cls(preset.name, preset.spec, concept, preset.system_prompt)
+        concept = Concept.for_spec(preset.spec, preset.concept_words, preset.concept_features,
+                                   monitors=preset.monitors)
+        return cls(preset.name, preset.spec, concept, preset.system_prompt, preset.monitors)
 

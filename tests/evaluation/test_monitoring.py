@@ -44,3 +44,34 @@ def test_screening_follows_its_threshold_rule(sm):
     assert [c.on_rate for c in cands] == sorted((c.on_rate for c in cands), reverse=True)
     cover = greedy_cover(cands, on_peaks, off_peaks)
     assert cover and cover[0] == cands[0] and len(cover) <= 3
+
+
+def test_cli_pools_repeated_prompt_files_and_measures_a_conditional_preset(tiny_model_dir, tiny_tokenizer, tmp_path,
+                                                                            capsys):
+    """`--on A --on B` measures the prompts of both files; eval-steering takes a preset whose only clamps
+    are a `steer` monitor's (and reports how often it fired)."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from steering.cli import main
+    from steering.sae.formats import save_sae
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, local_files_only=True).eval()
+    sae_dir = save_sae(tiny_sm(model, tiny_tokenizer).sae, tmp_path / "sae")
+    files = []
+    for k, prompts in enumerate((ON[:2], ON[2:], OFF)):
+        files.append(tmp_path / f"p{k}.txt")
+        files[-1].write_text("\n".join(prompts))
+    common = ["--model", str(tiny_model_dir), "--sae", str(sae_dir), "--max-tokens", "4", "--json", "--threads", "1"]
+    assert main(["eval-monitors", "--monitor", "3=1e6:raw", "--on", str(files[0]), "--on", str(files[1]),
+                 "--off", str(files[2]), *common]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["n_on"], out["n_off"], out["flagged_on"]) == (len(ON), len(OFF), 0)
+    assert out["on"] == f"{files[0]}, {files[1]}"
+    preset = tmp_path / "cond.json"
+    preset.write_text(json.dumps({"name": "cond", "features": [], "concept_words": ["e"], "monitors": [
+        {"index": 3, "threshold": 1e6, "unit": "raw", "action": "steer", "clamps": [{"index": 5, "value": 4.0}]}]}))
+    assert main(["eval-steering", "--preset", str(preset), "--prompts", str(files[2]), *common]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["triggered_rate"] == 0.0 and out["unchanged_rate"] == 1.0 and out["concept_features"] == [5]

@@ -31,6 +31,7 @@ from steering.evaluation.metrics import (
     repeated_ngram_share,
     text_units,
 )
+from steering.engine import SamplingParams, SequenceRequest
 from steering.interventions import FeatureClamp, SteeringSpec
 from steering.presets import find_preset as load_preset
 from steering.sae.formats import save_sae
@@ -255,6 +256,38 @@ def test_targets_share_one_baseline_and_keep_their_own_concepts(tiny_llama, tiny
     assert ra.concept_features == [1] and rb.concept_features == [8]
     assert [r.baseline for r in ra.rows] == [r.baseline for r in rb.rows] == ["x", "y"]
     assert rb.settings["system_prompt"] == "Talk about cats." and ra.settings["system_prompt"] is None
+
+
+def test_conditional_target_counts_triggers_and_untouched_answers(tiny_llama, tiny_tokenizer):
+    """A `steer` monitor that never fires leaves every answer equal to its baseline; one that fires at
+    once (threshold below any activation of a busy feature) changes answers, and both rates say so."""
+    from steering.monitors import Monitor
+
+    sm = tiny_sm(tiny_llama, tiny_tokenizer)
+    settings = EvalSettings(max_tokens=8, temperature=0.0, seed=5)
+    clamps = (FeatureClamp(5, 40.0), FeatureClamp(9, 40.0))
+    from steering.evaluation.monitoring import MonitorSettings, answer_peaks
+
+    peaks = answer_peaks(sm, PROMPTS, MonitorSettings(max_tokens=8, temperature=0.0, seed=5))  # [3, d_sae]
+    busy = int(peaks.amin(0).argmax())  # the feature whose weakest answer peak is highest
+    assert float(peaks[:, busy].min()) > 0
+    never = Monitor(busy, 1e6, "raw", "steer", "never", clamps)
+    always = Monitor(busy, 0.5 * float(peaks[:, busy].min()), "raw", "steer", "always", clamps)
+    targets = [EvalTarget(m.name, SteeringSpec(()), Concept.for_spec(SteeringSpec(()), monitors=(m,)), None, (m,))
+               for m in (never, always)]
+    assert targets[0].concept.features == (5, 9)  # concept features default to the steer clamps
+    quiet, fired = evaluate_targets(sm, targets, PROMPTS, settings)
+    assert quiet.triggered_rate == 0.0 and quiet.unchanged_rate == 1.0
+    assert all(r.steered == r.baseline for r in quiet.rows)
+    assert fired.triggered_rate == 1.0 and fired.unchanged_rate < 1.0
+    changed = [r.steered != r.baseline for r in fired.rows]
+    assert fired.unchanged_rate == pytest.approx(1 - sum(changed) / 3)
+    for j, row in enumerate(fired.rows):  # each answer is the engine's own with the monitor attached
+        request = SequenceRequest(sm.prompt_ids([{"role": "user", "content": PROMPTS[j]}]),
+                                  SamplingParams(max_tokens=8, temperature=0.0, seed=5 + j), None, None, (always,))
+        assert row.steered == "".join(e.text for events in sm.stream([request]) for e in events)
+    plain = evaluate(sm, SteeringSpec((FeatureClamp(5, 4.0),)), None, PROMPTS, settings)
+    assert plain.triggered_rate is None and plain.efficacy()["unchanged_rate"] == plain.unchanged_rate
 
 
 def test_meets_checks_all_four_targets():
