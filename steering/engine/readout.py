@@ -32,7 +32,7 @@ from steering.engine.requests import SequenceRequest, TokenEvent
 from steering.interventions import WindowedClamps
 from steering.monitors import Monitor, MonitorEvent
 from steering.readings import TokenReading, max_activations, readings
-from steering.sae.autoencoder import SparseAutoencoder
+from steering.sae.autoencoder import FeatureColumns, SparseAutoencoder
 
 
 class RowReader:
@@ -99,6 +99,17 @@ class Readout:
         self.scale = max_activations(sae)
         self._w_enc_t: Tensor | None = None  # W_enc^T [d_sae, d_in], contiguous, for the kernel (built lazily)
         self._kernels = None
+        # The watched features' encoder columns per set of features: gathering them costs more than using them.
+        self._columns: dict[tuple[int, ...], FeatureColumns] = {}
+
+    def _watched(self, features: tuple[int, ...]) -> FeatureColumns:
+        cols = self._columns.get(features)
+        if cols is None:
+            if len(self._columns) >= 256:  # many distinct monitor sets: start over rather than grow
+                self._columns.clear()
+            idx = torch.tensor(features, dtype=torch.long, device=self.sae.W_enc.device)
+            cols = self._columns[features] = self.sae.feature_columns(idx)
+        return cols
 
     def _encode(self, x: Tensor) -> Tensor:
         """f = SAE.encode(x) for x [T, d_in], float32 [T, d_sae]."""
@@ -135,10 +146,14 @@ class Readout:
                 start += n
         watching = [k for k, r in enumerate(readers) if r.monitors]
         if watching:
-            features = sorted({m.index for k in watching for m in readers[k].monitors})
+            features = tuple(sorted({m.index for k in watching for m in readers[k].monitors}))
             column = {i: j for j, i in enumerate(features)}
-            idx = torch.tensor(features, dtype=torch.long, device=sae.W_enc.device)
-            v = sae.encode_features(torch.cat([sites[k] for k in watching]).to(sae.W_enc.dtype), idx).float().cpu()
+            x = torch.cat([sites[k] for k in watching])
+            if sae.supports_sparse_encode:
+                v = sae.encode_columns(x, self._watched(features)).float().cpu()
+            else:
+                idx = torch.tensor(features, dtype=torch.long, device=sae.W_enc.device)
+                v = sae.encode_features(x.to(sae.W_enc.dtype), idx).float().cpu()
             start = 0
             for k in watching:
                 n = sites[k].shape[0]

@@ -13,6 +13,8 @@ over repetitions:
     b8_clamped   8 concurrent streams, 3 clamped features each, 8 distinct specs
     b1_monitors, b8_monitors   b1 and b8 with 3 monitors (flag) on every row
     b8_inspect   b8 with inspect top_k 8 on every row (the full SAE encode per token)
+    b8_conditional  b8 with a `steer` monitor on every row that fires by its second
+                 generated token and then applies b8_clamped's clamps (conditional steering)
     generate     transformers' `model.generate`, batch 1, no hook, same dtype
 
 Two throughputs per configuration: `e2e`, generated tokens / wall time from
@@ -30,6 +32,7 @@ Each ratio is the median over repetitions of the ratio within a repetition:
     engine_vs_generate_b1 = b1 / generate      (e2e, prefill included, for both)
     monitor_overhead_b1 = b1_monitors / b1     monitor_overhead_b8 = b8_monitors / b8
     inspect_overhead_b8 = b8_inspect / b8
+    conditional_overhead_b8 = b8_conditional / b8   conditional_vs_clamped_b8 = b8_conditional / b8_clamped
 
 `decode_tps_b1` is b1's decode rate; `decode_ceiling_tps_b1` is the
 memory-bound ceiling of a batch-1 step on this machine, measured read
@@ -40,7 +43,9 @@ share of it reached (CPU only). `ttft_ms_p50/p95` are the first-token
 latencies of the b8_clamped streams (8 submissions at once). `--consistency N` (default 64) also runs N greedy requests with
 different prompts, lengths and clamps, arriving at different times through
 the engine, and counts those whose tokens differ from the same request run
-alone. The last line of output is one JSON object.
+alone. `conditional_triggered` counts the b8_conditional rows whose monitor
+fired (last repetition) and the mean generated-token index where it did.
+The last line of output is one JSON object.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from steering.engine.compute import ComputeThread
 from steering.engine.requests import SequenceRequest
 from steering.engine.sampling import SamplingParams
 from steering.engine.worker import Engine, EngineConfig
+from steering.hooks import activations_at
 from steering.interventions import FeatureClamp, SteeringSpec
 from steering.monitors import Monitor
 from steering.readings import InspectSpec
@@ -90,6 +96,8 @@ def _stream_times(engine: Engine, requests: Sequence[SequenceRequest], delays: S
         for events in engine.submit([requests[i]]):
             now = time.perf_counter()
             for e in events:
+                if e.monitor_events:
+                    rec.setdefault("crossed", len(rec["tokens"]))
                 if e.token_id is not None:
                     rec.setdefault("first", now)
                     rec["tokens"].append(e.token_id)
@@ -135,6 +143,26 @@ def _monitors(sae: Any) -> tuple[Monitor, ...]:
     return tuple(Monitor(int(usable[(53 * j) % len(usable)]), 0.9, "max", "flag", f"m{j}") for j in range(3))
 
 
+def _conditional(engine: Engine, sm: "SteeredModel", prompts: Sequence[Sequence[int]],
+                 specs: Sequence[SteeringSpec]) -> list[tuple[Monitor, ...]]:
+    """Per row, a `steer` monitor that fires by the row's second generated token, then applies that row's
+    spec's clamps: the feature strongest at that token of the row's greedy answer, at half its value."""
+    sae = sm.sae
+    firsts = _stream_times(engine, [SequenceRequest(p, SamplingParams(max_tokens=2, temperature=0.0,
+                                                                      ignore_eos=True)) for p in prompts])
+    rows = [list(p) + r["tokens"] for p, r in zip(prompts, firsts)]
+
+    def strongest() -> list[tuple[int, float]]:
+        out = []
+        for i, hidden in activations_at(sm.loaded.model, sae.cfg.hook_layer, sae.cfg.hook_site, rows):
+            acts = sae.encode(hidden[-1:].to(sae.W_enc.dtype)).float()[0]  # [d_sae] at generated token 1
+            out.append((int(acts.argmax()), float(acts.max())))
+        return out
+
+    return [(Monitor(f, 0.5 * v, "raw", "steer", "when", spec.features),)
+            for (f, v), spec in zip(engine.call(strongest).result(), specs)]
+
+
 def run_bench(sm: "SteeredModel", threads: int, reps: int, max_tokens: int, consistency: int,
               compute: ComputeThread | None = None) -> dict:
     """Every figure, measured with all torch work on one thread: `compute` (the one that loaded
@@ -144,15 +172,17 @@ def run_bench(sm: "SteeredModel", threads: int, reps: int, max_tokens: int, cons
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     specs = _specs(sae, 8) if sae is not None else [None] * 8
     engine = Engine(model, tok, sae, EngineConfig(max_batch=8, threads=threads), compute=compute)
-    configs = ("b1", "b1_clamped", "b8", "b8_clamped", "b1_monitors", "b8_monitors", "b8_inspect")
+    configs = ("b1", "b1_clamped", "b8", "b8_clamped", "b1_monitors", "b8_monitors", "b8_inspect", "b8_conditional")
     watch = _monitors(sae) if sae is not None else ()
     inspect = InspectSpec(top_k=8) if sae is not None else None
     runs: dict[str, list[float]] = {f"{k}_{m}": [] for k in configs for m in ("e2e", "decode")}
     runs["generate_e2e"] = []
     ttfts: list[float] = []
+    crossed: list[int] = []
     load_before = os.getloadavg()[0]
     try:
         _stream_times(engine, [SequenceRequest(prompts[0], SamplingParams(max_tokens=8, temperature=0.0))])  # warm-up
+        when = _conditional(engine, sm, prompts, specs) if sae is not None else [()] * len(prompts)
         on_cpu = sm.loaded.device.type == "cpu"
         bandwidths: list[float] = []
         for rep in range(reps):
@@ -164,6 +194,7 @@ def run_bench(sm: "SteeredModel", threads: int, reps: int, max_tokens: int, cons
                 "b1_monitors": [SequenceRequest(prompts[0], params, None, None, watch)],
                 "b8_monitors": [SequenceRequest(p, params, None, None, watch) for p in prompts],
                 "b8_inspect": [SequenceRequest(p, params, None, inspect) for p in prompts],
+                "b8_conditional": [SequenceRequest(p, params, None, None, w) for p, w in zip(prompts, when)],
             }
             # Every other repetition runs the configurations in reverse, so that what runs
             # before a configuration (and any drift within a repetition) is the same for all.
@@ -177,6 +208,8 @@ def run_bench(sm: "SteeredModel", threads: int, reps: int, max_tokens: int, cons
                 runs[f"{name}_decode"].append(_decode_tps(res))
                 if name == "b8_clamped":
                     ttfts += [(r["first"] - r["submit"]) * 1e3 for r in res]
+                if name == "b8_conditional":
+                    crossed = [r["crossed"] for r in res if "crossed" in r]
             if on_cpu:
                 bandwidths.append(engine.call(read_bandwidth_gbs, threads).result())
         check = _consistency(engine, sm, specs, consistency) if consistency else None
@@ -200,6 +233,10 @@ def run_bench(sm: "SteeredModel", threads: int, reps: int, max_tokens: int, cons
         "monitor_overhead_b1": round(ratio("b1_monitors_decode", "b1_decode"), 4),
         "monitor_overhead_b8": round(ratio("b8_monitors_decode", "b8_decode"), 4),
         "inspect_overhead_b8": round(ratio("b8_inspect_decode", "b8_decode"), 4),
+        "conditional_overhead_b8": round(ratio("b8_conditional_decode", "b8_decode"), 4),
+        "conditional_vs_clamped_b8": round(ratio("b8_conditional_decode", "b8_clamped_decode"), 4),
+        "conditional_triggered": {"rows": len(crossed), "of": len(prompts),
+                                  "mean_token": round(statistics.mean(crossed), 2) if crossed else None},
         "decode_tps_b1": round(med["b1_decode"], 2),
         "decode_ceiling_tps_b1": round(ceiling, 1) if ceiling else None,
         "decode_fraction_of_ceiling_b1": round(med["b1_decode"] / ceiling, 3) if ceiling else None,

@@ -123,6 +123,16 @@ class NormInfo:
     shift: Tensor | float = 0.0
 
 
+@dataclass(frozen=True)
+class FeatureColumns:
+    """Some features' encoder columns: indices [m], W [d_in, m], b [m], theta [m] (None: relu)."""
+
+    indices: Tensor
+    W: Tensor
+    b: Tensor
+    theta: Tensor | None
+
+
 class SparseAutoencoder(nn.Module):
     """A sparse autoencoder; see the module docstring for the math.
 
@@ -143,6 +153,9 @@ class SparseAutoencoder(nn.Module):
         self.threshold = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))
         self.register_buffer("max_activation", torch.full((cfg.d_sae,), float("nan")))
         self.register_buffer("firing_frequency", torch.full((cfg.d_sae,), float("nan")))
+        # Whether a batchtopk threshold is set, remembered for the tensor version it was read from: asked
+        # at every sparse encode, and reading 16k values costs more than the encode of a few columns.
+        self._threshold_seen: tuple[int, int, bool] | None = None
 
     # ----------------------------------------------------------------- sizes
     @property
@@ -166,7 +179,12 @@ class SparseAutoencoder(nn.Module):
     @property
     def uses_threshold(self) -> bool:
         arch = self.cfg.architecture
-        return arch == "jumprelu" or (arch == "batchtopk" and bool((self.threshold != 0).any()))
+        if arch != "batchtopk":
+            return arch == "jumprelu"
+        key = (self.threshold.data_ptr(), self.threshold._version)
+        if self._threshold_seen is None or self._threshold_seen[:2] != key:
+            self._threshold_seen = (*key, bool((self.threshold != 0).any()))
+        return self._threshold_seen[2]
 
     # --------------------------------------------------------- normalisation
     def normalize(self, x: Tensor) -> tuple[Tensor, NormInfo]:
@@ -225,10 +243,25 @@ class SparseAutoencoder(nn.Module):
         Costs O(m * d_in) per token when `supports_sparse_encode`, else runs the
         full encode (TopK needs every pre-activation to know the top k).
         """
-        x_n, _ = self.normalize(x)
         if self.supports_sparse_encode:
-            return self.activate(self.pre_activations(x_n, indices), indices)
+            return self.encode_columns(x, self.feature_columns(indices))
+        x_n, _ = self.normalize(x)
         return self.activate(self.pre_activations(x_n))[..., indices]
+
+    def feature_columns(self, indices: Tensor) -> "FeatureColumns":
+        """The encoder columns of `indices` [m], gathered once for repeated sparse encodes (a caller may keep
+        them while the weights do not change); needs `supports_sparse_encode`."""
+        if not self.supports_sparse_encode:
+            raise ValueError("topk activations need every feature: call encode, not the sparse path")
+        theta = self.threshold[indices].detach().clone() if self.uses_threshold else None
+        return FeatureColumns(indices, self.W_enc[:, indices].detach().contiguous(), self.b_enc[indices].detach().clone(),
+                              theta)
+
+    def encode_columns(self, x: Tensor, cols: "FeatureColumns") -> Tensor:
+        """f[..., cols.indices] for x [..., d_in]: relu(pre), or pre * (pre > theta) with a threshold."""
+        x_n, _ = self.normalize(x.to(cols.W.dtype))
+        pre = self._pre_input(x_n) @ cols.W + cols.b
+        return torch.relu(pre) if cols.theta is None else pre * (pre > cols.theta).to(pre.dtype)
 
     # ------------------------------------------------------------ decode
     def decode(self, f: Tensor, info: NormInfo | None = None) -> Tensor:

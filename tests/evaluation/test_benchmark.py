@@ -12,7 +12,8 @@ from tests.support import tiny_sm
 
 KEYS = ("steering_overhead_b1", "steering_overhead_b8", "batching_gain_8", "engine_vs_generate_b1",
         "decode_tps_b1", "decode_ceiling_tps_b1", "decode_fraction_of_ceiling_b1", "dtype", "ttft_ms_p50",
-        "ttft_ms_p95", "conditions", "monitor_overhead_b1", "monitor_overhead_b8", "inspect_overhead_b8")
+        "ttft_ms_p95", "conditions", "monitor_overhead_b1", "monitor_overhead_b8", "inspect_overhead_b8",
+        "conditional_overhead_b8", "conditional_vs_clamped_b8", "conditional_triggered")
 
 
 def test_bench_reports_every_figure_and_no_differing_request(tiny_llama, tiny_tokenizer):
@@ -21,6 +22,7 @@ def test_bench_reports_every_figure_and_no_differing_request(tiny_llama, tiny_to
     for key in KEYS:
         assert key in result, key
     assert result["consistency"]["requests"] == 8 and result["consistency"]["differing"] == 0
+    assert result["conditional_triggered"]["rows"] == 8  # the conditional rows measure steering, not waiting
     assert result["conditions"]["threads"] == 1 and result["conditions"]["forward"] == "FastBackend"
     assert result["decode_tps_b1"] > 0 and result["ttft_ms_p95"] >= result["ttft_ms_p50"] > 0
     ceiling = result["conditions"]["memory_read_gbs"] * 1e9 / result["conditions"]["decode_weight_bytes"]
