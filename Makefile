@@ -5,8 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# HOST and PORT are passed only when given (`make serve PORT=9000`), so that the
+# STEERING_* environment (STEERING_HOST, STEERING_PORT, ...) stays in force.
+HOST ?=
+PORT ?=
 
 .PHONY: serve test install clean-venv
 
@@ -27,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(PY) -m api --host $(HOST) --port $(PORT)
+	$(PY) -m api $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: $(STAMP)
 	$(PY) -m pytest -q

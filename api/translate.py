@@ -111,7 +111,12 @@ class EngineJob:
 
     @property
     def steered(self) -> tuple[bool, ...]:
-        return tuple(i < self.n for i in range(len(self.requests)))
+        """Per choice: steering acts on it (clamps, a preset's system prompt, a `steer` monitor); never on a
+        compare baseline, nor on any choice of a request that steers nothing (it may only read)."""
+        s = self.steering
+        acts = s is not None and (s.applied is not None or bool(s.system_prompt)
+                                  or any(m.action == "steer" for m in s.monitors))
+        return tuple(acts and i < self.n for i in range(len(self.requests)))
 
 
 def check_model(name: str, served: ServedModel) -> None:
@@ -260,6 +265,14 @@ def to_engine(request: ChatCompletionRequest, served: ServedModel, steering: Res
             stop=request.stop_list(),
             logprobs=request.logprobs,
             top_logprobs=request.top_logprobs or 0,
+            ignore_eos=request.ignore_eos,
+            frequency_penalty=request.frequency_penalty,
+            presence_penalty=request.presence_penalty,
+            repetition_penalty=request.repetition_penalty,
+            logit_bias=tuple((int(t), float(b)) for t, b in (request.logit_bias or {}).items()),
+            min_tokens=request.min_tokens,
+            top_k=max(request.top_k, 0),
+            min_p=request.min_p,
         )
         try:
             return p.validate()

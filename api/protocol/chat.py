@@ -10,14 +10,19 @@ its fields carries a `Field(description=...)` so the OpenAPI page (/docs)
 documents it. Bounds are pydantic constraints, so a violation comes back as
 a 400 naming the parameter (see `api.errors`).
 
-Deviations from OpenAI are marked `# deviation:` where they happen. Fields of
-OpenAI's request that this server does not implement (tools, response_format,
-penalties, logit_bias, ...) are ignored, as vLLM and llama.cpp's server do.
+Deviations from OpenAI are marked `# deviation:` where they happen. Every
+sampling field is honoured: OpenAI's (`frequency_penalty`,
+`presence_penalty`, `logit_bias`) and vLLM's extras (`top_k`, `min_p`,
+`repetition_penalty`, `min_tokens`, `ignore_eos`). OpenAI fields that this
+server does not implement (`tools`, `response_format`, ...) are accepted at
+their defaults and a 400 naming the field otherwise; an unknown field is a
+400 too, so nothing a client sends is silently dropped. Numbers, booleans
+and indices are strict: `true` is not 1, `"7"` is not 7.
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -42,7 +47,17 @@ from api.protocol.common import (
 )
 from api.protocol.features import FeatureMatch
 from api.protocol.readings import InspectOptions, MonitorEventOut, MonitorOptions, TokenFeatures
+from steering.engine import MAX_LOGIT_BIAS
 from steering.monitors import MAX_MONITORS
+
+# OpenAI request fields this server does not implement, with the values that ask for nothing (accepted).
+UNIMPLEMENTED: dict[str, tuple[Any, ...]] = {
+    "tools": (None, []), "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
+    "functions": (None, []), "function_call": (None, "none", "auto"),
+    "response_format": (None, {"type": "text"}), "audio": (None,), "modalities": (None, ["text"]),
+    "prediction": (None,), "reasoning_effort": (None,), "service_tier": (None, "auto", "default"),
+    "store": (None, False), "metadata": (None, {}), "web_search_options": (None,), "verbosity": (None,),
+}
 
 # deviation: content_filter comes from a `stop` monitor of the steering extension, not a moderation model
 FinishReason = Literal["stop", "length", "content_filter"]
@@ -59,14 +74,26 @@ class TextContentPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
+    # Lenient: a conversation echoed back from a response carries fields such as `refusal` or `annotations`.
     model_config = LENIENT
     # deviation: tool and function messages are not supported; "developer"
     # (OpenAI's newer name for a system message) is read as "system".
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextContentPart]
+    content: str | list[TextContentPart] | None = Field(
+        None, validate_default=True,
+        description="Required except on an assistant message (null there, as OpenAI allows, reads as empty).")
     name: str | None = None
 
+    @field_validator("content")
+    @classmethod
+    def _content_required(cls, content: Any, info: Any) -> Any:
+        if content is None and info.data.get("role") != "assistant":
+            raise ValueError("content is required (null only on an assistant message)")
+        return content
+
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
@@ -161,13 +188,20 @@ class SteeringOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """POST /v1/chat/completions. Field order follows OpenAI's reference."""
 
-    model_config = LENIENT
+    model_config = STRICT  # unknown fields are errors; a bool is not a number, a string not an index
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Lowers a token's logit by this times "
+                                     "its count in the answer so far.")
+    logit_bias: dict[str, float] | None = Field(
+        None, max_length=MAX_LOGIT_BIAS, description="Token id (as a string) -> bias in [-100, 100] added to "
+        "its logit at every step (-100 bans the token, 100 all but forces it).")
     logprobs: bool = False
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI in favour of max_completion_tokens.")
     n: int = Field(1, ge=1, le=MAX_N)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Lowers the logit of every token already "
+                                    "in the answer by this.")
     seed: int | None = Field(None, ge=-MAX_SEED - 1, le=MAX_SEED)
     stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOP} non-empty strings that end the answer.")
     stream: bool = False
@@ -177,11 +211,56 @@ class ChatCompletionRequest(BaseModel):
     top_p: float = Field(1.0, ge=0.0, le=1.0)
     user: str | None = None
 
+    # ---- OpenAI fields not implemented: accepted at their defaults only ----------
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    service_tier: Any = None
+    store: Any = None
+    metadata: Any = None
+    web_search_options: Any = None
+    verbosity: Any = None
+
+    # ---- vLLM's sampling extras ---------------------------------------------
+    top_k: int = Field(0, ge=-1, description="Sample among the k likeliest tokens only (0 or -1: off).")
+    min_p: float = Field(0.0, ge=0.0, le=1.0, description="Drop tokens whose probability is below min_p times "
+                         "the likeliest's.")
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0, description="CTRL's penalty on every token of the "
+                                      "prompt and answer: a positive logit is divided by it, a negative one "
+                                      "multiplied (1: off).")
+    min_tokens: int = Field(0, ge=0, description="The end token is banned until this many tokens are generated.")
+    ignore_eos: bool = Field(False, description="Keep generating past the end token (until max_tokens or a stop).")
+
     # ---- extension: SAE steering (not part of OpenAI's API) ----------------
     steering: SteeringOptions | None = Field(
         None,
         description="Steer the model by clamping SAE features (extension; send it in the OpenAI client's extra_body).",
     )
+
+    @field_validator(*UNIMPLEMENTED)
+    @classmethod
+    def _check_unimplemented(cls, value: Any, info: Any) -> Any:
+        if value not in UNIMPLEMENTED[info.field_name]:
+            raise ValueError(f"this server does not implement '{info.field_name}'; "
+                             f"leave it out or send one of {UNIMPLEMENTED[info.field_name]}")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for token, value in (bias or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"keys are token ids written as strings (e.g. \"50256\"), not {token!r}")
+            if not -100.0 <= value <= 100.0:
+                raise ValueError(f"the bias of token {token} must be between -100 and 100")
+        return bias
 
     @field_validator("stop")
     @classmethod
@@ -225,7 +304,9 @@ class Choice(BaseModel):
     logprobs: ChoiceLogprobs | None
     finish_reason: FinishReason | None
     # ---- extension: SAE steering ------------------------------------------
-    steered: bool = Field(description="True for a steered choice, false for a compare baseline (extension).")
+    steered: bool = Field(description="True where steering acts on the choice (clamps, a preset's system "
+                          "prompt, a `steer` monitor); false for a compare baseline and for a request that only "
+                          "reads or steers nothing (extension).")
     inspection: list[TokenFeatures] | None = Field(
         None, description="Per token, the features read (with `steering.inspect`; null without it).")
     monitor_events: list[MonitorEventOut] | None = Field(
@@ -312,7 +393,9 @@ class ChunkChoice(BaseModel):
     logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
     # ---- extension: SAE steering ------------------------------------------
-    steered: bool = Field(description="True for a steered choice, false for a compare baseline (extension).")
+    steered: bool = Field(description="True where steering acts on the choice (clamps, a preset's system "
+                          "prompt, a `steer` monitor); false for a compare baseline and for a request that only "
+                          "reads or steers nothing (extension).")
     inspection: list[TokenFeatures] | None = Field(
         None, description="The readings of this chunk's tokens (with `steering.inspect`).")
     monitor_events: list[MonitorEventOut] | None = Field(

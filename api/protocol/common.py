@@ -4,8 +4,9 @@ The clamp vocabulary (modes, units, positions) and its bounds are the
 library's (`steering.interventions`), as are the sampling bounds
 (`steering.engine`) and auto-steer's (`steering.concepts`): the schemas are
 built from them, so a request, a preset file and a command offer the same
-choices and bounds (a request's types are parsed by pydantic's lax mode, a
-preset file's strictly by `steering.presets`).
+choices and bounds (types are strict in a request, as in a preset file:
+`true` is not 1 and `"7"` is not 7; a request's unknown fields are errors,
+except inside a message, where OpenAI's clients echo response fields).
 NaN and +-inf are rejected everywhere: Python's json (and so FastAPI) reads
 the non-standard literals NaN and Infinity, and 1e999 becomes inf.
 """
@@ -43,7 +44,7 @@ MODES_DOC = "; ".join(f"`{m.name}`: {m.description}" for m in CLAMP_MODES.values
 UNITS_DOC = "; ".join(f"`{name}`: {doc}" for name, doc in CLAMP_UNITS.items())
 POSITIONS_DOC = "; ".join(f"`{name}`: {doc}" for name, doc in POSITIONS.items())
 
-STRICT = ConfigDict(allow_inf_nan=False, extra="forbid")
+STRICT = ConfigDict(allow_inf_nan=False, extra="forbid", strict=True)  # true is not 1, "7" is not 7
 LENIENT = ConfigDict(allow_inf_nan=False, extra="ignore")
 
 __all__ = [

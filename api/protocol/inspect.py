@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from api.protocol.chat import ChatMessage
-from api.protocol.common import LENIENT
+from api.protocol.common import STRICT
 from api.protocol.readings import InspectOptions, TokenFeatures
 from steering.inspection.contrast import MAX_TEXTS
 
@@ -29,7 +29,7 @@ class FeatureTotalOut(BaseModel):
 
 
 class InspectRequest(BaseModel):
-    model_config = LENIENT
+    model_config = STRICT
     model: str
     messages: list[ChatMessage] = Field(min_length=1, description="A conversation; it may end in an assistant message.")
     inspect: InspectOptions = Field(default_factory=InspectOptions)
@@ -45,7 +45,7 @@ class InspectResponse(BaseModel):
 
 
 class ContrastRequest(BaseModel):
-    model_config = LENIENT
+    model_config = STRICT
     model: str
     a: list[str | list[ChatMessage]] = Field(min_length=1, max_length=MAX_TEXTS,
                                              description="Texts or conversations of the first set.")

@@ -23,10 +23,10 @@ from steering.engine.compute import ComputeThread
 from steering.engine.generation import generate_batch
 from steering.engine.handle import QueueFullError, RequestHandle
 from steering.engine.requests import FINISH_REASONS, SequenceRequest, TokenEvent
-from steering.engine.sampling import MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, SamplingParams
+from steering.engine.sampling import MAX_LOGIT_BIAS, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, SamplingParams
 from steering.engine.worker import Engine, EngineConfig
 
 __all__ = [
     "ComputeThread", "generate_batch", "QueueFullError", "RequestHandle", "FINISH_REASONS", "SequenceRequest",
-    "TokenEvent", "MAX_STOP_STRINGS", "MAX_TOP_LOGPROBS", "SamplingParams", "Engine", "EngineConfig",
+    "TokenEvent", "MAX_LOGIT_BIAS", "MAX_STOP_STRINGS", "MAX_TOP_LOGPROBS", "SamplingParams", "Engine", "EngineConfig",
 ]

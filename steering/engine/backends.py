@@ -45,6 +45,7 @@ from steering.sae.autoencoder import SparseAutoencoder
 
 class Backend(Protocol):
     max_length: int
+    vocab_size: int  # logits per row (the LM head's rows; a tokenizer may have fewer)
 
     def prefill(
         self, slot0: int, chunks: Sequence[Sequence[int]], starts: Sequence[int], plan: BatchPlan | None,
@@ -73,6 +74,7 @@ class FastBackend:
         self.runner, self.sae, self.prefix_cache = runner, sae, prefix_cache
         self.pool = runner.new_pool(slots, keep=kv_keep)
         self.max_length = runner.max_length
+        self.vocab_size = int(runner.model.get_output_embeddings().weight.shape[0])
         self.device = runner.device
 
     def _forward(self, slot0: int, ids: Tensor, pos: Tensor, plan: BatchPlan | None, read: Sequence[int],
@@ -129,6 +131,7 @@ class HFBackend:
         self.model, self.sae = model, sae
         self.caches: list[DynamicCache | None] = [None] * slots
         self.max_length = int(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 2048))
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.device = next(model.parameters()).device
 
     def _run(self, slot: int, ids: Sequence[int], start: int, plan: BatchPlan | None, read: bool) -> tuple[Tensor, Tensor | None]:

@@ -45,7 +45,7 @@ def generate_batch(
     slots = max_batch or len(requests)
     backend = make_backend(model, sae, slots, fast=fast)
     for r in requests:  # every request checked before any forward pass
-        check_request(r, sae, backend.max_length)
+        check_request(r, sae, backend.max_length, backend.vocab_size)
     scheduler = Scheduler(backend, tokenizer, sae, eos_ids(tokenizer, model), max_batch=slots)
     scheduler.add(requests, checked=True)
     stop = (lambda owner: cancel.is_set()) if cancel is not None else None

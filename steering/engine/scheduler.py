@@ -69,13 +69,14 @@ class Row:
         return self.request.prompt_ids
 
 
-def check_request(req: SequenceRequest, sae: SparseAutoencoder | None, max_length: int) -> None:
+def check_request(req: SequenceRequest, sae: SparseAutoencoder | None, max_length: int,
+                  vocab_size: int | None = None) -> None:
     """Check one request before it is queued (raises SteeringError naming the parameter).
 
     Builds no tensors, so a caller on another thread (the server's event loop)
     can run it: the row's BatchPlan is built when it joins the scheduler, on
     the thread that runs the model."""
-    req.sampling.validate()
+    req.sampling.validate(vocab_size)
     if not req.prompt_ids:
         raise SteeringError("the prompt is empty", "messages")
     if len(req.prompt_ids) >= max_length:
@@ -142,12 +143,12 @@ class Scheduler:
         requests = list(requests)
         if not checked:
             for r in requests:
-                check_request(r, self.sae, self.backend.max_length)
+                check_request(r, self.sae, self.backend.max_length, self.backend.vocab_size)
         rows = []
         device = getattr(self.backend, "device", None)
         for i, req in enumerate(requests):
-            rows.append(Row(req, owner, i, _own_plan(req, self.sae), RowSampler.create(req.sampling, device),
-                            TextStream(self.tokenizer, req.sampling.stop),
+            sampler = RowSampler.create(req.sampling, device, req.prompt_ids, self.eos)
+            rows.append(Row(req, owner, i, _own_plan(req, self.sae), sampler, TextStream(self.tokenizer, req.sampling.stop),
                             reader=self.readout.reader(req) if self.readout is not None else None))
         self.waiting.extend(rows)
         return rows
@@ -337,7 +338,7 @@ class Scheduler:
 
     def _sample(self, row: Row, logits: Tensor, greedy: int | None = None) -> TokenEvent:
         params = row.request.sampling
-        token = greedy if greedy is not None and row.sampler.generator is None else row.sampler.choose(logits)
+        token = greedy if greedy is not None and row.sampler.raw_greedy else row.sampler.choose(logits)
         logprob, top = None, ()
         if params.logprobs:
             lp, best = token_logprobs(logits, token, params.top_logprobs)
@@ -346,6 +347,7 @@ class Scheduler:
             row.finished = True
             return TokenEvent(row.index, None, row.stream.flush(), finish_reason="stop", completion_tokens=row.count)
         row.count += 1
+        row.sampler.observe(token)
         row.next_token = token
         text = row.stream.push(token)
         if row.stream.stopped:
@@ -358,7 +360,8 @@ class Scheduler:
 
 
 def _greedy_tokens(rows: Sequence[Row], logits: Tensor) -> list[int | None]:
-    """Every greedy row's argmax in one call (one per row costs ~0.1 ms each here); None for sampled rows."""
-    if not any(r.sampler.generator is None for r in rows):
+    """Every row's argmax in one call (one per row costs ~0.1 ms each here), used by rows that are greedy
+    on raw logits; None for all when no row is."""
+    if not any(r.sampler.raw_greedy for r in rows):
         return [None] * len(rows)
     return logits.argmax(dim=-1).tolist()

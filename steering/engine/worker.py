@@ -113,7 +113,7 @@ class Engine:
         `max_queue` groups are already waiting.
         """
         for r in requests:  # checked here, so the caller sees a bad request at once; plans come on the worker
-            check_request(r, self.sae, self._backend.max_length)
+            check_request(r, self.sae, self._backend.max_length, self._backend.vocab_size)
         handle = RequestHandle(requests, loop)
         with self._lock:  # queued under the lock, so never behind close's stop marker
             if self._closed:

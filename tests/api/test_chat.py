@@ -51,7 +51,7 @@ def test_non_streamed_shape(client):
     assert out["object"] == "chat.completion" and out["id"].startswith("chatcmpl-")
     assert out["model"] == MODEL_ID and isinstance(out["created"], int) and out["system_fingerprint"]
     (choice,) = out["choices"]
-    assert choice["index"] == 0 and choice["steered"] is True
+    assert choice["index"] == 0 and choice["steered"] is False  # no steering block: nothing steers
     assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
     assert choice["finish_reason"] in ("stop", "length") and choice["logprobs"] is None
     u = out["usage"]
@@ -240,3 +240,45 @@ def test_concurrent_requests_match_sequential_ones(client):
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda b: complete(client, **b)["choices"][0]["message"]["content"], bodies))
     assert together == alone
+
+
+def test_fields_at_their_defaults_and_null_assistant_content_are_accepted(client):
+    body = chat_body(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None},
+                               {"role": "user", "content": "Again"}],
+                     tools=[], tool_choice="none", response_format={"type": "text"}, store=False, top_k=-1,
+                     frequency_penalty=0, presence_penalty=0.0, logit_bias={}, min_p=0, repetition_penalty=1)
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+
+
+def test_steered_is_false_when_nothing_steers(client):
+    plain = client.post("/v1/chat/completions", json=chat_body()).json()
+    assert [c["steered"] for c in plain["choices"]] == [False]
+    reads = client.post("/v1/chat/completions", json=chat_body(
+        n=2, steering={"inspect": {"top_k": 2}, "compare": True})).json()
+    assert [c["steered"] for c in reads["choices"]] == [False] * 4
+    clamped = client.post("/v1/chat/completions", json=chat_body(
+        steering={"features": [{"index": 3, "value": 2.0}]})).json()
+    assert [c["steered"] for c in clamped["choices"]] == [True]
+
+
+def test_sampling_fields_reach_the_engine(client):
+    """A logit_bias of +100 on one token makes every generated token that token; -100 on the end token with
+    min_tokens keeps the answer going; penalties change a greedy answer."""
+    forced = client.post("/v1/chat/completions", json=chat_body(
+        max_tokens=5, logit_bias={"77": 100}, logprobs=True)).json()
+    tokens = [t["token"] for t in forced["choices"][0]["logprobs"]["content"]]
+    assert len(tokens) == 5 and len(set(tokens)) == 1
+    ended = client.post("/v1/chat/completions", json=chat_body(max_tokens=12, logit_bias={"2": 100})).json()
+    assert ended["usage"]["completion_tokens"] == 0 and ended["choices"][0]["finish_reason"] == "stop"
+    held = client.post("/v1/chat/completions", json=chat_body(max_tokens=12, logit_bias={"2": 100},
+                                                              min_tokens=4)).json()
+    assert held["usage"]["completion_tokens"] == 4
+    past = client.post("/v1/chat/completions", json=chat_body(max_tokens=6, logit_bias={"2": 100},
+                                                              ignore_eos=True)).json()
+    assert past["usage"]["completion_tokens"] == 6 and past["choices"][0]["finish_reason"] == "length"
+    greedy = dict(temperature=0, max_tokens=12, ignore_eos=True)
+    a = client.post("/v1/chat/completions", json=chat_body(**greedy)).json()
+    b = client.post("/v1/chat/completions", json=chat_body(**greedy, frequency_penalty=2.0,
+                                                           presence_penalty=2.0)).json()
+    assert a["choices"][0]["message"]["content"] != b["choices"][0]["message"]["content"]
