@@ -3,11 +3,11 @@
 # this project with its `serve` extra; runs `python -m api --host 0.0.0.0`.
 #
 #   docker build -t sae-steering .                                   # CPU image
-#   docker run --rm -p 8000:8000 sae-steering
+#   docker run --rm -p 127.0.0.1:8000:8000 -e STEERING_API_KEYS=change-me sae-steering
 #
 #   docker build -t sae-steering:cuda \
 #       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
-#   docker run --rm --gpus all -p 8000:8000 sae-steering:cuda     # device auto -> cuda
+#   docker run --rm --gpus all -p 8000:8000 -e STEERING_API_KEYS=change-me sae-steering:cuda  # device auto -> cuda
 #
 # Build arguments:
 #   TORCH_VERSION       torch version (default 2.13.0, as the Makefile pins)
@@ -20,6 +20,9 @@
 #                       volume on /cache to keep it)
 # Settings at run time: the STEERING_* variables of api/settings.py
 # (STEERING_MODEL, STEERING_SAE, STEERING_DTYPE, STEERING_DEVICE, ...).
+# The image binds 0.0.0.0, so it needs an API key (-e STEERING_API_KEYS=k1,k2;
+# clients send "Authorization: Bearer k1"), or -e STEERING_INSECURE_NO_AUTH=1
+# behind a gateway of your own; without either it refuses to start.
 FROM python:3.11-slim
 
 ARG TORCH_VERSION=2.13.0
@@ -57,5 +60,5 @@ RUN if [ "${BAKE_DEFAULT_MODEL}" = "1" ]; then \
 
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"STEERING_PORT\", \"8000\")}/ready', timeout=4)"
+    CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"STEERING_PORT\", \"8000\")}/health', timeout=4)"
 CMD ["python", "-m", "api", "--host", "0.0.0.0"]

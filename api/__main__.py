@@ -3,7 +3,8 @@
 Flags and environment variables are listed in `api.settings` (this command
 parses the flags; the settings object is built there). The server binds
 at once; the model loads in the background (GET /ready turns 200 when done).
-If loading fails, the server stops with exit status 1.
+If loading fails, the server stops with exit status 1. SIGTERM drains
+(`api.shutdown`): exit status 0 once the answers in flight have ended.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from api.settings import Settings, SettingsError, settings_from
+from api.settings import Settings, SettingsError, is_loopback, settings_from
 
 
 def _positive_int(text: str) -> int:
@@ -39,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presets-dir", type=Path, help="folder of preset JSON files (env STEERING_PRESETS_DIR; default ./presets)")
     p.add_argument("--max-queue", type=_positive_int, help="requests waiting before 429 (env STEERING_MAX_QUEUE; default 64)")
     p.add_argument("--max-batch", type=_positive_int, help="rows decoded together (env STEERING_MAX_BATCH; default 8)")
+    p.add_argument("--drain-timeout", type=int, help="seconds the answers in flight may take to finish after SIGTERM "
+                   "before they end with an error event (env STEERING_DRAIN_TIMEOUT; default 30)")
+    p.add_argument("--api-key", dest="api_keys", action="append", metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every route but /health (repeatable; "
+                   "env STEERING_API_KEYS, comma-separated)")
+    p.add_argument("--allowed-hosts", type=lambda t: [h.strip() for h in t.split(",") if h.strip()],
+                   help="Host names served besides localhost, 127.0.0.1 and [::1] (comma-separated; "
+                   "env STEERING_ALLOWED_HOSTS)")
+    p.add_argument("--max-body-bytes", type=_positive_int, help="largest request body (env STEERING_MAX_BODY_BYTES; "
+                   "default 4194304)")
+    p.add_argument("--insecure-no-auth", action="store_true", default=None,
+                   help="serve a non-loopback address without API keys (env STEERING_INSECURE_NO_AUTH=1)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -57,9 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.shutdown import DrainingServer
     from steering.presets import PresetError, check_files
 
     settings = parse_settings(argv)
+    if not is_loopback(settings.host) and not settings.api_keys and not settings.insecure_no_auth:
+        print(f"error: refusing to serve {settings.host} without an API key: anyone who reaches it could use "
+              "the model. Set --api-key (STEERING_API_KEYS), or --insecure-no-auth (STEERING_INSECURE_NO_AUTH=1) "
+              "behind your own gateway.", file=sys.stderr)
+        return 2
     try:  # a broken preset file stops start-up before anything loads
         check_files(settings.presets_dir)
     except PresetError as exc:
@@ -77,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = create_app(settings, on_fatal=on_fatal)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             lifespan="on", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app, settings.drain_timeout)
     server.run()
     if failed:
         print(f"error: start-up failed: {failed[0]}", file=sys.stderr)

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.gate import ModelGate
+from api.guard import RequestGuard
 from api.protocol import ChatCompletionRequest, ContrastRequest, ErrorResponse, InspectRequest
 from api.routes import chat, features, inspect, models, presets
 from api.settings import Settings
@@ -96,6 +97,8 @@ def create_app(
                    503: {"model": ErrorResponse}},
     )
     install_error_handlers(app, [ChatCompletionRequest, InspectRequest, ContrastRequest])
+    app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts, api_keys=settings.api_keys,
+                       max_body_bytes=settings.max_body_bytes)
     for module in (chat, models, presets, features, inspect):
         app.include_router(module.router)
     return app

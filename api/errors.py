@@ -11,7 +11,8 @@ Client mistakes are 4xx and name the parameter in OpenAI's path notation
                                 feature index or route
     429 requests                the engine's queue is full (Retry-After header)
     503 server_error            the model is still loading (GET /ready says when),
-                                or a search by text found the model busy too long
+                                a search by text found the model busy too long, or
+                                the server is shutting down (code server_shutting_down)
 
 A 500 means a bug in this server, never bad input. After a stream has
 started its status line is gone, so the error travels as a last SSE event
@@ -30,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from steering.engine.worker import QueueFullError
+from steering.engine import EngineShutdown, QueueFullError
 from steering.errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,11 @@ def not_found(message: str, param: str | None = None, code: str | None = None) -
     return APIError(404, message, param, code)
 
 
+def shutting_down(retry_after: float = 5.0) -> APIError:
+    return APIError(503, "The server is shutting down; retry the request.", None, "server_shutting_down",
+                    headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+
+
 def from_exception(exc: BaseException) -> APIError:
     """Map any exception to an APIError (unknown ones become a 500 and are logged)."""
     if isinstance(exc, APIError):
@@ -81,6 +87,8 @@ def from_exception(exc: BaseException) -> APIError:
     if isinstance(exc, QueueFullError):
         retry = max(1, math.ceil(exc.retry_after))
         return APIError(429, str(exc), None, "rate_limit_exceeded", headers={"Retry-After": str(retry)})
+    if isinstance(exc, EngineShutdown):
+        return shutting_down(exc.retry_after)
     if isinstance(exc, ParameterError):  # the library's one base class for errors that name a parameter
         return bad_request(str(exc), exc.param)
     log.error("internal error", exc_info=(type(exc), exc, exc.__traceback__))

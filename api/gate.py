@@ -51,6 +51,14 @@ class ModelGate:
         if self._in_flight == 0:
             self._idle.set()
 
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for no group in flight (and no exclusive job); True when idle."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return not self._draining
+
     def release_when_done(self, handle: object) -> "asyncio.Task[None]":
         """Leave once the worker has finished `handle` (cancel it first); returns the draining task."""
 

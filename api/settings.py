@@ -11,6 +11,11 @@
     --presets-dir   STEERING_PRESETS_DIR    ./presets
     --max-queue     STEERING_MAX_QUEUE      64
     --max-batch     STEERING_MAX_BATCH      8 (rows decoded together by the engine)
+    --drain-timeout STEERING_DRAIN_TIMEOUT  30 (seconds running answers may finish after SIGTERM)
+    --api-key       STEERING_API_KEYS       none: open (several: repeat the flag, or commas in the variable)
+    --allowed-hosts STEERING_ALLOWED_HOSTS  none beyond loopback names (comma-separated)
+    --max-body-bytes STEERING_MAX_BODY_BYTES 4194304
+    --insecure-no-auth STEERING_INSECURE_NO_AUTH off: a non-loopback bind needs an API key
 
 A flag wins over its variable (the flags are parsed by the command,
 `api.__main__`). Nothing here loads a model: `api.app.create_app` takes the
@@ -45,6 +50,15 @@ class Settings:
     # (capped by the context left after the prompt).
     default_max_tokens: int = 1024
     log_level: str = "info"
+    # On SIGTERM: seconds the answers in flight may take to finish before they end with an error event.
+    drain_timeout: int = 30
+    # Bearer keys every route but /health needs (empty: no keys); see api.guard.
+    api_keys: tuple[str, ...] = ()
+    # Host names served besides the loopback ones (api.guard).
+    allowed_hosts: tuple[str, ...] = ()
+    max_body_bytes: int = 4 * 1024 * 1024
+    # Serve a non-loopback address without API keys (refused otherwise by `python -m api`).
+    insecure_no_auth: bool = False
 
 
 ENV = {
@@ -58,14 +72,33 @@ ENV = {
     "presets_dir": "STEERING_PRESETS_DIR",
     "max_queue": "STEERING_MAX_QUEUE",
     "max_batch": "STEERING_MAX_BATCH",
+    "drain_timeout": "STEERING_DRAIN_TIMEOUT",
+    "api_keys": "STEERING_API_KEYS",
+    "allowed_hosts": "STEERING_ALLOWED_HOSTS",
+    "max_body_bytes": "STEERING_MAX_BODY_BYTES",
+    "insecure_no_auth": "STEERING_INSECURE_NO_AUTH",
 }
 
 
-INTEGERS = ("port", "max_queue", "max_batch", "threads")
+INTEGERS = ("port", "max_queue", "max_batch", "threads", "drain_timeout", "max_body_bytes")
+LISTS = ("api_keys", "allowed_hosts")  # comma-separated in the environment
+BOOLEANS = ("insecure_no_auth",)  # 1/true/yes or 0/false/no
 
 
 class SettingsError(ValueError):
     """An environment variable whose value is not of its setting's type."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` serves this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def settings_from(flags: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -82,10 +115,17 @@ def settings_from(flags: Mapping[str, object] | None = None, environ: Mapping[st
                 values[name] = int(raw)  # type: ignore[arg-type]
             except ValueError:
                 raise SettingsError(f"{var}={raw!r}: expected an integer") from None
+        elif name in BOOLEANS:
+            if raw.strip().lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise SettingsError(f"{var}={raw!r}: expected 1/true/yes or 0/false/no")
+            values[name] = raw.strip().lower() in ("1", "true", "yes")  # type: ignore[assignment]
+        elif name in LISTS:
+            values[name] = tuple(v.strip() for v in raw.split(",") if v.strip())  # type: ignore[arg-type]
         elif name == "presets_dir":
             values[name] = Path(raw)  # type: ignore[arg-type]
         else:
             values[name] = raw
     names = {f.name for f in fields(Settings)}
-    values.update({k: v for k, v in (flags or {}).items() if k in names and v is not None})
+    values.update({k: tuple(v) if k in LISTS else v for k, v in (flags or {}).items()
+                   if k in names and v is not None and v != [] and not (k in BOOLEANS and v is False)})
     return Settings(**values)  # type: ignore[arg-type]

@@ -11,20 +11,21 @@ concepts), and the model's description for translation. Routes only read it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from api.errors import APIError
+from api.errors import APIError, shutting_down
 from api.features import FeatureService
 from api.gate import ModelGate
 from api.protocol import SAEInfo
 from api.settings import Settings
 from api.translate import ServedModel
 from steering.concepts import AutoSteerer
-from steering.engine import ComputeThread, Engine, EngineConfig
+from steering.engine import ComputeThread, Engine, EngineConfig, EngineShutdown
 from steering.models import DEFAULT_MODEL
 from steering.presets import PresetRegistry
 from steering.steered_model import SteeredModel
@@ -54,8 +55,11 @@ class ServerState:
     created: int = 0
     ready: bool = False
     error: str | None = None
+    draining: bool = False  # SIGTERM came: new requests get a 503, running ones may finish
 
     def require_ready(self) -> "ServerState":
+        if self.draining:
+            raise shutting_down()
         if not self.ready:
             if self.error:
                 raise APIError(503, f"The model failed to load: {self.error}", None, "model_load_failed")
@@ -72,6 +76,24 @@ class ServerState:
         except TimeoutError:
             raise APIError(503, "The model is busy generating; retry later.", None, "model_busy",
                            headers={"Retry-After": "10"}) from None
+
+    async def drain(self, timeout: float, flush_s: float = 5.0) -> bool:
+        """Graceful shutdown: refuse new requests (503), let the answers in flight finish for up to
+        `timeout` s, then end the rest with an error event (`EngineShutdown`) and give their streams
+        `flush_s` s to send it and `[DONE]`. True when everything finished on its own."""
+        self.draining = True
+        gate = self.gate
+        if gate is None or self.engine is None:
+            return True
+        log.info("draining: %d request(s) in flight, up to %.0f s", gate.in_flight, timeout)
+        if await gate.wait_idle(timeout):
+            log.info("drained")
+            return True
+        log.warning("drain timeout: ending %d request(s) with an error event", gate.in_flight)
+        engine = self.engine
+        await asyncio.to_thread(engine.close, EngineShutdown())
+        await gate.wait_idle(flush_s)
+        return False
 
     def sae_info(self) -> SAEInfo | None:
         sm = self.sm

@@ -9,7 +9,7 @@
     llama/       the lean Llama forward and its C kernels
     compute      the one thread that runs a process's torch work
     worker       Engine: the scheduler's loop on that thread, fed by submit()
-    handle       RequestHandle: one submitted group's events; QueueFullError
+    handle       RequestHandle: one submitted group's events; QueueFullError; EngineShutdown
     readout      inspection and monitors of generating rows
     generation   generate_batch: the scheduler in the caller's thread
 
@@ -21,12 +21,12 @@ the Llama runner's forward.
 
 from steering.engine.compute import ComputeThread
 from steering.engine.generation import generate_batch
-from steering.engine.handle import QueueFullError, RequestHandle
+from steering.engine.handle import EngineShutdown, QueueFullError, RequestHandle
 from steering.engine.requests import FINISH_REASONS, SequenceRequest, TokenEvent
 from steering.engine.sampling import MAX_LOGIT_BIAS, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, SamplingParams
 from steering.engine.worker import Engine, EngineConfig
 
 __all__ = [
-    "ComputeThread", "generate_batch", "QueueFullError", "RequestHandle", "FINISH_REASONS", "SequenceRequest",
+    "ComputeThread", "generate_batch", "EngineShutdown", "QueueFullError", "RequestHandle", "FINISH_REASONS", "SequenceRequest",
     "TokenEvent", "MAX_LOGIT_BIAS", "MAX_STOP_STRINGS", "MAX_TOP_LOGPROBS", "SamplingParams", "Engine", "EngineConfig",
 ]

@@ -26,6 +26,14 @@ class QueueFullError(RuntimeError):
         self.retry_after = retry_after
 
 
+class EngineShutdown(RuntimeError):
+    """The engine was closed while this group ran (the server is shutting down); retry elsewhere or later."""
+
+    def __init__(self, retry_after: float = 5.0):
+        super().__init__("the server is shutting down; retry the request")
+        self.retry_after = retry_after
+
+
 class RequestHandle:
     """Events of one submitted group, readable from a thread or from asyncio.
 

@@ -102,6 +102,7 @@ class Engine:
         self._waiting = 0  # groups submitted whose rows have not all started
         self._lock = threading.Lock()
         self._closed = False
+        self._stop_reason: BaseException | None = None
         self._stopped = self.compute.submit(self._run)
 
     def submit(
@@ -143,12 +144,14 @@ class Engine:
         """Groups submitted whose rows have not all started."""
         return self._waiting
 
-    def close(self) -> None:
-        """Cancel what runs, end every handle, stop the worker."""
+    def close(self, reason: BaseException | None = None) -> None:
+        """Cancel what runs, end every handle, stop the worker. With `reason` (e.g. `EngineShutdown`), every
+        group still running fails with it (its reader sees the exception) instead of ending `cancelled`."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._stop_reason = reason
             self.compute.put(_STOP_ENGINE)
         if not self.compute.is_current():
             try:
@@ -171,7 +174,10 @@ class Engine:
                     time.sleep(self.config.gather_s)
                     stop = self._take_inbox(handles, waiting, block=False)
                 if stop:
-                    self._dispatch(sched.cancel_all(), handles)
+                    if self._stop_reason is not None:
+                        self._fail_all(self._stop_reason, handles, waiting)
+                    else:
+                        self._dispatch(sched.cancel_all(), handles)
                     return
                 try:
                     pairs = sched.step(lambda h: h.cancelled.is_set())
@@ -228,7 +234,7 @@ class Engine:
         handle.finish()
         handles.pop(id(handle), None)
 
-    def _fail_all(self, exc: Exception, handles: dict, waiting: set) -> None:
+    def _fail_all(self, exc: BaseException, handles: dict, waiting: set) -> None:
         self._scheduler.cancel_all()
         with self._lock:
             self._waiting -= len(waiting)

@@ -118,7 +118,7 @@ def test_non_streaming_client_disconnect_cancels_generation(server):
     host, port = url.removeprefix("http://").split(":")
     body = json.dumps(chat_body(max_tokens=MAX_TOKENS)).encode()
     sock = socket.create_connection((host, int(port)))
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
     assert _wait(lambda: len(forwards) >= 3)  # generating
     sock.close()
