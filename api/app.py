@@ -24,7 +24,8 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.gate import ModelGate
 from api.guard import RequestGuard
-from api.protocol import ChatCompletionRequest, ContrastRequest, ErrorResponse, InspectRequest
+from api.metrics import Metrics, MetricsMiddleware
+from api.protocol import MESSAGE_ROLES, ChatCompletionRequest, ContrastRequest, ErrorResponse, InspectRequest
 from api.routes import chat, features, inspect, models, presets
 from api.settings import Settings
 from api.state import VERSION, ServerState
@@ -48,6 +49,8 @@ def create_app(
     """The app; with `steered_model` (tests, notebooks) nothing is loaded and it is ready at start-up."""
     settings = settings or Settings()
     state = ServerState(settings)
+    state.metrics = Metrics(lambda: state.gate.in_flight if state.gate is not None else 0,
+                            lambda: state.engine.waiting if state.engine is not None else 0)
 
     async def load_in_background() -> None:
         try:
@@ -96,9 +99,10 @@ def create_app(
         responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
                    503: {"model": ErrorResponse}},
     )
-    install_error_handlers(app, [ChatCompletionRequest, InspectRequest, ContrastRequest])
+    install_error_handlers(app, [ChatCompletionRequest, InspectRequest, ContrastRequest], MESSAGE_ROLES)
     app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts, api_keys=settings.api_keys,
                        max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=lambda: state.metrics)  # outermost: counts the guard's refusals
     for module in (chat, models, presets, features, inspect):
         app.include_router(module.router)
     return app

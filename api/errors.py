@@ -131,11 +131,13 @@ def _types_in(annotation: Any) -> list[Any]:
     return out
 
 
-def loc_to_param(loc: Iterable[Any], fields: set[str]) -> str | None:
-    """('body', 'messages', 1, 'role') -> 'messages[1].role'; union tags ('str', 'list[str]') are dropped."""
+def loc_to_param(loc: Iterable[Any], fields: set[str], tags: frozenset[str] = frozenset()) -> str | None:
+    """('body', 'messages', 1, 'role') -> 'messages[1].role'; union tags ('str', 'list[str]', and the
+    discriminator values in `tags` right after a list index: ('messages', 0, 'user', 'content')) are dropped."""
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
+    parts = [p for k, p in enumerate(parts) if not (p in tags and k > 0 and isinstance(parts[k - 1], int))]
     out = ""
     for p in parts:
         if isinstance(p, int):
@@ -145,7 +147,7 @@ def loc_to_param(loc: Iterable[Any], fields: set[str]) -> str | None:
     return out or None
 
 
-def validation_error(exc: RequestValidationError, fields: set[str]) -> APIError:
+def validation_error(exc: RequestValidationError, fields: set[str], tags: frozenset[str] = frozenset()) -> APIError:
     errors = exc.errors()
     if not errors:
         return bad_request("Invalid request.")
@@ -161,16 +163,21 @@ def validation_error(exc: RequestValidationError, fields: set[str]) -> APIError:
     if loc == ("body",) and first.get("type") in ("missing", "model_attributes_type", "dict_type"):
         return bad_request("The request body must be a JSON object, sent with Content-Type: application/json.",
                            None, "invalid_json")
-    param = loc_to_param(loc, fields)
+    param = loc_to_param(loc, fields, tags)
     msg = first.get("msg", "invalid value")
+    if first.get("type") in ("union_tag_invalid", "union_tag_not_found"):  # a message's role picks its schema
+        tag = str(first.get("ctx", {}).get("discriminator", "")).strip("'")
+        param = f"{param}.{tag}" if param and tag else param
     if first.get("type") == "extra_forbidden":  # the unknown key itself is the parameter
-        parent = loc_to_param(loc[:-1], fields)
+        parent = loc_to_param(loc[:-1], fields, tags)
         param, msg = (f"{parent}.{loc[-1]}" if parent else str(loc[-1])), "unknown field"
     return bad_request(f"Invalid value for '{param}': {msg}." if param else f"{msg}.", param, "invalid_value")
 
 
-def install_error_handlers(app: FastAPI, models: Iterable[type]) -> None:
-    """Register handlers so that every error leaves in OpenAI's shape."""
+def install_error_handlers(app: FastAPI, models: Iterable[type], union_tags: Iterable[str] = ()) -> None:
+    """Register handlers so that every error leaves in OpenAI's shape (`union_tags`: the values of the models'
+    discriminators, such as a message's roles, which are not part of a parameter's name)."""
+    tags = frozenset(union_tags)
     fields = _field_names(models)
 
     @app.exception_handler(APIError)
@@ -179,7 +186,7 @@ def install_error_handlers(app: FastAPI, models: Iterable[type]) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_error(exc, fields).response()
+        return validation_error(exc, fields, tags).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from api.errors import APIError, shutting_down
 from api.features import FeatureService
 from api.gate import ModelGate
+from api.metrics import Metrics
 from api.protocol import SAEInfo
 from api.settings import Settings
 from api.translate import ServedModel
@@ -56,9 +57,12 @@ class ServerState:
     ready: bool = False
     error: str | None = None
     draining: bool = False  # SIGTERM came: new requests get a 503, running ones may finish
+    metrics: Metrics | None = None
 
     def require_ready(self) -> "ServerState":
         if self.draining:
+            if self.metrics is not None:
+                self.metrics.rejections.labels(reason="shutting_down").inc()
             raise shutting_down()
         if not self.ready:
             if self.error:
@@ -74,6 +78,9 @@ class ServerState:
         try:
             return await self.gate.run_exclusive(fn, *args, timeout=EXCLUSIVE_WAIT_S)
         except TimeoutError:
+            if self.metrics is not None:
+                self.metrics.rejections.labels(reason="model_busy").inc()
+            log.warning("model busy: an exclusive job waited %.0f s", EXCLUSIVE_WAIT_S)
             raise APIError(503, "The model is busy generating; retry later.", None, "model_busy",
                            headers={"Retry-After": "10"}) from None
 

@@ -234,6 +234,28 @@ def _max_tokens(request: ChatCompletionRequest, prompt_tokens: int, served: Serv
     return asked
 
 
+# A request's budget: generated tokens over all its rows (n choices, twice with compare), and logprob entries
+# (tokens x (1 + top_logprobs)). n 8 with compare at 2,048 tokens fits; the same with top_logprobs 20 does not.
+MAX_REQUEST_TOKENS = 32_768
+MAX_LOGPROB_ENTRIES = 131_072
+
+
+def _check_budget(request: ChatCompletionRequest, rows: int, max_tokens: int) -> None:
+    param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+    if rows * max_tokens > MAX_REQUEST_TOKENS:
+        raise bad_request(
+            f"This request could generate {rows} x {max_tokens} = {rows * max_tokens} tokens ({rows} rows: n, "
+            f"twice with compare); the limit is {MAX_REQUEST_TOKENS}. Lower {param} to at most "
+            f"{MAX_REQUEST_TOKENS // rows} or ask for fewer choices.", param, "request_too_large")
+    if request.logprobs:
+        entries = rows * max_tokens * (1 + (request.top_logprobs or 0))
+        if entries > MAX_LOGPROB_ENTRIES:
+            raise bad_request(
+                f"This request could return {entries} log-probabilities (rows x tokens x (1 + top_logprobs)); the "
+                f"limit is {MAX_LOGPROB_ENTRIES}. Lower top_logprobs, {param} or n.", "top_logprobs",
+                "request_too_large")
+
+
 def to_engine(request: ChatCompletionRequest, served: ServedModel, steering: ResolvedSteering | None) -> EngineJob:
     """Translate a request whose steering is resolved; raises APIError (4xx) for anything the engine would refuse."""
     if request.top_logprobs and not request.logprobs:
@@ -249,9 +271,10 @@ def to_engine(request: ChatCompletionRequest, served: ServedModel, steering: Res
     if not prompt:
         raise bad_request("The messages render to an empty prompt.", "messages")
     max_tokens = _max_tokens(request, len(prompt), served)
+    compare = bool(request.steering and request.steering.compare)
+    _check_budget(request, request.n * (2 if compare else 1), max_tokens)
     seed = request.seed if request.seed is not None else secrets.randbits(63)
     greedy = request.top_p == 0.0
-    compare = bool(request.steering and request.steering.compare)
     spec = steering.applied if steering is not None else None
     inspect = steering.inspect if steering is not None else None
     monitors = steering.monitors if steering is not None else ()

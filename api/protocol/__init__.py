@@ -16,10 +16,12 @@ engine objects, and nothing below that line sees these models.
 from api.protocol.chat import (
     AppliedFeature,
     AppliedSteering,
+    AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatMessage,
+    MESSAGE_ROLES,
     Choice,
     ChoiceLogprobs,
     ChunkChoice,
@@ -61,7 +63,7 @@ from api.protocol.readings import FeatureActivation, InspectOptions, MonitorEven
 
 __all__ = [
     "AppliedFeature", "AppliedSteering", "ChatCompletion", "ChatCompletionChunk", "ChatCompletionRequest",
-    "ChatMessage", "Choice", "ChoiceLogprobs", "ChunkChoice", "ConceptProbe", "ConceptSteering", "DeltaMessage",
+    "AssistantMessage", "ChatMessage", "MESSAGE_ROLES", "Choice", "ChoiceLogprobs", "ChunkChoice", "ConceptProbe", "ConceptSteering", "DeltaMessage",
     "ResponseMessage", "SteeringFeature", "SteeringOptions", "StreamOptions", "TextContentPart", "TokenLogprob",
     "TopLogprob", "Usage", "ErrorInfo", "ErrorResponse", "ConceptScores", "FeatureDetail", "FeatureList",
     "FeatureMatch", "FeatureSearchResult", "FeatureSummary", "Neighbour", "TokenEffect", "TopContext", "ModelCard",

@@ -22,16 +22,15 @@ and indices are strict: `true` is not 1, `"7"` is not 7.
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator
 
 from api.protocol.common import (
     LENIENT,
     MAX_CONCEPT_CHARS,
     MAX_FEATURE_VALUE,
     MAX_N,
-    MAX_SEED,
     MAX_STEERING_FEATURES,
     MAX_STOP,
     MAX_STRENGTH,
@@ -43,6 +42,8 @@ from api.protocol.common import (
     ClampMode,
     ClampUnit,
     GeneratedLimit,
+    JsonInt,
+    bounded_int,
     Positions,
 )
 from api.protocol.features import FeatureMatch
@@ -50,14 +51,17 @@ from api.protocol.readings import InspectOptions, MonitorEventOut, MonitorOption
 from steering.engine import MAX_LOGIT_BIAS
 from steering.monitors import MAX_MONITORS
 
-# OpenAI request fields this server does not implement, with the values that ask for nothing (accepted).
-UNIMPLEMENTED: dict[str, tuple[Any, ...]] = {
-    "tools": (None, []), "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
-    "functions": (None, []), "function_call": (None, "none", "auto"),
-    "response_format": (None, {"type": "text"}), "audio": (None,), "modalities": (None, ["text"]),
-    "prediction": (None,), "reasoning_effort": (None,), "service_tier": (None, "auto", "default"),
-    "store": (None, False), "metadata": (None, {}), "web_search_options": (None,), "verbosity": (None,),
-}
+NOT_IMPLEMENTED = "Not implemented by this server: accepted only at a value that asks for nothing (leave it out)."
+NonEmpty = Annotated[str, Field(min_length=1)]
+TokenId = Annotated[str, StringConstraints(pattern=r"^[0-9]+$")]
+Bias = Annotated[float, Field(ge=-100.0, le=100.0)]
+Nothing = Annotated[list[Any], Field(max_length=0)]
+
+
+class TextResponseFormat(BaseModel):
+    model_config = STRICT
+    type: Literal["text"]
+
 
 # deviation: content_filter comes from a `stop` monitor of the steering extension, not a moderation model
 FinishReason = Literal["stop", "length", "content_filter"]
@@ -73,30 +77,42 @@ class TextContentPart(BaseModel):
     text: str
 
 
-class ChatMessage(BaseModel):
+class _Message(BaseModel):
     # Lenient: a conversation echoed back from a response carries fields such as `refusal` or `annotations`.
     model_config = LENIENT
-    # deviation: tool and function messages are not supported; "developer"
-    # (OpenAI's newer name for a system message) is read as "system".
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextContentPart] | None = Field(
-        None, validate_default=True,
-        description="Required except on an assistant message (null there, as OpenAI allows, reads as empty).")
     name: str | None = None
 
-    @field_validator("content")
-    @classmethod
-    def _content_required(cls, content: Any, info: Any) -> Any:
-        if content is None and info.data.get("role") != "assistant":
-            raise ValueError("content is required (null only on an assistant message)")
-        return content
-
     def text(self) -> str:
-        if self.content is None:
+        content = getattr(self, "content", None)
+        if content is None:
             return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
+        if isinstance(content, str):
+            return content
+        return "".join(part.text for part in content)
+
+
+class SystemMessage(_Message):
+    # "developer" is OpenAI's newer name for a system message; it is read as "system".
+    role: Literal["system", "developer"]
+    content: str | list[TextContentPart]
+
+
+class UserMessage(_Message):
+    role: Literal["user"]
+    content: str | list[TextContentPart]
+
+
+class AssistantMessage(_Message):
+    role: Literal["assistant"]
+    content: str | list[TextContentPart] | None = Field(
+        None, description="May be null (or absent), as OpenAI allows; it reads as empty.")
+
+
+# deviation: tool and function messages are not supported. The role picks the schema, so the OpenAPI page
+# says what the server accepts: content is required except on an assistant message.
+ChatMessage = Annotated[Union[SystemMessage, UserMessage, AssistantMessage], Field(discriminator="role")]
+MESSAGE_ROLES: frozenset[str] = frozenset(r for m in (SystemMessage, UserMessage, AssistantMessage)
+                                          for r in get_args(m.model_fields["role"].annotation))
 
 
 class StreamOptions(BaseModel):
@@ -108,7 +124,7 @@ class SteeringFeature(BaseModel):
     """One feature clamp of the `steering` extension."""
 
     model_config = STRICT
-    index: int = Field(ge=0, description="The SAE feature's index (0 <= index < d_sae; see GET /v1/features).")
+    index: JsonInt = Field(ge=0, description="The SAE feature's index (0 <= index < d_sae; see GET /v1/features).")
     value: float = Field(
         ge=-MAX_FEATURE_VALUE,
         le=MAX_FEATURE_VALUE,
@@ -193,49 +209,54 @@ class ChatCompletionRequest(BaseModel):
     model: str
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Lowers a token's logit by this times "
                                      "its count in the answer so far.")
-    logit_bias: dict[str, float] | None = Field(
-        None, max_length=MAX_LOGIT_BIAS, description="Token id (as a string) -> bias in [-100, 100] added to "
+    logit_bias: dict[TokenId, Bias] | None = Field(
+        None, max_length=MAX_LOGIT_BIAS, json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}},
+        description="Token id (as a string) -> bias in [-100, 100] added to "
         "its logit at every step (-100 bans the token, 100 all but forces it).")
     logprobs: bool = False
-    max_completion_tokens: int | None = Field(None, ge=1)
-    max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI in favour of max_completion_tokens.")
-    n: int = Field(1, ge=1, le=MAX_N)
+    max_completion_tokens: bounded_int(ge=1) | None = None  # type: ignore[valid-type]
+    max_tokens: bounded_int(ge=1) | None = Field(  # type: ignore[valid-type]
+        None, description="Deprecated by OpenAI in favour of max_completion_tokens.")
+    n: JsonInt = Field(1, ge=1, le=MAX_N)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Lowers the logit of every token already "
                                     "in the answer by this.")
-    seed: int | None = Field(None, ge=-MAX_SEED - 1, le=MAX_SEED)
-    stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOP} non-empty strings that end the answer.")
+    # Any integer: only its value modulo 2^63 seeds the sampler (an int64 bound would reach the OpenAPI page as
+    # a float, 2^63, that the bound itself refuses).
+    seed: JsonInt | None = Field(None, description="Choice i samples with seed + i (any integer, used modulo 2^63).")
+    stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=MAX_STOP)] | None = Field(
+        None, description=f"Up to {MAX_STOP} non-empty strings that end the answer.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    top_logprobs: bounded_int(0, MAX_TOP_LOGPROBS) | None = None  # type: ignore[valid-type]
     top_p: float = Field(1.0, ge=0.0, le=1.0)
     user: str | None = None
 
-    # ---- OpenAI fields not implemented: accepted at their defaults only ----------
-    tools: Any = None
-    tool_choice: Any = None
-    parallel_tool_calls: Any = None
-    functions: Any = None
-    function_call: Any = None
-    response_format: Any = None
-    audio: Any = None
-    modalities: Any = None
-    prediction: Any = None
-    reasoning_effort: Any = None
-    service_tier: Any = None
-    store: Any = None
-    metadata: Any = None
-    web_search_options: Any = None
-    verbosity: Any = None
+    # ---- OpenAI fields not implemented: accepted only where they ask for nothing ----------
+    tools: Nothing | None = Field(None, description=NOT_IMPLEMENTED)
+    tool_choice: Literal["none", "auto"] | None = Field(None, description=NOT_IMPLEMENTED)
+    parallel_tool_calls: bool | None = Field(None, description=NOT_IMPLEMENTED)
+    functions: Nothing | None = Field(None, description=NOT_IMPLEMENTED)
+    function_call: Literal["none", "auto"] | None = Field(None, description=NOT_IMPLEMENTED)
+    response_format: TextResponseFormat | None = Field(None, description=NOT_IMPLEMENTED)
+    audio: None = Field(None, description=NOT_IMPLEMENTED)
+    modalities: list[Literal["text"]] | None = Field(None, description=NOT_IMPLEMENTED)
+    prediction: None = Field(None, description=NOT_IMPLEMENTED)
+    reasoning_effort: None = Field(None, description=NOT_IMPLEMENTED)
+    service_tier: Literal["auto", "default"] | None = Field(None, description=NOT_IMPLEMENTED)
+    store: Literal[False] | None = Field(None, description=NOT_IMPLEMENTED)
+    metadata: Annotated[dict[str, str], Field(max_length=0)] | None = Field(None, description=NOT_IMPLEMENTED)
+    web_search_options: None = Field(None, description=NOT_IMPLEMENTED)
+    verbosity: None = Field(None, description=NOT_IMPLEMENTED)
 
     # ---- vLLM's sampling extras ---------------------------------------------
-    top_k: int = Field(0, ge=-1, description="Sample among the k likeliest tokens only (0 or -1: off).")
+    top_k: JsonInt = Field(0, ge=-1, description="Sample among the k likeliest tokens only (0 or -1: off).")
     min_p: float = Field(0.0, ge=0.0, le=1.0, description="Drop tokens whose probability is below min_p times "
                          "the likeliest's.")
     repetition_penalty: float = Field(1.0, gt=0.0, le=2.0, description="CTRL's penalty on every token of the "
                                       "prompt and answer: a positive logit is divided by it, a negative one "
                                       "multiplied (1: off).")
-    min_tokens: int = Field(0, ge=0, description="The end token is banned until this many tokens are generated.")
+    min_tokens: JsonInt = Field(0, ge=0, description="The end token is banned until this many tokens are generated.")
     ignore_eos: bool = Field(False, description="Keep generating past the end token (until max_tokens or a stop).")
 
     # ---- extension: SAE steering (not part of OpenAI's API) ----------------
@@ -244,31 +265,15 @@ class ChatCompletionRequest(BaseModel):
         description="Steer the model by clamping SAE features (extension; send it in the OpenAI client's extra_body).",
     )
 
-    @field_validator(*UNIMPLEMENTED)
+    @field_validator("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "response_format",
+                     "audio", "modalities", "prediction", "reasoning_effort", "service_tier", "store", "metadata",
+                     "web_search_options", "verbosity", mode="wrap")
     @classmethod
-    def _check_unimplemented(cls, value: Any, info: Any) -> Any:
-        if value not in UNIMPLEMENTED[info.field_name]:
-            raise ValueError(f"this server does not implement '{info.field_name}'; "
-                             f"leave it out or send one of {UNIMPLEMENTED[info.field_name]}")
-        return value
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _check_logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
-        for token, value in (bias or {}).items():
-            if not token.isdigit():
-                raise ValueError(f"keys are token ids written as strings (e.g. \"50256\"), not {token!r}")
-            if not -100.0 <= value <= 100.0:
-                raise ValueError(f"the bias of token {token} must be between -100 and 100")
-        return bias
-
-    @field_validator("stop")
-    @classmethod
-    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        items = [stop] if isinstance(stop, str) else (stop or [])
-        if len(items) > MAX_STOP or any(not s for s in items):
-            raise ValueError(f"stop takes at most {MAX_STOP} non-empty strings")
-        return stop
+    def _not_implemented(cls, value: Any, handler: Any, info: Any) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(f"this server does not implement '{info.field_name}'; leave it out") from None
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from steering.concepts import MAX_CONCEPT_CHARS, MAX_STRENGTH
 from steering.engine import MAX_STOP_STRINGS, MAX_TOP_LOGPROBS
@@ -33,13 +33,28 @@ MAX_N = 8
 MAX_STOP = MAX_STOP_STRINGS
 MAX_STEERING_FEATURES = MAX_CLAMPS
 MAX_FEATURE_VALUE = MAX_CLAMP_VALUE
-MAX_SEED = 2**63 - 1
+
+def _integral(value: object) -> object:
+    """JSON Schema's integers include 2.0: read it as 2 (a bool or a string stays an error, strictly)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer field of a request: strict, but 2.0 counts (JSON Schema's definition, which the OpenAPI page gives).
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+
+
+def bounded_int(ge: int | None = None, le: int | None = None) -> object:
+    """JsonInt within [ge, le]: the bounds come before the validator, so the schema shows minimum/maximum."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_integral)]
 
 # Shared field types of a clamp spec (the request's `steering`, a preset, the response's report).
 ClampMode = Literal[tuple(CLAMP_MODES)]  # type: ignore[valid-type]
 ClampUnit = Literal[tuple(CLAMP_UNITS)]  # type: ignore[valid-type]
 Positions = Literal[tuple(POSITIONS)]  # type: ignore[valid-type]
-GeneratedLimit = Annotated[int | None, Field(ge=0, le=MAX_GENERATED_LIMIT)]
+# Bounds go inside the Annotated: on `X | None` they would not reach the OpenAPI schema as minimum/maximum.
+GeneratedLimit = bounded_int(0, MAX_GENERATED_LIMIT) | None  # type: ignore[operator]
 MODES_DOC = "; ".join(f"`{m.name}`: {m.description}" for m in CLAMP_MODES.values())
 UNITS_DOC = "; ".join(f"`{name}`: {doc}" for name, doc in CLAMP_UNITS.items())
 POSITIONS_DOC = "; ".join(f"`{name}`: {doc}" for name, doc in POSITIONS.items())
@@ -49,7 +64,7 @@ LENIENT = ConfigDict(allow_inf_nan=False, extra="ignore")
 
 __all__ = [
     "MAX_N", "MAX_STOP", "MAX_TOP_LOGPROBS", "MAX_STEERING_FEATURES", "MAX_FEATURE_VALUE", "MAX_GENERATED_LIMIT",
-    "MAX_SEED", "MAX_CLAMPS", "MAX_CLAMP_VALUE", "MAX_CONCEPT_CHARS", "MAX_STRENGTH", "ClampMode", "ClampUnit", "Positions", "GeneratedLimit",
+    "MAX_CLAMPS", "MAX_CLAMP_VALUE", "MAX_CONCEPT_CHARS", "MAX_STRENGTH", "ClampMode", "ClampUnit", "Positions", "GeneratedLimit", "JsonInt", "bounded_int",
     "STRICT", "LENIENT", "ErrorInfo", "ErrorResponse",
 ]
 

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from api.protocol.chat import ChatMessage
-from api.protocol.common import STRICT
+from api.protocol.common import STRICT, JsonInt
 from api.protocol.readings import InspectOptions, TokenFeatures
 from steering.inspection.contrast import MAX_TEXTS
 
@@ -33,7 +33,7 @@ class InspectRequest(BaseModel):
     model: str
     messages: list[ChatMessage] = Field(min_length=1, description="A conversation; it may end in an assistant message.")
     inspect: InspectOptions = Field(default_factory=InspectOptions)
-    summary_limit: int = Field(20, ge=0, le=200, description="Features in the conversation's summary.")
+    summary_limit: JsonInt = Field(20, ge=0, le=200, description="Features in the conversation's summary.")
     order: Literal["total", "max"] = Field("total", description="How the summary ranks features.")
 
 
@@ -50,7 +50,7 @@ class ContrastRequest(BaseModel):
     a: list[str | list[ChatMessage]] = Field(min_length=1, max_length=MAX_TEXTS,
                                              description="Texts or conversations of the first set.")
     b: list[str | list[ChatMessage]] = Field(min_length=1, max_length=MAX_TEXTS, description="The second set.")
-    limit: int = Field(10, ge=1, le=100, description="Features per side.")
+    limit: JsonInt = Field(10, ge=1, le=100, description="Features per side.")
     query: str | None = Field(None, max_length=200, description="Rerank: catalogue matches for this text first.")
 
 

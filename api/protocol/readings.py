@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from api.protocol.common import MAX_CLAMP_VALUE, MAX_CLAMPS, MAX_GENERATED_LIMIT, STRICT, ClampMode, ClampUnit
+from api.protocol.common import MAX_CLAMP_VALUE, MAX_CLAMPS, MAX_GENERATED_LIMIT, STRICT, ClampMode, ClampUnit, JsonInt, bounded_int
 from steering.monitors import MAX_MONITOR_NAME, MONITOR_ACTIONS
 from steering.readings import INSPECT_POSITIONS, MAX_NAMED_FEATURES, MAX_TOP_K
 
@@ -19,8 +19,8 @@ class InspectOptions(BaseModel):
     """What to read per token."""
 
     model_config = STRICT
-    top_k: int = Field(8, ge=0, le=MAX_TOP_K, description="How many of the most active features per token.")
-    features: list[int] = Field(default_factory=list, max_length=MAX_NAMED_FEATURES,
+    top_k: JsonInt = Field(8, ge=0, le=MAX_TOP_K, description="How many of the most active features per token.")
+    features: list[JsonInt] = Field(default_factory=list, max_length=MAX_NAMED_FEATURES,
                                 description="Features whose value is reported at every token, active or not.")
     positions: InspectPositions = Field(  # type: ignore[valid-type]
         "generated", description="In a chat completion: the `generated` tokens only, or `all` (the prompt's too). "
@@ -46,7 +46,7 @@ class MonitorClamp(BaseModel):
     """A clamp a `steer` monitor applies (the fields of `steering.features[]`)."""
 
     model_config = STRICT
-    index: int = Field(ge=0)
+    index: JsonInt = Field(ge=0)
     value: float = Field(ge=-MAX_CLAMP_VALUE, le=MAX_CLAMP_VALUE)
     mode: ClampMode = "clamp"
     unit: ClampUnit = "max"
@@ -56,7 +56,7 @@ class MonitorOptions(BaseModel):
     """Watch a feature at every generated token."""
 
     model_config = STRICT
-    index: int = Field(ge=0, description="The SAE feature watched.")
+    index: JsonInt = Field(ge=0, description="The SAE feature watched.")
     threshold: float = Field(gt=0, description="Crossed when the feature's activation reaches it (rising edge).")
     unit: ClampUnit = Field("max", description="`max`: a multiple of the feature's max activation; `raw`.")
     action: MonitorAction = Field(  # type: ignore[valid-type]
@@ -64,7 +64,7 @@ class MonitorOptions(BaseModel):
     name: str | None = Field(None, max_length=MAX_MONITOR_NAME, description="Reported with each event.")
     clamps: list[MonitorClamp] = Field(default_factory=list, max_length=MAX_CLAMPS, description="With action "
                                        "`steer`: the clamps applied to that choice from the token after the crossing.")
-    duration: int | None = Field(None, ge=1, le=MAX_GENERATED_LIMIT, description="With `steer`: how many tokens the "
+    duration: bounded_int(1, MAX_GENERATED_LIMIT) | None = Field(None, description="With `steer`: how many tokens the "  # type: ignore[valid-type]
                                  "clamps last (null: to the end).")
 
 

@@ -1,7 +1,7 @@
 """The HTTP routes, one router per resource, over the app's `ServerState`.
 
     chat       POST /v1/chat/completions
-    models     GET /v1/models[/{id}], /health, /ready
+    models     GET /v1/models[/{id}], /health, /ready, /metrics
     presets    GET /v1/presets[/{name}]
     features   GET /v1/features, /v1/features/search, /v1/features/{index}
     inspect    POST /v1/inspect, POST /v1/features/contrast

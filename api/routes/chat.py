@@ -23,21 +23,25 @@ Either way the gate (`api.gate`) counts the group until the worker is done.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from sse_starlette import EventSourceResponse
 
 from api.errors import APIError, bad_request, from_exception, sse_error_event
+from api.metrics import RequestTimer
 from api.protocol import ChatCompletion, ChatCompletionRequest
 from api.render import Chunker, Collector, ResponseMeta, steering_report
 from api.routes import server
 from api.state import ServerState
 from api.translate import SteeringLayers, check_steering, resolve_steering, to_engine
 from steering.concepts import AutoSteerResult
-from steering.engine import RequestHandle, SequenceRequest
+from steering.engine import QueueFullError, RequestHandle, SequenceRequest
 from steering.errors import SteeringError
 
+log = logging.getLogger("api")
 DISCONNECT_POLL_S = 0.2
 SSE_PING_S = 15
 
@@ -53,28 +57,44 @@ async def auto_steer(state: ServerState, layers: SteeringLayers | None) -> AutoS
     concept, strength = layers.concept, layers.strength
     try:
         if steerer.is_cached(concept):
+            state.metrics.concepts.labels(result="cached").inc()
             return steerer.steer(concept, strength)
-        return await state.run_alone(steerer.steer, concept, strength)
+        state.metrics.concepts.labels(result="search").inc()
+        t0 = time.perf_counter()
+        log.info("concept search %r started", concept)
+        result = await state.run_alone(steerer.steer, concept, strength)
+        log.info("concept search %r done in %.1f s: features %s", concept, time.perf_counter() - t0,
+                 [f.index for f in result.features])
+        return result
     except SteeringError as e:  # params are already steering.concept / steering.strength / steering
         raise bad_request(str(e), e.param) from None
 
 
-async def _submit(state: ServerState, requests: tuple[SequenceRequest, ...]) -> RequestHandle:
+async def _submit(state: ServerState, requests: tuple[SequenceRequest, ...], request_id: str) -> RequestHandle:
     await state.gate.enter()
     try:
         return state.engine.submit(requests, loop=asyncio.get_running_loop())
-    except BaseException:
+    except BaseException as exc:
         state.gate.leave()
+        if isinstance(exc, QueueFullError):
+            state.metrics.rejections.labels(reason="queue_full").inc()
+            log.warning("%s rejected: queue full (%d waiting), retry after %.0f s", request_id,
+                        state.engine.waiting, exc.retry_after)
         raise
 
 
-def _finish(state: ServerState, handle: RequestHandle, finished: bool) -> None:
+def _finish(state: ServerState, handle: RequestHandle, finished: bool, request_id: str, timer: RequestTimer) -> None:
     """Hand the group back to the gate: now if the worker is done, else after cancelling and draining it."""
+    seconds = time.perf_counter() - timer.start
     if finished:
         state.gate.leave()
+        ttft = "-" if timer.first_ms is None else f"{timer.first_ms:.0f}"
+        log.info("%s done: %d tokens in %.2f s, first after %s ms", request_id, timer.count, seconds, ttft)
     else:
         handle.cancel()
         state.gate.release_when_done(handle)
+        state.metrics.cancellations.inc()
+        log.info("%s cancelled after %d tokens, %.2f s (client gone)", request_id, timer.count, seconds)
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, response_model_exclude_none=False,
@@ -95,18 +115,24 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
         monitors=job.steering is not None and bool(job.steering.monitors),
         features=state.features,
     )
+    steered = any(job.steered)
+    state.metrics.chats.labels(steered=str(steered).lower()).inc()
+    log.info("%s: %d row(s), max %d tokens, steered %s, stream %s", meta.id, len(job.requests),
+             job.requests[0].sampling.max_tokens, steered, body.stream)
     try:
-        handle = await _submit(state, job.requests)
+        handle = await _submit(state, job.requests, meta.id)
     except Exception as exc:
         raise from_exception(exc) from None
+    timer = RequestTimer(state.metrics, job.steered)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunker = Chunker(meta, state.texts, include_usage)
-        return EventSourceResponse(_stream(state, handle, chunker), sep="\n", ping=SSE_PING_S)
-    return await _collect(state, handle, Collector(meta, state.texts), request)
+        return EventSourceResponse(_stream(state, handle, chunker, timer), sep="\n", ping=SSE_PING_S)
+    return await _collect(state, handle, Collector(meta, state.texts), request, timer)
 
 
-async def _stream(state: ServerState, handle: RequestHandle, chunker: Chunker) -> AsyncIterator[dict[str, str]]:
+async def _stream(state: ServerState, handle: RequestHandle, chunker: Chunker,
+                  timer: RequestTimer) -> AsyncIterator[dict[str, str]]:
     finished = False
     events_in = handle.__aiter__()
     try:
@@ -122,6 +148,7 @@ async def _stream(state: ServerState, handle: RequestHandle, chunker: Chunker) -
                 except Exception:
                     finished = True  # the worker raised for this group: it is done with it
                     raise
+                timer.on_events(events)
                 for chunk in chunker.step(events):
                     yield {"data": chunk}
             for chunk in chunker.last():
@@ -130,7 +157,7 @@ async def _stream(state: ServerState, handle: RequestHandle, chunker: Chunker) -
             yield {"data": sse_error_event(exc)}
         yield {"data": "[DONE]"}
     finally:
-        _finish(state, handle, finished)
+        _finish(state, handle, finished, chunker.meta.id, timer)
 
 
 async def _watch_disconnect(request: Request, handle: RequestHandle) -> None:
@@ -139,12 +166,14 @@ async def _watch_disconnect(request: Request, handle: RequestHandle) -> None:
     handle.cancel()
 
 
-async def _collect(state: ServerState, handle: RequestHandle, collector: Collector, request: Request) -> ChatCompletion:
+async def _collect(state: ServerState, handle: RequestHandle, collector: Collector, request: Request,
+                   timer: RequestTimer) -> ChatCompletion:
     finished = False
     watcher = asyncio.get_running_loop().create_task(_watch_disconnect(request, handle))
     try:
         try:
             async for events in handle:
+                timer.on_events(events)
                 collector.add(events)
             finished = True
         except Exception as exc:
@@ -152,7 +181,7 @@ async def _collect(state: ServerState, handle: RequestHandle, collector: Collect
             raise from_exception(exc) from None
     finally:
         watcher.cancel()
-        _finish(state, handle, finished)
+        _finish(state, handle, finished, collector.meta.id, timer)
     if handle.cancelled.is_set():
         raise APIError(499, "The client closed the request.", None, "client_closed_request")
     return collector.result()

@@ -1,8 +1,8 @@
-"""GET /v1/models, /v1/models/{id}: the served model (and its SAE); /health and /ready."""
+"""GET /v1/models, /v1/models/{id}: the served model (and its SAE); /health, /ready and /metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
 from api.errors import not_found
 from api.protocol import ModelCard, ModelList, Readiness
@@ -19,6 +19,12 @@ def _card(st: ServerState) -> ModelCard:
 @router.get("/health", summary="Liveness: the process answers")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@router.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response)
+async def metrics(st: ServerState = Depends(server)) -> Response:
+    body, content_type = st.metrics.render()
+    return Response(body, media_type=content_type)
 
 
 @router.get("/ready", response_model=Readiness, summary="Readiness: model and SAE loaded (503 until then)")

@@ -246,7 +246,8 @@ def test_fields_at_their_defaults_and_null_assistant_content_are_accepted(client
     body = chat_body(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None},
                                {"role": "user", "content": "Again"}],
                      tools=[], tool_choice="none", response_format={"type": "text"}, store=False, top_k=-1,
-                     frequency_penalty=0, presence_penalty=0.0, logit_bias={}, min_p=0, repetition_penalty=1)
+                     frequency_penalty=0, presence_penalty=0.0, logit_bias={}, min_p=0, repetition_penalty=1,
+                     seed=2**70, n=2.0)  # any integer seed; 2.0 is an integer in JSON Schema
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
 

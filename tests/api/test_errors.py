@@ -60,7 +60,7 @@ def post_raw(client, text: str):
         ({"stop": [""]}, "stop"),
         ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
         ({"top_logprobs": 2}, "top_logprobs"),
-        ({"seed": 2**64}, "seed"),
+        ({"seed": "7"}, "seed"),
         ({"steering": {"features": [{"index": -1, "value": 1}]}}, "steering.features[0].index"),
         ({"steering": {"features": [{"index": 96, "value": 1}]}}, "steering.features[0].index"),
         ({"steering": {"features": [{"index": 1, "value": 1001}]}}, "steering.features[0].value"),
@@ -82,7 +82,7 @@ def post_raw(client, text: str):
         ({"steering": {"compare": 0}}, "steering.compare"),
         ({"max_tokens": "12"}, "max_tokens"),
         ({"temperature": True}, "temperature"),
-        ({"n": 1.0}, "n"),
+        ({"n": 1.5}, "n"),
         # sampling fields are honoured, so their bounds are checked
         ({"frequency_penalty": 2.5}, "frequency_penalty"),
         ({"presence_penalty": -3}, "presence_penalty"),
@@ -258,3 +258,17 @@ def test_load_failure_is_reported_and_fatal(monkeypatch):
         err = error_of(c.get("/ready"), 503)
         assert err["code"] == "model_load_failed" and "no such model" in err["message"]
     assert isinstance(fatal[0], OSError)
+
+
+def test_a_request_over_its_budget_is_a_400_naming_what_to_lower(client, monkeypatch):
+    import api.translate as translate
+
+    monkeypatch.setattr(translate, "MAX_REQUEST_TOKENS", 100)
+    monkeypatch.setattr(translate, "MAX_LOGPROB_ENTRIES", 60)
+    err = error_of(post(client, n=4, max_tokens=20, steering={"compare": True}), 400)  # 8 rows x 20
+    assert err["param"] == "max_tokens" and err["code"] == "request_too_large" and "at most 12" in err["message"]
+    err = error_of(post(client, n=2, max_completion_tokens=60), 400)
+    assert err["param"] == "max_completion_tokens"
+    err = error_of(post(client, max_tokens=20, logprobs=True, top_logprobs=3), 400)  # 20 x 4 entries
+    assert err["param"] == "top_logprobs" and err["code"] == "request_too_large"
+    assert post(client, max_tokens=20, logprobs=True, top_logprobs=1).status_code == 200  # 40 entries
