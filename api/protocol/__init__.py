@@ -1,6 +1,7 @@
 """Every schema of the HTTP API, one module per resource (as vLLM keeps a protocol module per endpoint).
 
     chat       POST /v1/chat/completions: request, response, chunks, the `steering` extension and its report
+    messages   the messages of a chat (a union by role), shared by chat and inspect
     models     GET /v1/models, /ready: model cards and the loaded SAE
     presets    GET /v1/presets: the wire form of the library's presets
     features   GET /v1/features...: summaries, details, search matches
@@ -13,15 +14,13 @@ This package only describes shapes; `api.translate` turns a request into
 engine objects, and nothing below that line sees these models.
 """
 
+from api.protocol.messages import MESSAGE_ROLES, AssistantMessage, ChatMessage, TextContentPart
 from api.protocol.chat import (
     AppliedFeature,
     AppliedSteering,
-    AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatMessage,
-    MESSAGE_ROLES,
     Choice,
     ChoiceLogprobs,
     ChunkChoice,
@@ -32,7 +31,6 @@ from api.protocol.chat import (
     SteeringFeature,
     SteeringOptions,
     StreamOptions,
-    TextContentPart,
     TokenLogprob,
     TopLogprob,
     Usage,

@@ -22,7 +22,7 @@ and indices are strict: `true` is not 1, `"7"` is not 7.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator
 
@@ -47,15 +47,21 @@ from api.protocol.common import (
     Positions,
 )
 from api.protocol.features import FeatureMatch
+from api.protocol.messages import ChatMessage
 from api.protocol.readings import InspectOptions, MonitorEventOut, MonitorOptions, TokenFeatures
 from steering.engine import MAX_LOGIT_BIAS
 from steering.monitors import MAX_MONITORS
 
 NOT_IMPLEMENTED = "Not implemented by this server: accepted only at a value that asks for nothing (leave it out)."
 NonEmpty = Annotated[str, Field(min_length=1)]
-TokenId = Annotated[str, StringConstraints(pattern=r"^[0-9]+$")]
+TOKEN_ID = r"^[0-9]+$"
+TokenId = Annotated[str, StringConstraints(pattern=TOKEN_ID)]
 Bias = Annotated[float, Field(ge=-100.0, le=100.0)]
 Nothing = Annotated[list[Any], Field(max_length=0)]
+
+
+STEERED_DOC = ("True where steering acts on the choice (clamps, a preset's system prompt, a `steer` monitor); "
+               "false for a compare baseline and for a request that only reads or steers nothing (extension).")
 
 
 class TextResponseFormat(BaseModel):
@@ -69,52 +75,6 @@ FINISH_REASONS: tuple[str, ...] = get_args(FinishReason)  # the finish reasons a
 
 
 # ------------------------------------------------------------------ request
-class TextContentPart(BaseModel):
-    """One part of a message's content; only text parts are supported."""
-
-    model_config = LENIENT
-    type: Literal["text"]
-    text: str
-
-
-class _Message(BaseModel):
-    # Lenient: a conversation echoed back from a response carries fields such as `refusal` or `annotations`.
-    model_config = LENIENT
-    name: str | None = None
-
-    def text(self) -> str:
-        content = getattr(self, "content", None)
-        if content is None:
-            return ""
-        if isinstance(content, str):
-            return content
-        return "".join(part.text for part in content)
-
-
-class SystemMessage(_Message):
-    # "developer" is OpenAI's newer name for a system message; it is read as "system".
-    role: Literal["system", "developer"]
-    content: str | list[TextContentPart]
-
-
-class UserMessage(_Message):
-    role: Literal["user"]
-    content: str | list[TextContentPart]
-
-
-class AssistantMessage(_Message):
-    role: Literal["assistant"]
-    content: str | list[TextContentPart] | None = Field(
-        None, description="May be null (or absent), as OpenAI allows; it reads as empty.")
-
-
-# deviation: tool and function messages are not supported. The role picks the schema, so the OpenAPI page
-# says what the server accepts: content is required except on an assistant message.
-ChatMessage = Annotated[Union[SystemMessage, UserMessage, AssistantMessage], Field(discriminator="role")]
-MESSAGE_ROLES: frozenset[str] = frozenset(r for m in (SystemMessage, UserMessage, AssistantMessage)
-                                          for r in get_args(m.model_fields["role"].annotation))
-
-
 class StreamOptions(BaseModel):
     model_config = LENIENT
     include_usage: bool = False
@@ -146,7 +106,9 @@ class SteeringFeature(BaseModel):
 class SteeringOptions(BaseModel):
     """The `steering` extension (clients send it in `extra_body`)."""
 
-    model_config = STRICT
+    # `strength` scales what auto-steer picks for `concept`: without a concept it is a 400, and the schema says so.
+    model_config = {**STRICT, "json_schema_extra": {"dependentSchemas": {"strength": {
+        "required": ["concept"], "properties": {"concept": {"type": "string"}}}}}}
     preset: str | None = Field(None, description="Name of a preset (GET /v1/presets) whose features apply first.")
     features: list[SteeringFeature] = Field(
         default_factory=list,
@@ -210,7 +172,7 @@ class ChatCompletionRequest(BaseModel):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Lowers a token's logit by this times "
                                      "its count in the answer so far.")
     logit_bias: dict[TokenId, Bias] | None = Field(
-        None, max_length=MAX_LOGIT_BIAS, json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}},
+        None, max_length=MAX_LOGIT_BIAS, json_schema_extra={"propertyNames": {"pattern": TOKEN_ID}},
         description="Token id (as a string) -> bias in [-100, 100] added to "
         "its logit at every step (-100 bans the token, 100 all but forces it).")
     logprobs: bool = False
@@ -309,9 +271,7 @@ class Choice(BaseModel):
     logprobs: ChoiceLogprobs | None
     finish_reason: FinishReason | None
     # ---- extension: SAE steering ------------------------------------------
-    steered: bool = Field(description="True where steering acts on the choice (clamps, a preset's system "
-                          "prompt, a `steer` monitor); false for a compare baseline and for a request that only "
-                          "reads or steers nothing (extension).")
+    steered: bool = Field(description=STEERED_DOC)
     inspection: list[TokenFeatures] | None = Field(
         None, description="Per token, the features read (with `steering.inspect`; null without it).")
     monitor_events: list[MonitorEventOut] | None = Field(
@@ -398,9 +358,7 @@ class ChunkChoice(BaseModel):
     logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
     # ---- extension: SAE steering ------------------------------------------
-    steered: bool = Field(description="True where steering acts on the choice (clamps, a preset's system "
-                          "prompt, a `steer` monitor); false for a compare baseline and for a request that only "
-                          "reads or steers nothing (extension).")
+    steered: bool = Field(description=STEERED_DOC)
     inspection: list[TokenFeatures] | None = Field(
         None, description="The readings of this chunk's tokens (with `steering.inspect`).")
     monitor_events: list[MonitorEventOut] | None = Field(

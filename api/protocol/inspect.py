@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from api.protocol.chat import ChatMessage
+from api.protocol.messages import ChatMessage
 from api.protocol.common import STRICT, JsonInt
 from api.protocol.readings import InspectOptions, TokenFeatures
 from steering.inspection.contrast import MAX_TEXTS

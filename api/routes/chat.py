@@ -97,8 +97,14 @@ def _finish(state: ServerState, handle: RequestHandle, finished: bool, request_i
         log.info("%s cancelled after %d tokens, %.2f s (client gone)", request_id, timer.count, seconds)
 
 
+STREAM_DOC = ("With `stream: true`: server-sent events, one `data: {chat.completion.chunk}` line each, an error "
+              "(OpenAI's shape) as the last event if one happens mid-stream, then `data: [DONE]`.")
+
+
 @router.post("/v1/chat/completions", response_model=ChatCompletion, response_model_exclude_none=False,
-             summary="Create a chat completion (OpenAI-compatible, with the `steering` extension)")
+             summary="Create a chat completion (OpenAI-compatible, with the `steering` extension)",
+             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                              "description": "A chat.completion (JSON), or with `stream: true` " + STREAM_DOC}})
 async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  state: ServerState = Depends(server)) -> Any:
     state.require_ready()

@@ -1,13 +1,14 @@
 """Generation: continuously batched, per-row steered decoding over a Hugging Face causal LM.
 
     requests     SequenceRequest (prompt ids, sampling, clamps) and TokenEvent: the values in and out
-    sampling     SamplingParams and each row's seeded sampler
+    sampling     SamplingParams and each row's seeded sampler and logits processors (penalties, bias, ...)
     detokenize   incremental UTF-8-safe text with stop strings
     scheduler    rows join and leave at decoding steps; chunked prefill; prefix reuse
     backends     what runs the forward: the Llama runner, or Hugging Face's forward
     kv_cache     slot KV pool and prompt-prefix cache
     llama/       the lean Llama forward and its C kernels
     compute      the one thread that runs a process's torch work
+    core_share   how many threads to use while other processes keep cores busy
     worker       Engine: the scheduler's loop on that thread, fed by submit()
     handle       RequestHandle: one submitted group's events; QueueFullError; EngineShutdown
     readout      inspection and monitors of generating rows

@@ -36,6 +36,7 @@ import torch
 
 from steering.engine.backends import Backend, make_backend
 from steering.engine.compute import STOP, ComputeThread
+from steering.engine.core_share import CoreShare
 from steering.engine.handle import QueueFullError, RequestHandle
 from steering.engine.requests import SequenceRequest, TokenEvent
 from steering.engine.scheduler import Scheduler, check_request
@@ -68,6 +69,8 @@ class EngineConfig:
     fast_forward: bool = True
     # When idle, wait this long after a submission for others (a burst) to prefill them together.
     gather_s: float = 0.005
+    # Use fewer threads while other processes keep cores busy (steering.engine.core_share).
+    share_cores: bool = True
 
 
 @dataclass
@@ -166,6 +169,7 @@ class Engine:
         handles: dict[int, RequestHandle] = {}
         waiting: set[int] = set()
         sched = self._scheduler
+        share = CoreShare(torch.get_num_threads()) if self.config.share_cores else None
         with torch.inference_mode():
             while True:
                 was_idle = sched.idle
@@ -179,6 +183,10 @@ class Engine:
                     else:
                         self._dispatch(sched.cancel_all(), handles)
                     return
+                if share is not None and not sched.idle:
+                    threads = share.threads()
+                    if threads != torch.get_num_threads():
+                        torch.set_num_threads(threads)
                 try:
                     pairs = sched.step(lambda h: h.cancelled.is_set())
                 except Exception as exc:  # a failed forward: every group in flight gets the error

@@ -15,6 +15,8 @@ over repetitions:
     b8_inspect   b8 with inspect top_k 8 on every row (the full SAE encode per token)
     b8_conditional  b8 with a `steer` monitor on every row that fires by its second
                  generated token and then applies b8_clamped's clamps (conditional steering)
+    b1_busy      b1 while another process spins on one core (started 0.5 s before;
+                 the engine gives up threads to it: steering.engine.core_share)
     generate     transformers' `model.generate`, batch 1, no hook, same dtype
 
 Two throughputs per configuration: `e2e`, generated tokens / wall time from
@@ -33,6 +35,7 @@ Each ratio is the median over repetitions of the ratio within a repetition:
     monitor_overhead_b1 = b1_monitors / b1     monitor_overhead_b8 = b8_monitors / b8
     inspect_overhead_b8 = b8_inspect / b8
     conditional_overhead_b8 = b8_conditional / b8   conditional_vs_clamped_b8 = b8_conditional / b8_clamped
+    busy_neighbour_b1 = b1_busy / b1
 
 `decode_tps_b1` is b1's decode rate; `decode_ceiling_tps_b1` is the
 memory-bound ceiling of a batch-1 step on this machine, measured read
@@ -50,12 +53,15 @@ The last line of output is one JSON object.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
@@ -143,6 +149,18 @@ def _monitors(sae: Any) -> tuple[Monitor, ...]:
     return tuple(Monitor(int(usable[(53 * j) % len(usable)]), 0.9, "max", "flag", f"m{j}") for j in range(3))
 
 
+@contextlib.contextmanager
+def _busy_neighbour(settle_s: float = 0.5) -> Iterator[None]:
+    """Another process spinning on one core while the block runs."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(settle_s)
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 def _conditional(engine: Engine, sm: "SteeredModel", prompts: Sequence[Sequence[int]],
                  specs: Sequence[SteeringSpec]) -> list[tuple[Monitor, ...]]:
     """Per row, a `steer` monitor that fires by the row's second generated token, then applies that row's
@@ -172,7 +190,8 @@ def run_bench(sm: "SteeredModel", threads: int, reps: int, max_tokens: int, cons
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     specs = _specs(sae, 8) if sae is not None else [None] * 8
     engine = Engine(model, tok, sae, EngineConfig(max_batch=8, threads=threads), compute=compute)
-    configs = ("b1", "b1_clamped", "b8", "b8_clamped", "b1_monitors", "b8_monitors", "b8_inspect", "b8_conditional")
+    configs = ("b1", "b1_clamped", "b8", "b8_clamped", "b1_monitors", "b8_monitors", "b8_inspect", "b8_conditional",
+               "b1_busy")
     watch = _monitors(sae) if sae is not None else ()
     inspect = InspectSpec(top_k=8) if sae is not None else None
     runs: dict[str, list[float]] = {f"{k}_{m}": [] for k in configs for m in ("e2e", "decode")}
@@ -195,6 +214,7 @@ def run_bench(sm: "SteeredModel", threads: int, reps: int, max_tokens: int, cons
                 "b8_monitors": [SequenceRequest(p, params, None, None, watch) for p in prompts],
                 "b8_inspect": [SequenceRequest(p, params, None, inspect) for p in prompts],
                 "b8_conditional": [SequenceRequest(p, params, None, None, w) for p, w in zip(prompts, when)],
+                "b1_busy": [SequenceRequest(prompts[0], params)],
             }
             # Every other repetition runs the configurations in reverse, so that what runs
             # before a configuration (and any drift within a repetition) is the same for all.
@@ -203,7 +223,11 @@ def run_bench(sm: "SteeredModel", threads: int, reps: int, max_tokens: int, cons
                 if name == "generate":
                     runs["generate_e2e"].append(engine.call(_generate_tps, model, prompts[0], max_tokens, threads).result())
                     continue
-                res = _stream_times(engine, batches[name])
+                if name == "b1_busy":
+                    with _busy_neighbour():
+                        res = _stream_times(engine, batches[name])
+                else:
+                    res = _stream_times(engine, batches[name])
                 runs[f"{name}_e2e"].append(_e2e_tps(res))
                 runs[f"{name}_decode"].append(_decode_tps(res))
                 if name == "b8_clamped":
@@ -235,6 +259,7 @@ def run_bench(sm: "SteeredModel", threads: int, reps: int, max_tokens: int, cons
         "inspect_overhead_b8": round(ratio("b8_inspect_decode", "b8_decode"), 4),
         "conditional_overhead_b8": round(ratio("b8_conditional_decode", "b8_decode"), 4),
         "conditional_vs_clamped_b8": round(ratio("b8_conditional_decode", "b8_clamped_decode"), 4),
+        "busy_neighbour_b1": round(ratio("b1_busy_decode", "b1_decode"), 4),
         "conditional_triggered": {"rows": len(crossed), "of": len(prompts),
                                   "mean_token": round(statistics.mean(crossed), 2) if crossed else None},
         "decode_tps_b1": round(med["b1_decode"], 2),

@@ -13,7 +13,7 @@ from tests.support import tiny_sm
 KEYS = ("steering_overhead_b1", "steering_overhead_b8", "batching_gain_8", "engine_vs_generate_b1",
         "decode_tps_b1", "decode_ceiling_tps_b1", "decode_fraction_of_ceiling_b1", "dtype", "ttft_ms_p50",
         "ttft_ms_p95", "conditions", "monitor_overhead_b1", "monitor_overhead_b8", "inspect_overhead_b8",
-        "conditional_overhead_b8", "conditional_vs_clamped_b8", "conditional_triggered")
+        "conditional_overhead_b8", "conditional_vs_clamped_b8", "conditional_triggered", "busy_neighbour_b1")
 
 
 def test_bench_reports_every_figure_and_no_differing_request(tiny_llama, tiny_tokenizer):
