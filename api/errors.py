@@ -193,6 +193,9 @@ def install_error_handlers(app: FastAPI, models: Iterable[type], union_tags: Ite
         message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
         if exc.status_code == 404 and message == "Not Found":
             message = f"Unknown route: {request.method} {request.url.path}"
+        if exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI's words
+            return bad_request("We could not read the body of your request: send JSON (RFC 8259) encoded as "
+                               "UTF-8.", None, "invalid_json").response()
         return APIError(exc.status_code, message, None, None, headers=getattr(exc, "headers", None)).response()
 
     @app.exception_handler(Exception)

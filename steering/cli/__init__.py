@@ -8,6 +8,7 @@
     screen-monitors, eval-monitors
                      choose monitors from examples, measure flag rates     (monitors)
     bench            the engine's speed and consistency                    (bench)
+    loadtest         soak a running (or started) server: errors, latency, memory (loadtest)
     build-corpus, harvest, train-sae, eval-sae, build-catalogue, layer-sweep
                      dictionary learning                                   (training)
 
@@ -22,13 +23,13 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from steering.cli import bench, concept_search, evaluate, generate, inspect, monitors, sweep, training
+from steering.cli import bench, concept_search, evaluate, generate, inspect, loadtest, monitors, sweep, training
 from steering.cli.common import report
 from steering.errors import ParameterError
 
 # Every command, in the order `--help` lists them.
 REGISTRARS = (generate.add_parser, evaluate.add_parser, sweep.add_parser, concept_search.add_parser,
-              inspect.add_parser, monitors.add_parsers, bench.add_parser, training.add_parsers)
+              inspect.add_parser, monitors.add_parsers, bench.add_parser, loadtest.add_parser, training.add_parsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

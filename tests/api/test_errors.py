@@ -154,6 +154,9 @@ def test_max_tokens_above_the_context_left(client):
 def test_malformed_and_non_object_json(client):
     err = error_of(post_raw(client, '{"model": "x", '), 400)
     assert err["code"] == "invalid_json"
+    latin1 = client.post("/v1/chat/completions", content=b'{"model": "\xff\xfe", "messages": []}',
+                         headers={"content-type": "application/json"})
+    assert error_of(latin1, 400)["code"] == "invalid_json"  # not UTF-8
     assert error_of(post_raw(client, "[1, 2]"), 400)["param"] is None
     assert error_of(post_raw(client, '"text"'), 400)
     assert error_of(client.post("/v1/chat/completions", content=b"\xff\xfe"), 400)
