@@ -12,10 +12,11 @@ the whole machine (/proc/stat) and of this process (/proc/self/stat) over
 the last interval, and returns
 
     others    = (busy time of all cores - this process's CPU time) / interval      [cores]
-    threads   = clamp(floor(cores - others + 0.5), 1, configured)
+    threads   = clamp(floor(cores - others + 0.75), 1, configured)
 
-so a neighbour taking a whole core costs one thread, and the full count
-returns when it stops. Without /proc (not Linux) it always returns the
+so a neighbour taking (most of) a whole core costs one thread, one taking
+less (a load-test client parsing our streams on the same machine) costs
+none, and the full count returns when it stops. Without /proc (not Linux) it always returns the
 configured count.
 """
 
@@ -68,7 +69,7 @@ class CoreShare:
         if self._last is not None:
             wall, busy0, mine0 = self._last
             self.others = max(0.0, ((busy - busy0) - (mine - mine0)) / (now - wall))
-            free = int(self.cores - self.others + 0.5)
+            free = int(self.cores - self.others + 0.75)
             self._threads = max(1, min(self.configured, free))
         self._last = (now, busy, mine)
         return self._threads

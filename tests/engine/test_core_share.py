@@ -26,7 +26,9 @@ def test_threads_follow_the_cores_others_leave(monkeypatch):
 
     assert second(4.0, 4.0) == 4 and share.others == 0.0  # all the busy time was ours
     assert second(4.0, 3.0) == 3  # another process took one core
-    assert second(3.6, 1.0) == 1  # others took 2.6 cores: 1.4 left rounds to 1
+    assert second(4.0, 3.4) == 4  # 0.6 of a core: not worth a thread
+    assert second(3.6, 1.0) == 2  # others took 2.6 cores: 1.4 left, and 0.4 of a busy core still runs a thread
+    assert second(4.0, 0.7) == 1  # others took 3.3 cores
     assert second(4.0, 0.5) == 1  # never below one thread
     clock[0] += 0.5
     assert share.threads() == 1  # within the interval: the last answer
