@@ -6,54 +6,26 @@ and SAE), waits for GET /ready, and stops the process in a finally.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from tests.servers import start_api
+
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = [{"role": "user", "content": "Tell me about your favourite place."}]
-READY_TIMEOUT_S = 300
 MAX_TOKENS = 16
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server():
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "STEERING_THREADS": os.environ.get("STEERING_THREADS", "2")}
     log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen([sys.executable, "-m", "api", "--port", str(port), "--host", "127.0.0.1"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_api(["--host", "127.0.0.1"], log)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log.read()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the server was not ready in time")
-            time.sleep(0.5)
         yield base
     finally:
         proc.terminate()

@@ -10,53 +10,24 @@ answers; past the drain timeout, three clean error events; either way
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.servers import start_api
+
 pytestmark = pytest.mark.e2e
-
-ROOT = Path(__file__).resolve().parent.parent
-READY_TIMEOUT_S = 300
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(drain_timeout: int) -> tuple[subprocess.Popen, str, object]:
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "STEERING_THREADS": os.environ.get("STEERING_THREADS", "2")}
     log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen([sys.executable, "-m", "api", "--port", str(port), "--drain-timeout", str(drain_timeout)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"the server exited with {proc.returncode}:\n{log.read()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return proc, base, log
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the server was not ready in time")
-        time.sleep(0.5)
+    proc, base = start_api(["--drain-timeout", str(drain_timeout)], log)
+    return proc, base, log
 
 
 def _stream(base: str, max_tokens: int, out: list, started: threading.Event) -> None:

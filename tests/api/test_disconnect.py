@@ -6,27 +6,21 @@ forward, so a forward pre-hook can slow every decoding step down and count it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
-import threading
 import time
 
 import httpx
 import pytest
-import uvicorn
 
 from api.app import create_app
 from api.settings import Settings
 from tests.api.support import chat_body, tiny_steered_model
+from tests.servers import served
 
 MAX_TOKENS = 200
 STEP_S = 0.02
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -45,15 +39,8 @@ def server(tiny_gpt2, tiny_tokenizer):
     tiny_gpt2.register_forward_pre_hook(slow, with_kwargs=True)
     tiny_gpt2.lm_head.register_forward_hook(no_eos)
     app = create_app(Settings(presets_dir=None), sm)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    assert srv.started
+    stack = contextlib.ExitStack()
+    url, _ = stack.enter_context(served(app))
     state = app.state.server
     handles = []
     submit = state.engine.submit
@@ -71,11 +58,8 @@ def server(tiny_gpt2, tiny_tokenizer):
         return handle
 
     state.engine.submit = recording_submit
-    try:
-        yield f"http://127.0.0.1:{port}", state, handles, forwards
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    with stack:
+        yield url, state, handles, forwards
 
 
 def _wait_idle(state, timeout=5.0) -> float:

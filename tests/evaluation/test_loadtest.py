@@ -3,37 +3,21 @@
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 
 import pytest
-import uvicorn
 
 from api.app import create_app
 from api.settings import Settings
 from steering.evaluation.loadtest import MIX, soak
 from tests.api.support import tiny_steered_model
+from tests.servers import served
 
 
 @pytest.fixture
 def server(tiny_llama, tiny_tokenizer):
     app = create_app(Settings(presets_dir=None, default_max_tokens=4), tiny_steered_model(tiny_llama, tiny_tokenizer))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    with served(app) as (url, _):
+        yield url
 
 
 def test_a_short_soak_covers_the_mix_and_reports_every_figure(server):
