@@ -61,7 +61,8 @@ from api.protocol.readings import FeatureActivation, InspectOptions, MonitorEven
 
 __all__ = [
     "AppliedFeature", "AppliedSteering", "ChatCompletion", "ChatCompletionChunk", "ChatCompletionRequest",
-    "AssistantMessage", "ChatMessage", "MESSAGE_ROLES", "Choice", "ChoiceLogprobs", "ChunkChoice", "ConceptProbe", "ConceptSteering", "DeltaMessage",
+    "AssistantMessage", "ChatMessage", "MESSAGE_ROLES", "Choice", "ChoiceLogprobs", "ChunkChoice", "ConceptProbe",
+    "ConceptSteering", "DeltaMessage",
     "ResponseMessage", "SteeringFeature", "SteeringOptions", "StreamOptions", "TextContentPart", "TokenLogprob",
     "TopLogprob", "Usage", "ErrorInfo", "ErrorResponse", "ConceptScores", "FeatureDetail", "FeatureList",
     "FeatureMatch", "FeatureSearchResult", "FeatureSummary", "Neighbour", "TokenEffect", "TopContext", "ModelCard",

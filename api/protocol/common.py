@@ -64,7 +64,8 @@ LENIENT = ConfigDict(allow_inf_nan=False, extra="ignore")
 
 __all__ = [
     "MAX_N", "MAX_STOP", "MAX_TOP_LOGPROBS", "MAX_STEERING_FEATURES", "MAX_FEATURE_VALUE", "MAX_GENERATED_LIMIT",
-    "MAX_CLAMPS", "MAX_CLAMP_VALUE", "MAX_CONCEPT_CHARS", "MAX_STRENGTH", "ClampMode", "ClampUnit", "Positions", "GeneratedLimit", "JsonInt", "bounded_int",
+    "MAX_CLAMPS", "MAX_CLAMP_VALUE", "MAX_CONCEPT_CHARS", "MAX_STRENGTH", "ClampMode", "ClampUnit", "Positions",
+    "GeneratedLimit", "JsonInt", "bounded_int",
     "STRICT", "LENIENT", "ErrorInfo", "ErrorResponse",
 ]
 

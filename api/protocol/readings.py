@@ -7,7 +7,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from api.protocol.common import MAX_CLAMP_VALUE, MAX_CLAMPS, MAX_GENERATED_LIMIT, STRICT, ClampMode, ClampUnit, JsonInt, bounded_int
+from api.protocol.common import (
+    MAX_CLAMP_VALUE,
+    MAX_CLAMPS,
+    MAX_GENERATED_LIMIT,
+    STRICT,
+    ClampMode,
+    ClampUnit,
+    JsonInt,
+    bounded_int,
+)
 from steering.monitors import MAX_MONITOR_NAME, MONITOR_ACTIONS
 from steering.readings import INSPECT_POSITIONS, MAX_NAMED_FEATURES, MAX_TOP_K
 
@@ -64,8 +73,8 @@ class MonitorOptions(BaseModel):
     name: str | None = Field(None, max_length=MAX_MONITOR_NAME, description="Reported with each event.")
     clamps: list[MonitorClamp] = Field(default_factory=list, max_length=MAX_CLAMPS, description="With action "
                                        "`steer`: the clamps applied to that choice from the token after the crossing.")
-    duration: bounded_int(1, MAX_GENERATED_LIMIT) | None = Field(None, description="With `steer`: how many tokens the "  # type: ignore[valid-type]
-                                 "clamps last (null: to the end).")
+    duration: bounded_int(1, MAX_GENERATED_LIMIT) | None = Field(  # type: ignore[valid-type]
+        None, description="With `steer`: how many tokens the clamps last (null: to the end).")
 
 
 class MonitorEventOut(BaseModel):

@@ -148,8 +148,9 @@ class Scheduler:
         device = getattr(self.backend, "device", None)
         for i, req in enumerate(requests):
             sampler = RowSampler.create(req.sampling, device, req.prompt_ids, self.eos)
-            rows.append(Row(req, owner, i, _own_plan(req, self.sae), sampler, TextStream(self.tokenizer, req.sampling.stop),
-                            reader=self.readout.reader(req) if self.readout is not None else None))
+            reader = self.readout.reader(req) if self.readout is not None else None
+            rows.append(Row(req, owner, i, _own_plan(req, self.sae), sampler,
+                            TextStream(self.tokenizer, req.sampling.stop), reader=reader))
         self.waiting.extend(rows)
         return rows
 
