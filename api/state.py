@@ -34,7 +34,7 @@ from steering.tokens import TokenTexts
 
 log = logging.getLogger("api")
 VERSION = "0.1.0"
-# How long a search by text or concept (and an uncached auto-steer) waits for running generations before a 503.
+# How long a search by text or concept, an inspection or a contrast waits for running generations before a 503.
 EXCLUSIVE_WAIT_S = 60.0
 
 
@@ -57,6 +57,7 @@ class ServerState:
     ready: bool = False
     error: str | None = None
     draining: bool = False  # SIGTERM came: new requests get a 503, running ones may finish
+    concept_searches: int = 0  # uncached auto-steer searches running (api.routes.chat.auto_steer)
     metrics: Metrics | None = None
 
     def require_ready(self) -> "ServerState":

@@ -2,10 +2,9 @@
 
 The request is checked and translated once (`api.translate`): the cheap
 checks first, then, for `steering.concept`, auto-steer's choice (the state's
-`AutoSteerer`; a concept it has not seen runs forwards and a short probe on
-the shared model, so it takes the model gate alone, `ServerState.run_alone`,
-503 `model_busy` after the wait; a cached one is resolved at once), then the
-engine job. The response renders the resolved steering (`steering` on the
+`AutoSteerer`; a cached concept is resolved at once; one it has not seen
+runs its forwards and a short probe through the engine, alongside other
+requests, `auto_steer`), then the engine job. The response renders the resolved steering (`steering` on the
 completion or on the stream's first chunk).
 
 The async side only moves tokens: the engine's compute thread runs the model,
@@ -40,8 +39,11 @@ from api.translate import SteeringLayers, check_steering, resolve_steering, to_e
 from steering.concepts import AutoSteerResult
 from steering.engine import QueueFullError, RequestHandle, SequenceRequest
 from steering.errors import SteeringError
+from steering.evaluation.run import engine_runner
 
 log = logging.getLogger("api")
+MAX_CONCEPT_SEARCHES = 2  # uncached concepts searched at once (each ~9 s of shared work on 2 cores)
+CONCEPT_SEARCH_S = 10  # what a Retry-After counts per search running
 DISCONNECT_POLL_S = 0.2
 SSE_PING_S = 15
 
@@ -49,7 +51,11 @@ router = APIRouter()
 
 
 async def auto_steer(state: ServerState, layers: SteeringLayers | None) -> AutoSteerResult | None:
-    """Auto-steer's result for the request's concept (None without one); raises APIError."""
+    """Auto-steer's result for the request's concept (None without one); raises APIError.
+
+    A concept not seen before is searched in a worker thread whose forwards run as short calls on the compute
+    thread and whose probe answers are rows of the engine's batch, so other requests keep generating
+    meanwhile; at most MAX_CONCEPT_SEARCHES run at once (then a 429)."""
     if layers is None or layers.concept is None:
         return None
     steerer = state.autosteer
@@ -59,15 +65,32 @@ async def auto_steer(state: ServerState, layers: SteeringLayers | None) -> AutoS
         if steerer.is_cached(concept):
             state.metrics.concepts.labels(result="cached").inc()
             return steerer.steer(concept, strength)
+        if state.concept_searches >= MAX_CONCEPT_SEARCHES:
+            state.metrics.rejections.labels(reason="concept_searches").inc()
+            retry = CONCEPT_SEARCH_S * max(1, state.concept_searches)
+            log.warning("concept %r refused: %d searches running", concept, state.concept_searches)
+            raise APIError(429, f"{state.concept_searches} concept searches are running; retry in about {retry} s "
+                           "(a concept searched once is answered at once).", "steering.concept",
+                           "rate_limit_exceeded", headers={"Retry-After": str(retry)})
         state.metrics.concepts.labels(result="search").inc()
         t0 = time.perf_counter()
         log.info("concept search %r started", concept)
-        result = await state.run_alone(steerer.steer, concept, strength)
+        state.concept_searches += 1
+        work = asyncio.get_running_loop().run_in_executor(
+            None, lambda: steerer.steer(concept, strength, runner=engine_runner(state.engine)))
+
+        def done(_: object) -> None:  # when the thread ends, even if this request went away first
+            state.concept_searches -= 1
+
+        work.add_done_callback(done)
+        result = await asyncio.shield(work)
         log.info("concept search %r done in %.1f s: features %s", concept, time.perf_counter() - t0,
                  [f.index for f in result.features])
         return result
     except SteeringError as e:  # params are already steering.concept / steering.strength / steering
         raise bad_request(str(e), e.param) from None
+    except QueueFullError as e:
+        raise from_exception(e) from None
 
 
 async def _submit(state: ServerState, requests: tuple[SequenceRequest, ...], request_id: str) -> RequestHandle:

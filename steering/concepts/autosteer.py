@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from steering.concepts.probe import ProbeResult, ProbeSettings, judged, probe_specs, ranked_probes
 from steering.concepts.search import ConceptCandidate, find_concept_features
 from steering.errors import SteeringError
+from steering.evaluation.run import INLINE, Runner
 from steering.interventions import FeatureClamp, SteeringSpec
 
 if TYPE_CHECKING:
@@ -158,8 +159,11 @@ class AutoSteerer:
     generation). The caches (choices, and each concept's catalogue label
     matches) are guarded by a lock, so `is_cached` and a cached `steer` may run
     on any thread and cost a dictionary look-up. An uncached `steer` runs
-    forwards with hooks on the shared model: callers must serialise those with
-    any other use of the model (the server runs them alone, `api.gate`).
+    forwards with hooks on the shared model and generates the probe's answers:
+    by default on the calling thread (which must have the model to itself);
+    with `runner=engine_runner(engine)` from another thread, as short calls on
+    the engine's compute thread and rows of its batch, alongside other work
+    (`steering.evaluation.run.Runner`).
     """
 
     def __init__(self, sm: "SteeredModel", probe: ProbeSettings | None = DEFAULT_PROBE,
@@ -171,7 +175,8 @@ class AutoSteerer:
         self._labels: OrderedDict[str, tuple[int, ...]] = OrderedDict()  # concept key -> its label matches
         self._lock = threading.Lock()
 
-    def _extra(self, concept: str, extra: Sequence[int] | None, compute: bool = True) -> tuple[int, ...] | None:
+    def _extra(self, concept: str, extra: Sequence[int] | None, compute: bool = True,
+               runner: Runner = INLINE) -> tuple[int, ...] | None:
         """The extra candidates: `extra`, else the catalogue's label matches (remembered: a catalogue search
         takes a few hundred ms on the shipped one); None when not known and not `compute`."""
         if extra is not None:
@@ -183,7 +188,7 @@ class AutoSteerer:
                 self._labels.move_to_end(key)  # used as the choices are: the same least recently used order
         if known is not None or not compute:
             return known
-        found = tuple(dict.fromkeys(label_matches(self.sm, concept)))
+        found = tuple(dict.fromkeys(runner.run(label_matches, self.sm, concept)))
         with self._lock:
             self._labels[key] = found
             while len(self._labels) > self.max_cached:
@@ -205,7 +210,7 @@ class AutoSteerer:
             return self._key(concept, found) in self._cache
 
     def steer(self, concept: str, strength: float = 1.0, max_features: int = 1,
-              extra: Sequence[int] | None = None) -> AutoSteerResult:
+              extra: Sequence[int] | None = None, runner: Runner = INLINE) -> AutoSteerResult:
         """Pick features and values for `concept`; raises SteeringError (param `steering.*`) when it cannot.
 
         `extra`: feature indices that join the candidates (default: the
@@ -213,10 +218,10 @@ class AutoSteerer:
         concept, strength = _check(concept, strength)
         if self.sm.sae is None:
             raise SteeringError("this server has no SAE loaded; steering is unavailable", "steering")
-        choice = self._choice(concept, self._extra(concept, extra))
+        choice = self._choice(concept, self._extra(concept, extra, runner=runner), runner)
         return _result(self.sm, concept, strength, max_features, choice)
 
-    def _choice(self, concept: str, extra: tuple[int, ...]) -> "_Choice":
+    def _choice(self, concept: str, extra: tuple[int, ...], runner: Runner = INLINE) -> "_Choice":
         key = self._key(concept, extra)
         with self._lock:
             cached = self._cache.get(key)
@@ -224,11 +229,11 @@ class AutoSteerer:
                 self._cache.move_to_end(key)
                 return cached
         sm = self.sm
-        candidates = tuple(concept_candidates(sm, concept, extra))
+        candidates = tuple(runner.run(concept_candidates, sm, concept, extra))
         probes: tuple[ProbeResult, ...] = ()
         if self.probe is not None and candidates:
             specs = [(c.index, _spec(sm, [c], DEFAULT_MULTIPLIER)[1]) for c in candidates]
-            probes = tuple(probe_specs(sm, concept, specs, self.probe))
+            probes = tuple(probe_specs(sm, concept, specs, self.probe, runner))
         choice = _Choice(candidates, probes, extra)
         with self._lock:
             self._cache[key] = choice

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from steering.concepts.search import number_forms
-from steering.evaluation.run import Concept, EvalSettings, EvalTarget, evaluate_targets
+from steering.evaluation.run import INLINE, Concept, EvalSettings, EvalTarget, Runner, evaluate_targets
 from steering.interventions import SteeringSpec
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class ProbeResult:
 
 
 def probe_specs(sm: "SteeredModel", concept: str, specs: Sequence[tuple[int, SteeringSpec]],
-                settings: ProbeSettings = ProbeSettings()) -> list[ProbeResult]:
+                settings: ProbeSettings = ProbeSettings(), runner: Runner = INLINE) -> list[ProbeResult]:
     """Probe each (feature index, spec) pair; results in the given order.
 
     The judge for candidate i is the concept's words or feature i firing, so
@@ -97,7 +97,7 @@ def probe_specs(sm: "SteeredModel", concept: str, specs: Sequence[tuple[int, Ste
     targets = [EvalTarget(str(index), spec, Concept(words, (index,))) for index, spec in specs]
     results = evaluate_targets(sm, targets, list(settings.prompts),
                                EvalSettings(max_tokens=settings.max_tokens, temperature=settings.temperature,
-                                            seed=settings.seed))
+                                            seed=settings.seed), runner)
     return [ProbeResult(index, r.concept_rate, r.baseline_concept_rate, r.repeated_4gram, r.delta_loss, r.n_answers)
             for (index, _), r in zip(specs, results)]
 

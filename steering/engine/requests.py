@@ -23,7 +23,8 @@ class SequenceRequest:
     """One sequence to generate: prompt token ids, how to sample, how to steer, what to read.
 
     `inspect`: the features to read per token (`steering.inspection`);
-    `monitors`: features watched at every generated token. A row that reads
+    `monitors`: features watched at every generated token; `background`: the
+    row joins the batch only when no other row waits. A row that reads
     releases each token's event one step later, with its reading (see
     `steering.engine.readout`)."""
 
@@ -32,6 +33,7 @@ class SequenceRequest:
     steering: SteeringSpec | None = None
     inspect: InspectSpec | None = None
     monitors: tuple[Monitor, ...] = ()
+    background: bool = False  # internal work (auto-steer's probe): waits behind every other waiting row
 
     @property
     def reads(self) -> bool:

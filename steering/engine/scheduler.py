@@ -2,7 +2,7 @@
 
 The scheduler owns a backend's KV slots and three kinds of rows:
 
-    waiting    admitted to the scheduler, no KV yet (FIFO)
+    waiting    admitted to the scheduler, no KV yet (FIFO; background rows after all others)
     filling    at most one row with a long prompt being prefilled, in slot B
     decoding   rows 0..B-1, in slots 0..B-1, each with a sampled token to feed
 
@@ -151,7 +151,12 @@ class Scheduler:
             reader = self.readout.reader(req) if self.readout is not None else None
             rows.append(Row(req, owner, i, _own_plan(req, self.sae), sampler,
                             TextStream(self.tokenizer, req.sampling.stop), reader=reader))
-        self.waiting.extend(rows)
+        for row in rows:  # background rows wait behind every other row (FIFO within each kind)
+            if row.request.background or not self.waiting or not self.waiting[-1].request.background:
+                self.waiting.append(row)
+            else:
+                first = next(k for k, r in enumerate(self.waiting) if r.request.background)
+                self.waiting.insert(first, row)
         return rows
 
     @property

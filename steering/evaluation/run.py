@@ -32,6 +32,14 @@ and the same rates for the baselines. Concept features default to the spec's
 own positive clamps ("does the plain model, reading the answer, see the
 concept?"); a preset may name others in `concept_features`.
 
+Where the work runs is a `Runner`: `forward(fn, *args)` runs model forwards
+(the answers' scoring, in chunks of `score_batch_size` rows) and
+`generate(requests)` the answers. `INLINE` runs both on the calling thread
+(`generate_batch`, its own scheduler); `engine_runner(engine)` sends the
+answers to a running engine as ordinary rows of its continuous batch and the
+forwards to its compute thread between steps, so an evaluation inside a
+server (auto-steer's probe) shares the model instead of taking it.
+
 Targets and settings: `targets`; reading answers back: `scoring`; what is
 reported: `results`; prompts: `prompts`; presets: `steering.presets`.
 Command: `python -m steering eval-steering ...` (steering.cli.evaluate).
@@ -41,11 +49,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
 from steering.engine.generation import generate_batch
 from steering.engine.requests import SequenceRequest
 from steering.engine.sampling import SamplingParams
+from steering.engine.worker import Engine
 from steering.errors import SteeringError
 from steering.evaluation.metrics import mean, rate, repeated_ngram_share
 from steering.evaluation.prompts import load_prompts
@@ -58,21 +68,68 @@ from steering.presets import Preset
 if TYPE_CHECKING:
     from steering.steered_model import SteeredModel
 
+T = TypeVar("T")
+
+
+def _collect(steps: Iterable[list], n: int, offset: int = 0, into: list | None = None) -> list[list]:
+    """[text, ids, crossed] per request from a stream of event lists (`TokenEvent.index` + offset)."""
+    out = into if into is not None else [["", [], False] for _ in range(n)]
+    for events in steps:
+        for e in events:
+            row = out[offset + e.index]
+            row[0] += e.text
+            if e.token_id is not None:
+                row[1].append(e.token_id)
+            row[2] |= bool(e.monitor_events)
+    return out
+
 
 def _generate(sm: "SteeredModel", requests: list[SequenceRequest], batch_size: int) -> list[Answer]:
-    texts = [""] * len(requests)
-    ids: list[list[int]] = [[] for _ in requests]
-    crossed = [False] * len(requests)
+    rows: list[list] = [["", [], False] for _ in requests]
     model, tokenizer = sm.loaded.model, sm.loaded.tokenizer
     for start in range(0, len(requests), batch_size):
         chunk = requests[start : start + batch_size]
-        for events in generate_batch(model, tokenizer, sm.sae, chunk):
-            for e in events:
-                texts[start + e.index] += e.text
-                if e.token_id is not None:
-                    ids[start + e.index].append(e.token_id)
-                crossed[start + e.index] |= bool(e.monitor_events)
-    return [Answer(t, tuple(i), c) for t, i, c in zip(texts, ids, crossed)]
+        _collect(generate_batch(model, tokenizer, sm.sae, chunk), len(chunk), start, rows)
+    return [Answer(t, tuple(i), c) for t, i, c in rows]
+
+
+@dataclass(frozen=True)
+class Runner:
+    """Where an evaluation's model work runs (see the module docstring)."""
+
+    forward: Callable[..., Any] | None = None  # forward(fn, *args) -> fn(*args); None: on this thread
+    generate: Callable[[list[SequenceRequest]], list[Answer]] | None = None  # None: generate_batch here
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return self.forward(fn, *args) if self.forward is not None else fn(*args)
+
+
+INLINE = Runner()
+
+
+def engine_runner(engine: Engine) -> Runner:
+    """Answers as rows of `engine`'s batch, forwards on its compute thread: for a caller on another thread
+    (never the engine's own, which would wait for itself)."""
+
+    def generate(requests: list[SequenceRequest]) -> list[Answer]:
+        background = [dataclasses.replace(r, background=True) for r in requests]  # behind clients' rows
+        rows = _collect(engine.submit(background), len(requests))
+        return [Answer(t, tuple(i), c) for t, i, c in rows]
+
+    return Runner(lambda fn, *args: engine.call(fn, *args).result(), generate)
+
+
+def _score(sm: "SteeredModel", runner: Runner, contexts: list, answers: list, features: list[int],
+           batch_size: int) -> tuple[list, list]:
+    """score_answers in chunks of `batch_size` rows, each one `runner` call (short calls between steps)."""
+    losses: list = []
+    peaks: list = []
+    for start in range(0, len(answers), batch_size):
+        lo, pe = runner.run(score_answers, sm, contexts[start : start + batch_size], answers[start : start + batch_size],
+                            features, batch_size)
+        losses += lo
+        peaks += pe
+    return losses, peaks
 
 
 def evaluate_targets(
@@ -80,6 +137,7 @@ def evaluate_targets(
     targets: Sequence[EvalTarget],
     prompts: Sequence[str] | None = None,
     settings: EvalSettings = EvalSettings(),
+    runner: Runner = INLINE,
 ) -> list[EvalResult]:
     """Evaluate several targets on the same prompts against one shared baseline.
 
@@ -109,10 +167,10 @@ def evaluate_targets(
         system = [{"role": "system", "content": t.system_prompt}] if t.system_prompt else []
         requests += [SequenceRequest(sm.prompt_ids(system + [{"role": "user", "content": prompts[j]}]) if system
                                      else base_ids[j], params[j], t.spec, None, t.monitors) for j in range(n)]
-    answers = _generate(sm, requests, settings.batch_size)
+    answers = runner.generate(requests) if runner.generate is not None else _generate(sm, requests, settings.batch_size)
     t_gen = time.perf_counter()
-    losses, peaks = score_answers(sm, base_ids * (len(targets) + 1), [a.ids for a in answers], features,
-                                  settings.score_batch_size)
+    losses, peaks = _score(sm, runner, base_ids * (len(targets) + 1), [a.ids for a in answers], features,
+                           settings.score_batch_size)
     t_score = time.perf_counter()
     columns = {f: c for c, f in enumerate(features)}
     results: list[EvalResult] = []

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 from fastapi.testclient import TestClient
 
-import api.state as state_module
+import api.routes.chat as chat_route
 from api.app import create_app
 from api.settings import Settings
 from steering.concepts import autosteer
@@ -21,7 +23,7 @@ CONCEPT = "zzzz zzzz zzzz zzzz zzzz"
 PLANTED = 17
 
 
-def probe_favouring_planted(sm, concept, specs, settings=ProbeSettings()):
+def probe_favouring_planted(sm, concept, specs, settings=ProbeSettings(), runner=None):
     """probe_specs stand-in: what a random tiny model generates is arbitrary, so the probe credits
     the planted feature (3 of 4 answers) and nothing else."""
     return [ProbeResult(i, 0.75 if i == PLANTED else 0.0, 0.0, 0.0, 0.5, 4) for i, _ in specs]
@@ -125,28 +127,53 @@ def test_merge_order_preset_then_concept_then_request(client):
     assert own["steering"]["concept"]["features"] == [PLANTED]
 
 
-def test_search_runs_once_and_alone_then_is_cached(client, monkeypatch):
+def test_search_runs_once_on_the_compute_thread_beside_generations_then_is_cached(client, monkeypatch):
     calls = []
     real = autosteer.find_concept_features
 
     def counting(sm, concept, **kw):
-        calls.append(client.app.state.server.gate.in_flight)
+        calls.append(threading.current_thread().name)
         return real(sm, concept, **kw)
 
     monkeypatch.setattr(autosteer, "find_concept_features", counting)
     gate = client.app.state.server.gate
-    monkeypatch.setattr(state_module, "EXCLUSIVE_WAIT_S", 0.2)
-    client.portal.call(gate.enter)  # a generation that never ends
-    r = post(client, steering={"concept": CONCEPT})
-    assert r.status_code == 503 and r.json()["error"]["code"] == "model_busy" and calls == []
-    client.portal.call(gate.leave)
+    client.portal.call(gate.enter)  # a generation that never ends: a new concept no longer waits for it
     first = complete(client, steering={"concept": CONCEPT})
-    assert calls == [0]  # ran with no generation in flight
-    client.portal.call(gate.enter)  # cached now: no search, so no wait for the generation in flight
+    assert calls == ["steering-compute"]  # its forwards ran between the engine's steps, on its thread
     second = complete(client, steering={"concept": CONCEPT.upper(), "strength": 0.5})
     client.portal.call(gate.leave)
-    assert calls == [0]
+    assert len(calls) == 1  # cached: no second search
     assert second["steering"]["features"][0]["value"] == pytest.approx(0.5 * first["steering"]["features"][0]["value"])
+
+
+def test_a_plain_request_is_answered_while_a_new_concept_is_searched(client, monkeypatch):
+    """The probe (here a stand-in that takes 2 s) runs beside the engine: a plain request sent after the
+    concept request finishes long before it."""
+    def slow_probe(sm, concept, specs, settings=ProbeSettings(), runner=None):
+        time.sleep(2.0)
+        return probe_favouring_planted(sm, concept, specs, settings, runner)
+
+    monkeypatch.setattr(autosteer, "probe_specs", slow_probe)
+    done: dict[str, float] = {}
+
+    def send(name: str, **body) -> None:
+        assert post(client, **body).status_code == 200
+        done[name] = time.monotonic()
+
+    concept = threading.Thread(target=send, args=("concept",), kwargs={"steering": {"concept": "something new"}})
+    start = time.monotonic()
+    concept.start()
+    time.sleep(0.3)
+    send("plain")
+    concept.join(30)
+    assert done["plain"] - start < 1.5 and done["concept"] - start >= 2.0
+
+
+def test_concept_searches_beyond_the_limit_are_429(client, monkeypatch):
+    monkeypatch.setattr(chat_route, "MAX_CONCEPT_SEARCHES", 0)
+    r = post(client, steering={"concept": "a fresh concept"})
+    assert r.status_code == 429 and r.headers["retry-after"]
+    assert r.json()["error"]["param"] == "steering.concept" and r.json()["error"]["code"] == "rate_limit_exceeded"
 
 
 @pytest.mark.parametrize(

@@ -100,7 +100,7 @@ def test_label_matches_join_the_search_pool(planted):
 def _fake_probe(lifts: dict[int, tuple[float, float]], calls: list[int]):
     """probe_specs stand-in: candidate i gets (concept rate, delta loss) = lifts.get(i, (0, 0)) over a 0 baseline."""
 
-    def fake(sm, concept, specs, settings=ProbeSettings()):
+    def fake(sm, concept, specs, settings=ProbeSettings(), runner=None):
         calls.append(len(specs))
         for _, spec in specs:  # probed at the value and window auto-steer will use at strength 1
             assert [(c.value, c.unit) for c in spec.features] == [(DEFAULT_MULTIPLIER, "max")]
@@ -143,7 +143,7 @@ def test_broad_candidates_are_passed_over_and_label_matches_come_first(planted, 
     outsider = next(i for i in range(planted.sae.d_sae) if i not in {c.index for c in pool})
     second = pool[1].index
 
-    def probe(sm, concept, specs, settings=ProbeSettings()):
+    def probe(sm, concept, specs, settings=ProbeSettings(), runner=None):
         # 17 lifts most but its own firing marks 2 of 4 plain answers: too broad to judge by
         return [ProbeResult(i, 1.0 if i == 17 else 0.5 if i == second else 0.0, 0.5 if i == 17 else 0.0,
                             0.0, 0.3, 4) for i, _ in specs]
@@ -151,7 +151,7 @@ def test_broad_candidates_are_passed_over_and_label_matches_come_first(planted, 
     monkeypatch.setattr(autosteer, "probe_specs", probe)
     assert auto_steer(planted, CONCEPT, 1.0, extra=[outsider]).spec.features[0].index == second
     monkeypatch.setattr(autosteer, "probe_specs",
-                        lambda sm, c, specs, settings=None: [ProbeResult(i, 0.5, 0.5, 0.0, 0.1, 4) if i == 17
+                        lambda sm, c, specs, settings=None, runner=None: [ProbeResult(i, 0.5, 0.5, 0.0, 0.1, 4) if i == 17
                                                              else ProbeResult(i, 0.0, 0.0, 0.0, 0.1, 4)
                                                              for i, _ in specs])
     # nothing judged lifts: the label match, then (without one) the search's order past the broad 17

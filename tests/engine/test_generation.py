@@ -187,3 +187,20 @@ def test_row_sampler_draws_from_the_tempered_top_p_distribution():
     again = RowSampler.create(SamplingParams(temperature=1.0, seed=0), torch.device("cpu"))
     first = RowSampler.create(SamplingParams(temperature=1.0, seed=0), torch.device("cpu"))
     assert [again.choose(logits) for _ in range(50)] == [first.choose(logits) for _ in range(50)]
+
+
+def test_background_rows_wait_behind_every_other_row(tiny_llama, tiny_tokenizer):
+    """The scheduler admits waiting rows in order, background ones (internal work) after all others."""
+    from steering.engine.scheduler import Scheduler
+    from steering.engine.backends import make_backend
+
+    sae = make_sae(layer=2)
+    backend = make_backend(tiny_llama, sae, slots=2)
+    sched = Scheduler(backend, tiny_tokenizer, sae, [2], max_batch=2)
+    bg = [SequenceRequest(PROMPTS[0], greedy(2), background=True) for _ in range(3)]
+    fg = [SequenceRequest(PROMPTS[1], greedy(2)) for _ in range(2)]
+    sched.add(bg[:2], owner="bg1")
+    sched.add(fg[:1], owner="fg1")
+    sched.add(bg[2:], owner="bg2")
+    sched.add(fg[1:], owner="fg2")
+    assert [r.owner for r in sched.waiting] == ["fg1", "fg2", "bg1", "bg1", "bg2"]
