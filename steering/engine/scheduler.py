@@ -2,7 +2,8 @@
 
 The scheduler owns a backend's KV slots and three kinds of rows:
 
-    waiting    admitted to the scheduler, no KV yet (FIFO; background rows after all others)
+    waiting    admitted to the scheduler, no KV yet (FIFO; background rows after all others,
+               and holding at most half the batch's slots)
     filling    at most one row with a long prompt being prefilled, in slot B
     decoding   rows 0..B-1, in slots 0..B-1, each with a sampled token to feed
 
@@ -129,6 +130,7 @@ class Scheduler:
         self.backend, self.tokenizer, self.sae = backend, tokenizer, sae
         self.eos = frozenset(eos_ids)
         self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
+        self.max_background = max(1, max_batch // 2)  # slots background rows may hold at once
         self.prefill_budget = max(prefill_budget, prefill_chunk)
         self.waiting: deque[Row] = deque()
         self.filling: Row | None = None
@@ -248,6 +250,8 @@ class Scheduler:
             group: list[Row] = []  # newcomers whose rests fit in one chunk together: one forward for all
             tokens = 0
             while self.waiting and len(self.decoding) + len(group) < self.max_batch and budget > 0:
+                if self.waiting[0].request.background and self._background(group) >= self.max_background:
+                    break  # the rest of the queue is background too: half the slots stay for clients
                 row = self.waiting.popleft()
                 # A row that reads its prompt computes all of it: a reused prefix has no activations to read.
                 reuse = row.reader is None or not row.reader.reads_prompt
@@ -268,6 +272,10 @@ class Scheduler:
                     return
                 continue
             self._prefill_rows(group, [len(r.prompt) for r in group], out)
+
+    def _background(self, group: list[Row]) -> int:
+        rows = [*self.decoding, *group] + ([self.filling] if self.filling is not None else [])
+        return sum(r.request.background for r in rows)
 
     def _prefill_rows(self, rows: list[Row], ends: list[int], out: list) -> None:
         """One prefill forward of rows (in slots B, B+1, ...) up to ends; finished prompts join decoding."""

@@ -204,3 +204,21 @@ def test_background_rows_wait_behind_every_other_row(tiny_llama, tiny_tokenizer)
     sched.add(bg[2:], owner="bg2")
     sched.add(fg[1:], owner="fg2")
     assert [r.owner for r in sched.waiting] == ["fg1", "fg2", "bg1", "bg1", "bg2"]
+
+
+def test_background_rows_hold_at_most_half_the_slots(tiny_llama, tiny_tokenizer):
+    from steering.engine.backends import make_backend
+    from steering.engine.scheduler import Scheduler
+
+    sae = make_sae(layer=2)
+    sched = Scheduler(make_backend(tiny_llama, sae, slots=4), tiny_tokenizer, sae, [2], max_batch=4)
+    rows = sched.add([SequenceRequest(PROMPTS[1], greedy(6), background=True) for _ in range(4)], owner="bg")
+    sched.step()
+    assert len(sched.decoding) == 2 and len(sched.waiting) == 2  # two slots kept free for clients
+    sched.add([SequenceRequest(PROMPTS[0], greedy(6))], owner="client")
+    sched.step()
+    assert [r.owner for r in sched.decoding].count("client") == 1  # joined at once
+    events = []
+    while not sched.idle:
+        events += sched.step()
+    assert all(r.finished for r in rows)  # the background rows still all finish
