@@ -36,7 +36,8 @@ Where the work runs is a `Runner`: `forward(fn, *args)` runs model forwards
 (the answers' scoring, in chunks of `score_batch_size` rows) and
 `generate(requests)` the answers. `INLINE` runs both on the calling thread
 (`generate_batch`, its own scheduler); `engine_runner(engine)` sends the
-answers to a running engine as ordinary rows of its continuous batch and the
+answers to a running engine as background rows of its continuous batch (after
+every client's row, in at most half its slots) and the
 forwards to its compute thread between steps, so an evaluation inside a
 server (auto-steer's probe) shares the model instead of taking it.
 
