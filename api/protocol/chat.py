@@ -22,9 +22,9 @@ and indices are strict: `true` is not 1, `"7"` is not 7.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, Field, StringConstraints, ValidationError, WrapValidator, field_validator
 
 from api.protocol.common import (
     LENIENT,
@@ -62,6 +62,19 @@ Nothing = Annotated[list[Any], Field(max_length=0)]
 
 STEERED_DOC = ("True where steering acts on the choice (clamps, a preset's system prompt, a `steer` monitor); "
                "false for a compare baseline and for a request that only reads or steers nothing (extension).")
+
+
+def _refuse(value: Any, handler: Any, info: Any) -> Any:
+    try:
+        return handler(value)
+    except ValidationError:
+        raise ValueError(f"this server does not implement '{info.field_name}'; leave it out") from None
+
+
+def unimplemented(accepted: Any) -> Any:
+    """An OpenAI field this server does not implement: null, or `accepted` (the values that ask for nothing);
+    anything else is a 400 that says so."""
+    return Annotated[Union[accepted, None], WrapValidator(_refuse), Field(description=NOT_IMPLEMENTED)]
 
 
 class TextResponseFormat(BaseModel):
@@ -195,21 +208,21 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = None
 
     # ---- OpenAI fields not implemented: accepted only where they ask for nothing ----------
-    tools: Nothing | None = Field(None, description=NOT_IMPLEMENTED)
-    tool_choice: Literal["none", "auto"] | None = Field(None, description=NOT_IMPLEMENTED)
-    parallel_tool_calls: bool | None = Field(None, description=NOT_IMPLEMENTED)
-    functions: Nothing | None = Field(None, description=NOT_IMPLEMENTED)
-    function_call: Literal["none", "auto"] | None = Field(None, description=NOT_IMPLEMENTED)
-    response_format: TextResponseFormat | None = Field(None, description=NOT_IMPLEMENTED)
-    audio: None = Field(None, description=NOT_IMPLEMENTED)
-    modalities: list[Literal["text"]] | None = Field(None, description=NOT_IMPLEMENTED)
-    prediction: None = Field(None, description=NOT_IMPLEMENTED)
-    reasoning_effort: None = Field(None, description=NOT_IMPLEMENTED)
-    service_tier: Literal["auto", "default"] | None = Field(None, description=NOT_IMPLEMENTED)
-    store: Literal[False] | None = Field(None, description=NOT_IMPLEMENTED)
-    metadata: Annotated[dict[str, str], Field(max_length=0)] | None = Field(None, description=NOT_IMPLEMENTED)
-    web_search_options: None = Field(None, description=NOT_IMPLEMENTED)
-    verbosity: None = Field(None, description=NOT_IMPLEMENTED)
+    tools: unimplemented(Nothing) = None
+    tool_choice: unimplemented(Literal["none", "auto"]) = None
+    parallel_tool_calls: unimplemented(bool) = None
+    functions: unimplemented(Nothing) = None
+    function_call: unimplemented(Literal["none", "auto"]) = None
+    response_format: unimplemented(TextResponseFormat) = None
+    audio: unimplemented(None) = None
+    modalities: unimplemented(list[Literal["text"]]) = None
+    prediction: unimplemented(None) = None
+    reasoning_effort: unimplemented(None) = None
+    service_tier: unimplemented(Literal["auto", "default"]) = None
+    store: unimplemented(Literal[False]) = None
+    metadata: unimplemented(Annotated[dict[str, str], Field(max_length=0)]) = None
+    web_search_options: unimplemented(None) = None
+    verbosity: unimplemented(None) = None
 
     # ---- vLLM's sampling extras ---------------------------------------------
     top_k: JsonInt = Field(0, ge=-1, description="Sample among the k likeliest tokens only (0 or -1: off).")
@@ -226,16 +239,6 @@ class ChatCompletionRequest(BaseModel):
         None,
         description="Steer the model by clamping SAE features (extension; send it in the OpenAI client's extra_body).",
     )
-
-    @field_validator("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "response_format",
-                     "audio", "modalities", "prediction", "reasoning_effort", "service_tier", "store", "metadata",
-                     "web_search_options", "verbosity", mode="wrap")
-    @classmethod
-    def _not_implemented(cls, value: Any, handler: Any, info: Any) -> Any:
-        try:
-            return handler(value)
-        except ValidationError:
-            raise ValueError(f"this server does not implement '{info.field_name}'; leave it out") from None
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:

@@ -113,6 +113,10 @@ class RowSampler:
     counts: dict[int, int] = field(default_factory=dict, repr=False)
     seen: set[int] = field(default_factory=set, repr=False)
     generated: int = 0
+    processing: bool = field(init=False)  # params.processes, read once: it is asked per row and token
+
+    def __post_init__(self) -> None:
+        self.processing = self.params.processes
 
     @classmethod
     def create(cls, params: SamplingParams, device: torch.device, prompt_ids: Sequence[int] = (),
@@ -128,21 +132,21 @@ class RowSampler:
     @property
     def raw_greedy(self) -> bool:
         """Greedy on unprocessed logits: the batch's argmax is this row's choice."""
-        return self.generator is None and not self.params.processes
+        return self.generator is None and not self.processing
 
     def observe(self, token: int) -> None:
         """Remember a generated token (its count for the penalties)."""
         self.generated += 1
-        if self.params.processes:
+        if self.processing:
             self.counts[token] = self.counts.get(token, 0) + 1
             if self.params.repetition_penalty != 1.0:
                 self.seen.add(token)
 
     def process(self, logits: Tensor) -> Tensor:
         """One row's logits [V] after bias, penalties and min_tokens (see the module docstring)."""
-        p = self.params
-        if not p.processes:
+        if not self.processing:
             return logits
+        p = self.params
         out = logits.float().clone()
         if p.logit_bias:
             ids = torch.tensor([t for t, _ in p.logit_bias], device=out.device)
