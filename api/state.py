@@ -23,6 +23,7 @@ from api.features import FeatureService
 from api.gate import ModelGate
 from api.metrics import Metrics
 from api.protocol import SAEInfo
+from api.searches import SearchSlots
 from api.settings import Settings
 from api.translate import ServedModel
 from steering.concepts import AutoSteerer
@@ -57,7 +58,7 @@ class ServerState:
     ready: bool = False
     error: str | None = None
     draining: bool = False  # SIGTERM came: new requests get a 503, running ones may finish
-    concept_searches: int = 0  # uncached auto-steer searches running (api.routes.chat.auto_steer)
+    searches: SearchSlots = field(default_factory=SearchSlots)  # uncached concept searches running (api.searches)
     metrics: Metrics | None = None
 
     def require_ready(self) -> "ServerState":
@@ -133,6 +134,7 @@ class ServerState:
         if sm.sae is not None:
             self.features = FeatureService(sm)
             self.autosteer = AutoSteerer(sm)
+            self.autosteer.prepare()  # the unrelated texts' statistics, once: a new concept then runs only its own
         self.fingerprint = "fp_" + hashlib.sha1(f"{sm.model_id}|{sm.sae_id}|{VERSION}".encode()).hexdigest()[:10]
         self.engine = Engine(sm.loaded.model, tokenizer, sm.sae, EngineConfig(
             max_queue=s.max_queue, retry_after_s=s.retry_after_s, threads=s.threads, max_batch=s.max_batch),

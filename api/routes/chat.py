@@ -33,6 +33,7 @@ from api.errors import APIError, bad_request, from_exception, sse_error_event
 from api.metrics import RequestTimer
 from api.protocol import ChatCompletion, ChatCompletionRequest
 from api.render import Chunker, Collector, ResponseMeta, steering_report
+from api.searches import client_of
 from api.routes import server
 from api.state import ServerState
 from api.translate import SteeringLayers, check_steering, resolve_steering, to_engine
@@ -42,20 +43,19 @@ from steering.errors import SteeringError
 from steering.evaluation.run import engine_runner
 
 log = logging.getLogger("api")
-MAX_CONCEPT_SEARCHES = 2  # uncached concepts searched at once (each ~9 s of shared work on 2 cores)
-CONCEPT_SEARCH_S = 10  # what a Retry-After counts per search running
 DISCONNECT_POLL_S = 0.2
 SSE_PING_S = 15
 
 router = APIRouter()
 
 
-async def auto_steer(state: ServerState, layers: SteeringLayers | None) -> AutoSteerResult | None:
+async def auto_steer(state: ServerState, layers: SteeringLayers | None, client: str) -> AutoSteerResult | None:
     """Auto-steer's result for the request's concept (None without one); raises APIError.
 
     A concept not seen before is searched in a worker thread whose forwards run as short calls on the compute
     thread and whose probe answers are rows of the engine's batch, so other requests keep generating
-    meanwhile; at most MAX_CONCEPT_SEARCHES run at once (then a 429)."""
+    meanwhile; `state.searches` bounds how many run, in total and per client (then a 429 with a
+    Retry-After from the running searches)."""
     if layers is None or layers.concept is None:
         return None
     steerer = state.autosteer
@@ -65,24 +65,21 @@ async def auto_steer(state: ServerState, layers: SteeringLayers | None) -> AutoS
         if steerer.is_cached(concept):
             state.metrics.concepts.labels(result="cached").inc()
             return steerer.steer(concept, strength)
-        if state.concept_searches >= MAX_CONCEPT_SEARCHES:
+        slots = state.searches
+        refusal = slots.refusal(client)
+        if refusal is not None:
             state.metrics.rejections.labels(reason="concept_searches").inc()
-            retry = CONCEPT_SEARCH_S * max(1, state.concept_searches)
-            log.warning("concept %r refused: %d searches running", concept, state.concept_searches)
-            raise APIError(429, f"{state.concept_searches} concept searches are running; retry in about {retry} s "
-                           "(a concept searched once is answered at once).", "steering.concept",
-                           "rate_limit_exceeded", headers={"Retry-After": str(retry)})
+            retry = slots.retry_after()
+            log.warning("concept %r refused: %s", concept, refusal)
+            raise APIError(429, f"{refusal}; retry in about {retry} s (a concept searched once is answered at "
+                           "once).", "steering.concept", "rate_limit_exceeded", headers={"Retry-After": str(retry)})
         state.metrics.concepts.labels(result="search").inc()
         t0 = time.perf_counter()
         log.info("concept search %r started", concept)
-        state.concept_searches += 1
+        ticket = slots.take(client)
         work = asyncio.get_running_loop().run_in_executor(
             None, lambda: steerer.steer(concept, strength, runner=engine_runner(state.engine)))
-
-        def done(_: object) -> None:  # when the thread ends, even if this request went away first
-            state.concept_searches -= 1
-
-        work.add_done_callback(done)
+        work.add_done_callback(lambda _: slots.give(ticket))  # when the thread ends, even if the client left
         result = await asyncio.shield(work)
         log.info("concept search %r done in %.1f s: features %s", concept, time.perf_counter() - t0,
                  [f.index for f in result.features])
@@ -132,7 +129,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  state: ServerState = Depends(server)) -> Any:
     state.require_ready()
     layers = check_steering(body, state.served, state.presets)
-    job = to_engine(body, state.served, resolve_steering(layers, await auto_steer(state, layers)))
+    job = to_engine(body, state.served, resolve_steering(layers, await auto_steer(state, layers, client_of(request, bool(state.settings.api_keys)))))
     meta = ResponseMeta(
         model=state.served.model_id,
         steered=job.steered,

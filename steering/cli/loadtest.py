@@ -2,10 +2,14 @@
 
     loadtest [--url URL | --start [--server-arg ARG ...]] [--clients 8] [--seconds 300]
              [--max-tokens 24] [--api-key KEY] [--pid PID] [--feature I] [--warmup 30]
+    loadtest --fairness [--concepts 5] [--url URL | --start ...]
 
 With `--start`, a fresh `python -m api` runs on a free loopback port for the
 soak and is stopped with SIGTERM afterwards (its RSS is read from its pid).
-The measurement: `steering.evaluation.loadtest`.
+The measurement: `steering.evaluation.loadtest`. `--fairness` measures a
+plain request's time to first token beside new concept searches instead
+(`steering.evaluation.fairness`; a server given by --url must accept the keys
+`fairness-client-0..N`, --start passes them).
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.url) == bool(args.start):
         raise CommandError("give --url of a running server, or --start", "url")
+    if args.fairness:
+        return run_fairness(args)
     proc = None
     url, pid = args.url, args.pid
     if args.start:
-        proc, url = start_server(list(args.server_arg))
+        proc, url = start_server(list(args.server_arg), api_key=args.api_key)
         pid = proc.pid
     try:
         result = soak(url.rstrip("/"), args.clients, args.seconds, args.max_tokens, args.api_key, pid, args.feature,
@@ -37,6 +43,27 @@ def run(args: argparse.Namespace) -> int:
         result.server_exit = exit_code
     print(json.dumps(result.to_dict(), indent=None if args.compact else 2))
     return 0 if result.errors == 0 else 1
+
+
+def run_fairness(args: argparse.Namespace) -> int:
+    from steering.evaluation.fairness import CONCEPTS, concept_keys, fairness
+    from steering.evaluation.loadtest import start_server, stop_server
+
+    if not 0 < args.concepts <= len(CONCEPTS):
+        raise CommandError(f"--concepts must be in 1..{len(CONCEPTS)}", "concepts")
+    keys = concept_keys(args.concepts)
+    proc, url = None, args.url
+    if args.start:
+        proc, url = start_server([*(f"--api-key={k}" for k in keys), *args.server_arg], api_key=keys[-1])
+    try:
+        result = fairness(url.rstrip("/"), keys, args.concepts, max_tokens=args.max_tokens)
+    finally:
+        if proc is not None:
+            result_exit = stop_server(proc)
+    if proc is not None:
+        result["server_exit"] = result_exit
+    print(json.dumps(result, indent=None if args.compact else 2))
+    return 0
 
 
 def add_parser(sub: Any) -> None:
@@ -51,5 +78,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--pid", type=int, default=None, help="the server's pid, for its memory (with --url)")
     p.add_argument("--feature", type=int, default=0, help="the feature the steered requests clamp")
     p.add_argument("--warmup", type=float, default=30.0, help="seconds before the warm RSS reading (the leak baseline)")
+    p.add_argument("--fairness", action="store_true",
+                   help="measure a plain request's first token beside new concept searches instead of a soak")
+    p.add_argument("--concepts", type=int, default=5, help="new concepts sent at once (with --fairness)")
     p.add_argument("--compact", action="store_true", help="one line of JSON")
     p.set_defaults(handler=run)

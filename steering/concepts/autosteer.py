@@ -38,10 +38,10 @@ lowercased with whitespace collapsed, and the extra features) for the
 MAX_CACHED_CONCEPTS most recently used concepts; `strength` is applied
 after the cache. It belongs to one SteeredModel: whoever holds the model
 (the server's state, a command) holds its steerer, and nothing is global.
-Search and probe run forwards and generation on the shared model: a server
-must run them where it runs feature search (holding `api.gate`
-exclusively), not beside generation; `is_cached` says when a call will run
-none. `auto_steer(sm, ...)` is one uncached call.
+Search and probe run forwards and generation on the shared model, each forward
+a short call of a `Runner` (inline by default; a server's compute thread
+between decoding steps with `engine_runner`), the probe's answers as rows of
+its batch; `is_cached` says when a call will run none. `auto_steer(sm, ...)` is one uncached call.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from steering.concepts.probe import ProbeResult, ProbeSettings, judged, probe_specs, ranked_probes
-from steering.concepts.search import ConceptCandidate, find_concept_features
+from steering.concepts.search import ConceptCandidate, TextStats, find_concept_features, neutral_bank_stats
 from steering.errors import SteeringError
 from steering.evaluation.run import INLINE, Runner
 from steering.interventions import FeatureClamp, SteeringSpec
@@ -138,12 +138,14 @@ class _Choice:
     labelled: tuple[int, ...] = ()  # the `extra` (label-matched) features, best match first
 
 
-def concept_candidates(sm: "SteeredModel", concept: str, extra: Sequence[int] = ()) -> list[ConceptCandidate]:
+def concept_candidates(sm: "SteeredModel", concept: str, extra: Sequence[int] = (), neutral: TextStats | None = None,
+                       runner: Runner = INLINE) -> list[ConceptCandidate]:
     """The probe pool: the search's SEARCH_CANDIDATES best by score, then the `extra` features (e.g. a
-    catalogue's label matches) in the search's order, each once."""
+    catalogue's label matches) in the search's order, each once. `neutral`, `runner`: as for
+    `find_concept_features`."""
     extra_set = {int(i) for i in extra}
     found = find_concept_features(sm, concept, limit=SEARCH_POOL + len(extra_set), pool=SEARCH_POOL,
-                                  extra=sorted(extra_set))
+                                  extra=sorted(extra_set), neutral=neutral, runner=runner)
     return found[:SEARCH_CANDIDATES] + [c for c in found[SEARCH_CANDIDATES:] if c.index in extra_set]
 
 
@@ -173,10 +175,19 @@ class AutoSteerer:
         self.max_cached = max_cached if max_cached is not None else MAX_CACHED_CONCEPTS
         self._cache: OrderedDict[tuple[Any, ...], _Choice] = OrderedDict()
         self._labels: OrderedDict[str, tuple[int, ...]] = OrderedDict()  # concept key -> its label matches
+        self._neutral: TextStats | None = None  # the unrelated bank's statistics on this SAE (`prepare`)
         self._lock = threading.Lock()
 
-    def _extra(self, concept: str, extra: Sequence[int] | None, compute: bool = True,
-               runner: Runner = INLINE) -> tuple[int, ...] | None:
+    def prepare(self, runner: Runner = INLINE) -> None:
+        """Read the unrelated text bank once (`neutral_bank_stats`), so that a new concept's search runs
+        only its own few texts; done by the first uncached `steer` if not before (a server does it at
+        start-up)."""
+        if self._neutral is None and self.sm.sae is not None:
+            stats = neutral_bank_stats(self.sm, runner)
+            with self._lock:
+                self._neutral = self._neutral or stats
+
+    def _extra(self, concept: str, extra: Sequence[int] | None, compute: bool = True) -> tuple[int, ...] | None:
         """The extra candidates: `extra`, else the catalogue's label matches (remembered: a catalogue search
         takes a few hundred ms on the shipped one); None when not known and not `compute`."""
         if extra is not None:
@@ -188,7 +199,8 @@ class AutoSteerer:
                 self._labels.move_to_end(key)  # used as the choices are: the same least recently used order
         if known is not None or not compute:
             return known
-        found = tuple(dict.fromkeys(runner.run(label_matches, self.sm, concept)))
+        # Text matching over the catalogue's arrays, no model: on the calling thread, not the compute thread.
+        found = tuple(dict.fromkeys(label_matches(self.sm, concept)))
         with self._lock:
             self._labels[key] = found
             while len(self._labels) > self.max_cached:
@@ -218,7 +230,7 @@ class AutoSteerer:
         concept, strength = _check(concept, strength)
         if self.sm.sae is None:
             raise SteeringError("this server has no SAE loaded; steering is unavailable", "steering")
-        choice = self._choice(concept, self._extra(concept, extra, runner=runner), runner)
+        choice = self._choice(concept, self._extra(concept, extra), runner)
         return _result(self.sm, concept, strength, max_features, choice)
 
     def _choice(self, concept: str, extra: tuple[int, ...], runner: Runner = INLINE) -> "_Choice":
@@ -229,7 +241,8 @@ class AutoSteerer:
                 self._cache.move_to_end(key)
                 return cached
         sm = self.sm
-        candidates = tuple(runner.run(concept_candidates, sm, concept, extra))
+        self.prepare(runner)
+        candidates = tuple(concept_candidates(sm, concept, extra, neutral=self._neutral, runner=runner))
         probes: tuple[ProbeResult, ...] = ()
         if self.probe is not None and candidates:
             specs = [(c.index, _spec(sm, [c], DEFAULT_MULTIPLIER)[1]) for c in candidates]

@@ -40,7 +40,12 @@ effect computed (the full [d_sae, V] product would not fit in memory) and
 are ranked by  score = specificity * logit_score.
 
 The forwards run the shared model up to the SAE's hook site, with a capture
-hook: a server must not run them while it generates (see `api.gate`).
+hook. Each batch of texts (TEXT_BATCH) and the logit view are one call of a
+`Runner` (`steering.evaluation.run`): inline by default, or short calls on a
+server's compute thread between decoding steps. The unrelated bank does not
+depend on the concept: `neutral_bank_stats` reads it once per SAE, and a
+search given those statistics runs only its concept texts (the bank's texts
+naming the concept are left out by row).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from torch import Tensor, nn
 
 from steering.errors import SteeringError
 from steering.evaluation.metrics import concept_word_pattern
+from steering.evaluation.run import INLINE, Runner
 from steering.hooks import activations_at, find_submodule
 from steering.tokens import sink_token_id
 
@@ -89,6 +95,8 @@ NEUTRAL_SENTENCES: tuple[str, ...] = (
     "The instructions were printed on the back of the box.",
     "It was a quiet morning, and nothing much happened.",
 )
+# Texts per forward: one Runner call each (a server's other requests decode between them).
+TEXT_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -116,14 +124,23 @@ def concept_texts(concept: str) -> list[str]:
     return [t.format(c=concept) for t in CONCEPT_TEMPLATES]
 
 
-def neutral_texts(concept: str = "") -> list[str]:
-    """The unrelated bank: templates on control topics and plain sentences, minus any naming the concept."""
+def neutral_bank() -> list[str]:
+    """Every unrelated text: the templates on control topics, then the plain sentences."""
     n = len(CONCEPT_TEMPLATES)
-    texts = [CONCEPT_TEMPLATES[(k * 3 + s) % n].format(c=topic)
-             for k, topic in enumerate(CONTROL_TOPICS) for s in (0, 1)]
-    texts += list(NEUTRAL_SENTENCES)
+    return [CONCEPT_TEMPLATES[(k * 3 + s) % n].format(c=topic)
+            for k, topic in enumerate(CONTROL_TOPICS) for s in (0, 1)] + list(NEUTRAL_SENTENCES)
+
+
+def neutral_rows(concept: str = "") -> list[int]:
+    """Rows of `neutral_bank()` that do not name the concept."""
     pattern = concept_word_pattern([concept]) if concept.strip() else None
-    return [t for t in texts if pattern is None or not pattern.search(t)]
+    return [k for k, t in enumerate(neutral_bank()) if pattern is None or not pattern.search(t)]
+
+
+def neutral_texts(concept: str = "") -> list[str]:
+    """The unrelated bank minus any text naming the concept."""
+    bank = neutral_bank()
+    return [bank[k] for k in neutral_rows(concept)]
 
 
 @dataclass(frozen=True)
@@ -134,6 +151,14 @@ class TextStats:
     max: Tensor
     on_word: Tensor
     total: Tensor
+
+    def rows(self, keep: Sequence[int]) -> "TextStats":
+        index = torch.tensor(list(keep), dtype=torch.long)
+        return TextStats(*(getattr(self, f.name).index_select(0, index) for f in dataclasses.fields(self)))
+
+    @staticmethod
+    def concat(parts: Sequence["TextStats"]) -> "TextStats":
+        return TextStats(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(TextStats)))
 
 
 def _word_mask(tokenizer: Any, text: str, ids: list[int], pattern: Any) -> list[bool]:
@@ -150,12 +175,8 @@ def _word_mask(tokenizer: Any, text: str, ids: list[int], pattern: Any) -> list[
     return [any(a < e and s < b for s, e in spans) for a, b in offsets]
 
 
-def text_stats(sm: "SteeredModel", texts: Sequence[str], concept: str = "", batch_size: int = 16) -> TextStats:
-    """Run texts to the SAE's hook site; aggregate feature activations per text.
-
-    Each text is prefixed with `sink_token_id` and position 0 (that sink) is
-    left out, so every token of the text counts, the first one too.
-    """
+def _batch_stats(sm: "SteeredModel", texts: Sequence[str], concept: str) -> TextStats:
+    """`text_stats` of a few texts in one padded forward."""
     model, tok, sae = sm.loaded.model, sm.loaded.tokenizer, sm.sae
     pattern = concept_word_pattern([concept]) if concept.strip() else None
     sink = sink_token_id(tok)
@@ -163,7 +184,7 @@ def text_stats(sm: "SteeredModel", texts: Sequence[str], concept: str = "", batc
     masks = [[False, *_word_mask(tok, t, ids, pattern)] for t, ids in zip(texts, plain)]
     out = {k: torch.zeros(len(texts), sae.d_sae) for k in ("mean", "max", "on_word", "total")}
     rows = [[sink, *ids] for ids in plain]
-    for t, hidden in activations_at(model, sae.cfg.hook_layer, sae.cfg.hook_site, rows, batch_size):
+    for t, hidden in activations_at(model, sae.cfg.hook_layer, sae.cfg.hook_site, rows, len(rows)):
         if len(rows[t]) < 2:  # an empty text: all zeros
             continue
         with torch.no_grad():
@@ -172,6 +193,26 @@ def text_stats(sm: "SteeredModel", texts: Sequence[str], concept: str = "", batc
         out["mean"][t], out["max"][t] = a.mean(0), a.amax(0)
         out["on_word"][t], out["total"][t] = on @ a, a.sum(0)
     return TextStats(**out)
+
+
+def text_stats(sm: "SteeredModel", texts: Sequence[str], concept: str = "", batch_size: int = TEXT_BATCH,
+               runner: Runner = INLINE) -> TextStats:
+    """Run texts to the SAE's hook site; aggregate feature activations per text.
+
+    Each text is prefixed with `sink_token_id` and position 0 (that sink) is
+    left out, so every token of the text counts, the first one too. Each
+    batch of `batch_size` texts is one `runner` call.
+    """
+    texts = list(texts)
+    parts = [runner.run(_batch_stats, sm, texts[s : s + batch_size], concept) for s in range(0, len(texts), batch_size)]
+    if not parts:
+        return TextStats(*(torch.zeros(0, sm.sae.d_sae) for _ in range(4)))
+    return TextStats.concat(parts)
+
+
+def neutral_bank_stats(sm: "SteeredModel", runner: Runner = INLINE) -> TextStats:
+    """`text_stats` of the whole unrelated bank (`neutral_bank()`): the same for every concept on this SAE."""
+    return text_stats(sm, neutral_bank(), runner=runner)
 
 
 def specificity_scores(concept: TextStats, neutral: TextStats, max_activation: Tensor) -> dict[str, Tensor]:
@@ -240,6 +281,14 @@ def logit_score(rank: int, vocab_size: int) -> float:
     return 1.0 - math.log1p(rank) / math.log(max(vocab_size, 2))
 
 
+def _logit_view(sm: "SteeredModel", features: Tensor, token_ids: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """(b) of the module docstring for `features` [m]: (effects [m, V], logit ranks [m])."""
+    sae = sm.sae
+    with torch.no_grad():
+        effects = logit_effects(sm.loaded.model, sae.W_dec[features.to(sae.W_dec.device)]).float().cpu()
+    return effects, logit_ranks(effects, token_ids)
+
+
 def find_concept_features(
     sm: "SteeredModel",
     concept: str,
@@ -248,13 +297,17 @@ def find_concept_features(
     pool: int | None = None,
     words: Sequence[str] = (),
     extra: Sequence[int] = (),
+    neutral: TextStats | None = None,
+    runner: Runner = INLINE,
 ) -> list[ConceptCandidate]:
     """Rank the SAE's features for `concept` by specificity x logit score (module docstring).
 
     `texts` replace the templated concept texts; `words` (e.g. a preset's
     concept_words) add concept tokens for the logit view; `extra` feature
     indices (e.g. a catalogue's matches) join the pool whatever their
-    specificity, and are ranked by the same score.
+    specificity, and are ranked by the same score. `neutral`: this SAE's
+    `neutral_bank_stats`, read once (else the bank is run here); `runner`:
+    where the forwards run.
     """
     if sm.sae is None:
         raise SteeringError("no SAE is loaded: there are no features to search", "sae")
@@ -262,10 +315,15 @@ def find_concept_features(
         raise SteeringError("the concept must be a non-empty string", "concept")
     if limit <= 0:
         raise SteeringError("limit must be positive", "limit")
-    sae, model, tok = sm.sae, sm.loaded.model, sm.loaded.tokenizer
+    sae, tok = sm.sae, sm.loaded.tokenizer
     concept = concept.strip()
-    c_stats = text_stats(sm, texts or concept_texts(concept), concept)
-    n_stats = text_stats(sm, neutral_texts(concept))
+    c_stats = text_stats(sm, texts or concept_texts(concept), concept, runner=runner)
+    if neutral is None:
+        n_stats = text_stats(sm, neutral_texts(concept), runner=runner)
+    else:
+        if neutral.mean.shape != (len(neutral_bank()), sae.d_sae):
+            raise SteeringError("the neutral statistics are not this SAE's bank", "neutral")
+        n_stats = neutral.rows(neutral_rows(concept))
     scores = specificity_scores(c_stats, n_stats, sae.max_activation.detach().float().cpu())
     spec = scores["specificity"]
     pool = min(pool or max(4 * limit, 32), sae.d_sae)
@@ -274,9 +332,7 @@ def find_concept_features(
     top = torch.tensor(list(dict.fromkeys(top + [int(i) for i in extra if 0 <= int(i) < sae.d_sae])), dtype=torch.long)
     if top.numel() == 0:
         return []
-    with torch.no_grad():
-        effects = logit_effects(model, sae.W_dec[top.to(sae.W_dec.device)]).float().cpu()  # [m, V]
-    ranks = logit_ranks(effects, concept_token_ids(tok, concept, words))
+    effects, ranks = runner.run(_logit_view, sm, top, concept_token_ids(tok, concept, words))
     vocab = effects.shape[1]
     promoted = effects.topk(5, dim=-1).indices
     out: list[ConceptCandidate] = []

@@ -12,9 +12,12 @@ that had loaded the model. So a server loads, generates and runs its
 exclusive forwards (feature search, auto-steer) all on this one thread.
 
 A `ComputeThread` runs submitted callables in order. A long-running loop
-submitted to it (the engine's) takes over the queue with `take`, running any
-callable it finds between its own steps, so `submit` keeps working while it
-runs. Calls from the thread itself run inline (no deadlock).
+submitted to it (the engine's) takes over the queue with `take`, running
+callables between its own steps, so `submit` keeps working while it runs.
+The loop's own items (new requests) come before queued callables, and it may
+run one callable per step: background work (auto-steer's forwards) then
+delays a client's first token by at most one such call, not by all of them.
+Calls from the thread itself run inline (no deadlock).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
@@ -60,6 +64,8 @@ class ComputeThread:
     def __init__(self, threads: int | None = None, name: str = "steering-compute"):
         self.threads = threads
         self._inbox: queue.Queue = queue.Queue()
+        self._items: deque = deque()  # taken from the inbox, not calls: for the loop (this thread only)
+        self._calls: deque[Call] = deque()  # taken from the inbox, not run yet (this thread only)
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
@@ -101,32 +107,48 @@ class ComputeThread:
             self._thread.join(timeout)
 
     # ------------------------------------------------------------ the thread
-    def take(self, block: bool) -> object | None:
+    def take(self, block: bool, max_calls: int | None = None) -> object | None:
         """For a loop running on this thread: the next item that is not a call.
 
-        Calls found on the way run here, in order. Returns None when nothing
-        more is queued (after a call ran, or with block=False), and STOP when
-        the thread is closing (STOP stays queued for the serving loop).
+        Items come before calls: everything queued is looked at first, and
+        calls are set aside. When no item is waiting, set-aside calls run here,
+        in order, at most `max_calls` of them (None: all) before returning None.
+        Returns None when nothing more is queued (after calls ran, or with
+        block=False), and STOP when the thread is closing, once every call
+        queued before it has run (STOP stays queued for the serving loop).
         """
+        ran = 0
+        while True:
+            self._sort_inbox()
+            if self._items and (self._items[0] is not STOP or not self._calls):
+                item = self._items[0] if self._items[0] is STOP else self._items.popleft()
+                return item
+            if self._calls and (max_calls is None or ran < max_calls):
+                self._calls.popleft().run()
+                ran += 1
+                continue
+            if ran or not block:
+                return None
+            self._sort(self._inbox.get())
+
+    def _sort_inbox(self) -> None:
         while True:
             try:
-                item = self._inbox.get(block=block)
+                self._sort(self._inbox.get_nowait())
             except queue.Empty:
-                return None
-            if isinstance(item, Call):
-                item.run()
-                block = False
-                continue
-            if item is STOP:
-                self._inbox.put(STOP)
-            return item
+                return
+
+    def _sort(self, item: object) -> None:
+        (self._calls if isinstance(item, Call) else self._items).append(item)
 
     def _serve(self) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
-        while True:
-            item = self._inbox.get()
-            if item is STOP:
+        while True:  # calls only: other items stay queued for the loop that a queued call will start
+            self._sort_inbox()
+            if self._calls:
+                self._calls.popleft().run()
+            elif STOP in self._items:
                 return
-            if isinstance(item, Call):
-                item.run()
+            else:
+                self._sort(self._inbox.get())

@@ -201,9 +201,10 @@ class Engine:
                         self._waiting -= len(started)
 
     def _take_inbox(self, handles: dict, waiting: set, block: bool) -> bool:
-        """Move submitted groups into the scheduler (running queued calls); True on shutdown."""
+        """Move submitted groups into the scheduler (running queued calls: one between steps while rows
+        run, so background work delays a new request by one call at most); True on shutdown."""
         while True:
-            item = self.compute.take(block)
+            item = self.compute.take(block, None if self._scheduler.idle else 1)
             if item is None:
                 return False
             block = False

@@ -184,8 +184,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: list[str], ready_timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:
-    """`python -m api ARGS` on a free loopback port, once GET /ready is 200: (process, base url)."""
+def start_server(args: list[str], ready_timeout_s: float = 300.0, api_key: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`python -m api ARGS` on a free loopback port, once GET /ready is 200 (asked with `api_key` when
+    the server has keys): (process, base url)."""
     import httpx
 
     port = _free_port()
@@ -197,7 +198,8 @@ def start_server(args: list[str], ready_timeout_s: float = 300.0) -> tuple[subpr
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with status {proc.returncode}")
         try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+            headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+            if httpx.get(f"{url}/ready", headers=headers, timeout=2).status_code == 200:
                 return proc, url
         except httpx.TransportError:
             pass

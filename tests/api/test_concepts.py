@@ -9,10 +9,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-import api.routes.chat as chat_route
 from api.app import create_app
 from api.settings import Settings
-from steering.concepts import autosteer
+from steering.concepts import autosteer, search
 from steering.concepts.autosteer import DEFAULT_MULTIPLIER, DEFAULT_WINDOW
 from steering.concepts.probe import ProbeResult, ProbeSettings
 from steering.concepts.search import concept_texts, neutral_texts
@@ -128,18 +127,26 @@ def test_merge_order_preset_then_concept_then_request(client):
 
 
 def test_search_runs_once_on_the_compute_thread_beside_generations_then_is_cached(client, monkeypatch):
-    calls = []
-    real = autosteer.find_concept_features
+    calls, forwards = [], []
+    real, real_forward = autosteer.find_concept_features, search._batch_stats
 
     def counting(sm, concept, **kw):
-        calls.append(threading.current_thread().name)
+        calls.append(concept)
         return real(sm, concept, **kw)
 
+    def forward(*args):
+        forwards.append(threading.current_thread().name)
+        return real_forward(*args)
+
     monkeypatch.setattr(autosteer, "find_concept_features", counting)
+    monkeypatch.setattr(search, "_batch_stats", forward)
     gate = client.app.state.server.gate
     client.portal.call(gate.enter)  # a generation that never ends: a new concept no longer waits for it
     first = complete(client, steering={"concept": CONCEPT})
-    assert calls == ["steering-compute"]  # its forwards ran between the engine's steps, on its thread
+    assert len(calls) == 1
+    # Its forwards ran between the engine's steps, on its thread; the unrelated bank was read at start-up,
+    # so only the concept's own texts ran.
+    assert forwards == ["steering-compute"] * -(-len(search.concept_texts(CONCEPT)) // search.TEXT_BATCH)
     second = complete(client, steering={"concept": CONCEPT.upper(), "strength": 0.5})
     client.portal.call(gate.leave)
     assert len(calls) == 1  # cached: no second search
@@ -169,11 +176,43 @@ def test_a_plain_request_is_answered_while_a_new_concept_is_searched(client, mon
     assert done["plain"] - start < 1.5 and done["concept"] - start >= 2.0
 
 
-def test_concept_searches_beyond_the_limit_are_429(client, monkeypatch):
-    monkeypatch.setattr(chat_route, "MAX_CONCEPT_SEARCHES", 0)
-    r = post(client, steering={"concept": "a fresh concept"})
-    assert r.status_code == 429 and r.headers["retry-after"]
-    assert r.json()["error"]["param"] == "steering.concept" and r.json()["error"]["code"] == "rate_limit_exceeded"
+def test_concept_searches_are_bounded_per_client_and_in_total(sm, tmp_path, monkeypatch):
+    """At most one search per client (its API key on a keyed server) and two in all; a refusal is a 429
+    naming steering.concept with a Retry-After from the running searches."""
+    def slow_probe(sm, concept, specs, settings=ProbeSettings(), runner=None):
+        time.sleep(2.0)
+        return probe_favouring_planted(sm, concept, specs, settings, runner)
+
+    monkeypatch.setattr(autosteer, "probe_specs", slow_probe)
+    statuses: dict[str, int] = {}
+    settings = Settings(presets_dir=tmp_path, default_max_tokens=12, api_keys=("a", "b", "c"))
+    with TestClient(create_app(settings, sm)) as client:
+
+        def send(name: str, key: str) -> None:
+            r = client.post("/v1/chat/completions", json=chat_body(steering={"concept": name}),
+                            headers={"Authorization": f"Bearer {key}"})
+            statuses[name] = r.status_code
+
+        first = threading.Thread(target=send, args=("first concept", "a"))
+        first.start()
+        time.sleep(0.5)
+        again = client.post("/v1/chat/completions", json=chat_body(steering={"concept": "second concept"}),
+                            headers={"Authorization": "Bearer a"})
+        assert again.status_code == 429, again.text
+        error = again.json()["error"]
+        assert error["param"] == "steering.concept" and error["code"] == "rate_limit_exceeded"
+        assert "this client" in error["message"] and 1 <= int(again.headers["retry-after"]) <= 10
+        other = threading.Thread(target=send, args=("third concept", "b"))  # another client may search
+        other.start()
+        time.sleep(0.5)
+        full = client.post("/v1/chat/completions", json=chat_body(steering={"concept": "fourth concept"}),
+                           headers={"Authorization": "Bearer c"})
+        assert full.status_code == 429 and "2 concept searches are running" in full.json()["error"]["message"]
+        first.join(30)
+        other.join(30)
+        assert statuses == {"first concept": 200, "third concept": 200}
+        assert client.post("/v1/chat/completions", json=chat_body(steering={"concept": "second concept"}),
+                           headers={"Authorization": "Bearer a"}).status_code == 200  # its turn now
 
 
 @pytest.mark.parametrize(
@@ -248,7 +287,7 @@ def test_raw_values_past_the_request_bound_are_reported_as_used(client, sm, monk
     sm.sae.max_activation[PLANTED] = float("nan")
     (best,) = autosteer.concept_candidates(sm, CONCEPT)[:1]
     big = dataclasses.replace(best, max_activation=500.0)
-    monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, concept, extra=(): [big])
+    monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, concept, extra=(), **_: [big])
     out = complete(client, steering={"concept": CONCEPT, "strength": 5})
     assert out["steering"]["features"] == [{"index": PLANTED, "value": DEFAULT_MULTIPLIER * 5 * 500.0,
                                             "mode": "clamp", "unit": "raw"}]

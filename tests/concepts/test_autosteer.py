@@ -79,12 +79,12 @@ def test_cache_keeps_the_most_recently_used_concepts(planted):
 def test_second_feature_splits_the_strength(planted, monkeypatch):
     cands = autosteer.concept_candidates(planted, CONCEPT)
     close = [cands[0], type(cands[1])(**{**cands[1].to_dict(), "score": cands[0].score * 0.9})]
-    monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, c, extra=(): close)
+    monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, c, extra=(), **_: close)
     r = auto_steer(planted, CONCEPT, 1.0, max_features=2, probe=None)
     assert [c.value for c in r.spec.features] == [DEFAULT_MULTIPLIER / 2] * 2
     assert "split over 2 features" in r.rationale
     far = [cands[0], type(cands[1])(**{**cands[1].to_dict(), "score": cands[0].score * 0.5})]
-    monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, c, extra=(): far)
+    monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, c, extra=(), **_: far)
     assert len(auto_steer(planted, CONCEPT, 1.0, max_features=2, probe=None).spec.features) == 1
 
 
@@ -216,7 +216,7 @@ def test_bad_arguments_name_the_parameter(tiny_llama, tiny_tokenizer, concept, s
 
 
 def test_no_sae_or_no_candidate_is_a_steering_error(planted, monkeypatch):
-    monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, c, extra=(): [])
+    monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, c, extra=(), **_: [])
     with pytest.raises(SteeringError) as err:
         auto_steer(planted, "dog")
     assert err.value.param == "steering.concept"

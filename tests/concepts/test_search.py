@@ -154,3 +154,29 @@ def test_search_errors_name_the_parameter(tiny_llama, tiny_tokenizer):
     with pytest.raises(SteeringError) as err:
         find_concept_features(sm, "dog")
     assert err.value.param == "sae"
+
+
+def test_precomputed_neutral_statistics_give_the_same_ranking(tiny_llama, tiny_tokenizer):
+    """The bank read once per SAE, rows naming the concept left out, equals the bank run per search; and
+    each batch of texts is one runner call."""
+    from steering.concepts.search import neutral_bank, neutral_bank_stats
+    from steering.evaluation.run import Runner
+
+    sm = tiny_sm(tiny_llama, tiny_tokenizer)
+    plant_feature(sm, 17, concept_texts(CONCEPT) + neutral_texts(CONCEPT))
+    calls: list[str] = []
+    runner = Runner(forward=lambda fn, *args: (calls.append(fn.__name__), fn(*args))[1])
+    bank = neutral_bank_stats(sm, runner)
+    assert bank.mean.shape == (len(neutral_bank()), sm.sae.d_sae) and len(calls) == -(-len(neutral_bank()) // 8)
+    for concept in (CONCEPT, "shoes"):  # "shoes" leaves out the bank's rows about shoes
+        calls.clear()
+        alone = find_concept_features(sm, concept, limit=5)
+        shared = find_concept_features(sm, concept, limit=5, neutral=bank, runner=runner)
+        assert [(c.index, round(c.score, 5), round(c.neutral_mean, 5)) for c in shared] == \
+            [(c.index, round(c.score, 5), round(c.neutral_mean, 5)) for c in alone]
+        assert calls == ["_batch_stats", "_logit_view"]  # the 8 concept texts, then the logit view
+        if concept == CONCEPT:
+            assert shared and shared[0].index == 17
+    with pytest.raises(SteeringError) as err:  # statistics of another bank are refused, not misread
+        find_concept_features(sm, CONCEPT, neutral=bank.rows(range(10)))
+    assert err.value.param == "neutral"

@@ -62,3 +62,27 @@ def test_engine_on_a_shared_thread_leaves_it_serving_after_close(tiny_llama, tin
             engine.submit([SequenceRequest((5, 6), _greedy(2))])
     finally:
         ct.close()
+
+
+def test_a_loop_takes_its_items_before_queued_calls_and_one_call_per_pass():
+    """Background calls delay a new item by one call at most: items first, then `max_calls` calls."""
+    ct = ComputeThread(name="priority")
+    order: list[str] = []
+    release = threading.Event()
+    try:
+        def loop() -> list[object]:
+            release.wait(10)  # meanwhile two calls and an item are queued, the calls first
+            first = ct.take(False, 1)
+            second = ct.take(False, 1)  # no item left: one call runs, then None
+            after_one = list(order)
+            third = ct.take(False, None)  # the other call
+            return [first, second, third, after_one]
+
+        looping = ct.submit(loop)
+        calls = [ct.submit(order.append, name) for name in ("call-1", "call-2")]
+        ct.put("item")
+        release.set()
+        assert looping.result(timeout=10) == ["item", None, None, ["call-1"]]
+        assert order == ["call-1", "call-2"] and all(c.done() for c in calls)
+    finally:
+        ct.close()

@@ -1,0 +1,73 @@
+"""Who may start a new concept search now: a bound in total and per client, and an honest Retry-After.
+
+A concept the auto-steerer has not seen is searched and probed (seconds of
+shared model work: `steering.concepts.autosteer`). Searches run beside other
+requests, but each one takes a share of the batch and the compute thread, so
+the server runs at most `total` at once and at most `per_client` for one
+client (a client is its API key on a server with keys, which the guard has
+checked, else its address: `client_of`). A refusal says when to come back: the time the earliest
+running search still needs, from the running mean of finished searches'
+durations (an initial guess until one finishes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+
+INITIAL_SEARCH_S = 10.0  # a first guess at a search's duration (the shipped model on 2 cores: ~9 s idle)
+
+
+def client_of(request: Request, keyed: bool) -> str:
+    """A client's identity for fairness: on a server with API keys (`keyed`: the guard let only valid ones
+    in) a digest of its key, else its address (an unchecked token would let one client be many)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if keyed and scheme.lower() == "bearer" and token.strip():
+        return "key:" + hashlib.sha256(token.strip().encode()).hexdigest()[:16]
+    return "addr:" + (request.client.host if request.client else "unknown")
+
+
+@dataclass
+class SearchSlots:
+    """Running concept searches: `take` before one starts (None, or the reason it may not), `give` after."""
+
+    total: int = 2
+    per_client: int = 1
+    running: dict[int, tuple[str, float]] = field(default_factory=dict)  # ticket -> (client, start)
+    mean_s: float = INITIAL_SEARCH_S
+    finished: int = 0
+    _next: int = 0
+
+    def __len__(self) -> int:
+        return len(self.running)
+
+    def refusal(self, client: str) -> str | None:
+        """Why `client` may not start a search now (None: it may)."""
+        if len(self.running) >= self.total:
+            return f"{len(self.running)} concept searches are running (at most {self.total} at once)"
+        mine = sum(1 for c, _ in self.running.values() if c == client)
+        if mine >= self.per_client:
+            return f"this client already has {mine} concept search(es) running (at most {self.per_client})"
+        return None
+
+    def retry_after(self, now: float | None = None) -> int:
+        """Whole seconds until the earliest running search is expected to end (at least 1)."""
+        now = time.monotonic() if now is None else now
+        left = min((self.mean_s - (now - start) for _, start in self.running.values()), default=0.0)
+        return max(1, math.ceil(left))
+
+    def take(self, client: str) -> int:
+        """A ticket for a search that may start (check `refusal` first)."""
+        self._next += 1
+        self.running[self._next] = (client, time.monotonic())
+        return self._next
+
+    def give(self, ticket: int) -> None:
+        """The search ended; its duration joins the running mean."""
+        _, start = self.running.pop(ticket)
+        self.finished += 1
+        self.mean_s += (time.monotonic() - start - self.mean_s) / min(self.finished, 8)
