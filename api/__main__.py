@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=_positive_int, help="rows decoded together (env STEERING_MAX_BATCH; default 8)")
     p.add_argument("--drain-timeout", type=int, help="seconds the answers in flight may take to finish after SIGTERM "
                    "before they end with an error event (env STEERING_DRAIN_TIMEOUT; default 30)")
+    p.add_argument("--max-kv-mib", type=_positive_int, help="bound on the K/V cache in MiB: the context served "
+                   "is shortened so that max-batch rows fit (env STEERING_MAX_KV_MIB; default: no bound)")
+    p.add_argument("--max-request-seconds", type=_positive_int, help="wall-clock seconds a request may generate "
+                   "before it ends with a request_timeout error (env STEERING_MAX_REQUEST_SECONDS; default 300)")
     p.add_argument("--api-key", dest="api_keys", action="append", metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on every route but /health (repeatable; "
                    "env STEERING_API_KEYS, comma-separated)")

@@ -75,6 +75,13 @@ def not_found(message: str, param: str | None = None, code: str | None = None) -
     return APIError(404, message, param, code)
 
 
+def request_timeout(limit_s: float, tokens: int) -> APIError:
+    """A request that generated past the server's wall-time limit (--max-request-seconds)."""
+    return APIError(408, f"The request ran past this server's limit of {limit_s:g} s (--max-request-seconds) and "
+                    f"was stopped after {tokens} tokens; ask for fewer max_tokens or choices.", "max_tokens",
+                    "request_timeout")
+
+
 def shutting_down(retry_after: float = 5.0) -> APIError:
     return APIError(503, "The server is shutting down; retry the request.", None, "server_shutting_down",
                     headers={"Retry-After": str(max(1, math.ceil(retry_after)))})

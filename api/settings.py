@@ -12,6 +12,10 @@
     --max-queue     STEERING_MAX_QUEUE      64
     --max-batch     STEERING_MAX_BATCH      8 (rows decoded together by the engine)
     --drain-timeout STEERING_DRAIN_TIMEOUT  30 (seconds running answers may finish after SIGTERM)
+    --max-kv-mib    STEERING_MAX_KV_MIB     none: max-batch rows of the model's whole context (else the
+                                            context served is shortened so that the K/V cache fits)
+    --max-request-seconds STEERING_MAX_REQUEST_SECONDS 300 (a generation still running then ends with
+                                            an error: request_timeout)
     --api-key       STEERING_API_KEYS       none: open (several: repeat the flag, or commas in the variable)
     --allowed-hosts STEERING_ALLOWED_HOSTS  none beyond loopback names (comma-separated)
     --max-body-bytes STEERING_MAX_BODY_BYTES 4194304
@@ -52,6 +56,10 @@ class Settings:
     log_level: str = "info"
     # On SIGTERM: seconds the answers in flight may take to finish before they end with an error event.
     drain_timeout: int = 30
+    # Bound on the K/V cache in MiB (None: none beyond max_batch x the model's context).
+    max_kv_mib: int | None = None
+    # Wall-clock seconds one request may generate for before it ends with a request_timeout error.
+    max_request_seconds: int = 300
     # Bearer keys every route but /health needs (empty: no keys); see api.guard.
     api_keys: tuple[str, ...] = ()
     # Host names served besides the loopback ones (api.guard).
@@ -77,10 +85,13 @@ ENV = {
     "allowed_hosts": "STEERING_ALLOWED_HOSTS",
     "max_body_bytes": "STEERING_MAX_BODY_BYTES",
     "insecure_no_auth": "STEERING_INSECURE_NO_AUTH",
+    "max_kv_mib": "STEERING_MAX_KV_MIB",
+    "max_request_seconds": "STEERING_MAX_REQUEST_SECONDS",
 }
 
 
-INTEGERS = ("port", "max_queue", "max_batch", "threads", "drain_timeout", "max_body_bytes")
+INTEGERS = ("port", "max_queue", "max_batch", "threads", "drain_timeout", "max_body_bytes", "max_kv_mib",
+            "max_request_seconds")
 LISTS = ("api_keys", "allowed_hosts")  # comma-separated in the environment
 BOOLEANS = ("insecure_no_auth",)  # 1/true/yes or 0/false/no
 

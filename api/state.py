@@ -120,25 +120,25 @@ class ServerState:
         s = self.settings
         self.sm = sm
         self.presets = PresetRegistry.load(s.presets_dir, sm.model_id, sm.sae_id, sm.sae)
+        tokenizer = sm.loaded.tokenizer
+        self.engine = Engine(sm.loaded.model, tokenizer, sm.sae, EngineConfig(
+            max_queue=s.max_queue, retry_after_s=s.retry_after_s, threads=s.threads, max_batch=s.max_batch,
+            max_kv_bytes=None if s.max_kv_mib is None else s.max_kv_mib * 2**20), compute=self.compute)
         aliases = {a for a in (s.model, "default" if sm.model_id == DEFAULT_MODEL else None) if a}
         self.served = ServedModel(
             model_id=sm.model_id,
             aliases=frozenset(aliases),
-            context_length=sm.context_length,
+            context_length=min(sm.context_length, self.engine.max_length),  # --max-kv-mib may shorten it
             sae=sm.sae,
             render=sm.prompt_ids,
             default_max_tokens=s.default_max_tokens,
         )
-        tokenizer = sm.loaded.tokenizer
         self.texts = TokenTexts(tokenizer)
         if sm.sae is not None:
             self.features = FeatureService(sm)
             self.autosteer = AutoSteerer(sm)
             self.autosteer.prepare()  # the unrelated texts' statistics, once: a new concept then runs only its own
         self.fingerprint = "fp_" + hashlib.sha1(f"{sm.model_id}|{sm.sae_id}|{VERSION}".encode()).hexdigest()[:10]
-        self.engine = Engine(sm.loaded.model, tokenizer, sm.sae, EngineConfig(
-            max_queue=s.max_queue, retry_after_s=s.retry_after_s, threads=s.threads, max_batch=s.max_batch),
-            compute=self.compute)
         self.created = int(time.time())
         self.ready = True
         log.info("ready: model %s, SAE %s%s", sm.model_id, sm.sae_id, f" ({sm.sae_note})" if sm.sae_note else "")

@@ -17,6 +17,9 @@ next decoding step:
 - non-streamed: a watcher polls `request.is_disconnected()`.
 
 Either way the gate (`api.gate`) counts the group until the worker is done.
+A request still generating `max_request_seconds` after it was submitted is
+cancelled the same way and ends with a `request_timeout` error (408, or the
+stream's last event).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from sse_starlette import EventSourceResponse
 
-from api.errors import APIError, bad_request, from_exception, sse_error_event
+from api.errors import APIError, bad_request, from_exception, request_timeout, sse_error_event
 from api.metrics import RequestTimer
 from api.protocol import ChatCompletion, ChatCompletionRequest
 from api.render import Chunker, Collector, ResponseMeta, steering_report
@@ -150,15 +153,30 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
     except Exception as exc:
         raise from_exception(exc) from None
     timer = RequestTimer(state.metrics, job.steered)
+    deadline = Deadline(state.settings.max_request_seconds)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunker = Chunker(meta, state.texts, include_usage)
-        return EventSourceResponse(_stream(state, handle, chunker, timer), sep="\n", ping=SSE_PING_S)
-    return await _collect(state, handle, Collector(meta, state.texts), request, timer)
+        return EventSourceResponse(_stream(state, handle, chunker, timer, deadline), sep="\n", ping=SSE_PING_S)
+    return await _collect(state, handle, Collector(meta, state.texts), request, timer, deadline)
+
+
+class Deadline:
+    """The wall-time budget of one request, from its submission: `next_events` past it raises request_timeout."""
+
+    def __init__(self, limit_s: float):
+        self.limit_s = limit_s
+        self.at = time.monotonic() + limit_s
+
+    async def next_events(self, events_in: AsyncIterator[Any], timer: RequestTimer) -> Any:
+        try:
+            return await asyncio.wait_for(events_in.__anext__(), max(0.0, self.at - time.monotonic()))
+        except TimeoutError:
+            raise request_timeout(self.limit_s, timer.count) from None
 
 
 async def _stream(state: ServerState, handle: RequestHandle, chunker: Chunker,
-                  timer: RequestTimer) -> AsyncIterator[dict[str, str]]:
+                  timer: RequestTimer, deadline: Deadline) -> AsyncIterator[dict[str, str]]:
     finished = False
     events_in = handle.__aiter__()
     try:
@@ -167,10 +185,12 @@ async def _stream(state: ServerState, handle: RequestHandle, chunker: Chunker,
                 yield {"data": chunk}
             while True:
                 try:
-                    events = await events_in.__anext__()
+                    events = await deadline.next_events(events_in, timer)
                 except StopAsyncIteration:
                     finished = True
                     break
+                except APIError:
+                    raise  # timed out: the group is still running, and `_finish` cancels it
                 except Exception:
                     finished = True  # the worker raised for this group: it is done with it
                     raise
@@ -193,15 +213,22 @@ async def _watch_disconnect(request: Request, handle: RequestHandle) -> None:
 
 
 async def _collect(state: ServerState, handle: RequestHandle, collector: Collector, request: Request,
-                   timer: RequestTimer) -> ChatCompletion:
+                   timer: RequestTimer, deadline: Deadline) -> ChatCompletion:
     finished = False
     watcher = asyncio.get_running_loop().create_task(_watch_disconnect(request, handle))
+    events_in = handle.__aiter__()
     try:
         try:
-            async for events in handle:
+            while True:
+                try:
+                    events = await deadline.next_events(events_in, timer)
+                except StopAsyncIteration:
+                    break
                 timer.on_events(events)
                 collector.add(events)
             finished = True
+        except APIError:
+            raise  # timed out: `_finish` cancels the group
         except Exception as exc:
             finished = True
             raise from_exception(exc) from None

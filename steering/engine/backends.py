@@ -36,8 +36,9 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from steering.engine.kv_cache import PrefixCache
+from steering.engine.kv_cache import KVPool, PrefixCache, positions_within
 from steering.engine.llama.runner import LlamaRunner, unsupported_reason
+from steering.errors import SteeringError
 from steering.hooks import capture, steering
 from steering.interventions import BatchPlan
 from steering.sae.autoencoder import SparseAutoencoder
@@ -70,10 +71,10 @@ class FastBackend:
     """LlamaRunner over a KVPool with `slots` slots, and an optional prefix cache."""
 
     def __init__(self, runner: LlamaRunner, sae: SparseAutoencoder | None, slots: int,
-                 prefix_cache: PrefixCache | None = None, kv_keep: int = 0):
+                 prefix_cache: PrefixCache | None = None, kv_keep: int = 0, max_kv_bytes: int | None = None):
         self.runner, self.sae, self.prefix_cache = runner, sae, prefix_cache
-        self.pool = runner.new_pool(slots, keep=kv_keep)
-        self.max_length = runner.max_length
+        self.max_length = kv_bounded_length(runner.max_length, slots, runner.position_bytes(), max_kv_bytes)
+        self.pool = runner.new_pool(slots, keep=kv_keep, max_length=self.max_length)
         self.vocab_size = int(runner.model.get_output_embeddings().weight.shape[0])
         self.device = runner.device
 
@@ -127,10 +128,11 @@ class FastBackend:
 class HFBackend:
     """The model's own forward, one row at a time (any causal LM)."""
 
-    def __init__(self, model: nn.Module, sae: SparseAutoencoder | None, slots: int):
+    def __init__(self, model: nn.Module, sae: SparseAutoencoder | None, slots: int, max_kv_bytes: int | None = None):
         self.model, self.sae = model, sae
         self.caches: list[DynamicCache | None] = [None] * slots
-        self.max_length = int(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 2048))
+        context = int(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 2048))
+        self.max_length = kv_bounded_length(context, slots, hf_position_bytes(model), max_kv_bytes)
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.device = next(model.parameters()).device
 
@@ -176,20 +178,46 @@ class HFBackend:
         return None
 
 
+def hf_position_bytes(model: nn.Module) -> int:
+    """K/V bytes per position and sequence of a Hugging Face decoder, from its config."""
+    cfg = model.config
+    layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
+    heads = int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head"))
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    hidden = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+    head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
+    return KVPool.bytes_per_position(layers, kv_heads, head_dim, next(model.parameters()).dtype)
+
+
+def kv_bounded_length(context: int, slots: int, position_bytes: int, max_kv_bytes: int | None) -> int:
+    """The longest sequence the engine serves: the model's context, or less where `slots` sequences of
+    it would hold more than `max_kv_bytes` of keys and values (SteeringError when not even one block fits)."""
+    if max_kv_bytes is None:
+        return context
+    fits = positions_within(max_kv_bytes, slots, position_bytes)
+    if fits <= 0:
+        need = slots * position_bytes * 128
+        raise SteeringError(f"a KV bound of {max_kv_bytes / 2**20:.0f} MiB holds fewer than 128 positions for each of "
+                            f"{slots} rows; give at least {-(-need // 2**20)} MiB or fewer rows", "max_kv_mib")
+    return min(context, fits)
+
+
 _RUNNERS: "weakref.WeakKeyDictionary[nn.Module, LlamaRunner]" = weakref.WeakKeyDictionary()
 _RUNNERS_LOCK = threading.Lock()
 
 
 def make_backend(
     model: nn.Module, sae: SparseAutoencoder | None, slots: int, fast: bool = True, prefix_tokens: int = 2048,
-    kv_keep: int = 0,
+    kv_keep: int = 0, max_kv_bytes: int | None = None,
 ) -> Backend:
     """FastBackend (with a prefix cache of `prefix_tokens` positions, 0: none; its KV pool keeps
-    `kv_keep` positions per slot when idle) where the model qualifies, else HFBackend."""
+    `kv_keep` positions per slot when idle) where the model qualifies, else HFBackend; with
+    `max_kv_bytes`, sequences are shortened so that `slots` of them fit (`kv_bounded_length`)."""
     if fast and unsupported_reason(model) is None:
         with _RUNNERS_LOCK:
             runner = _RUNNERS.get(model)
             if runner is None or not runner.is_current(model):
                 runner = _RUNNERS[model] = LlamaRunner(model)
-        return FastBackend(runner, sae, slots, PrefixCache(max_tokens=prefix_tokens) if prefix_tokens > 0 else None, kv_keep)
-    return HFBackend(model, sae, slots)
+        return FastBackend(runner, sae, slots, PrefixCache(max_tokens=prefix_tokens) if prefix_tokens > 0 else None,
+                           kv_keep, max_kv_bytes)
+    return HFBackend(model, sae, slots, max_kv_bytes)

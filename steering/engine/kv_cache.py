@@ -16,7 +16,9 @@ positions, and `release` frees what lies past `keep` positions per slot when
 the engine falls idle (so that the next burst does not stall every stream on
 regrowing the first few hundred positions): a sequence's memory is reusable as
 soon as it finishes or is cancelled, and the pool never holds more than
-`slots` x max(keep, the longest running sequence).
+`slots` x max(keep, the longest running sequence) positions, i.e. at most
+`slots` x `max_length` x `position_bytes`: a server bounds its KV memory by
+choosing `max_length` (`positions_within`).
 
 This module knows nothing of models, requests or HTTP.
 """
@@ -28,6 +30,11 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+
+
+def positions_within(budget_bytes: int, slots: int, position_bytes: int, block: int = 128) -> int:
+    """The longest sequence (a multiple of `block`) for which `slots` sequences fit in `budget_bytes`."""
+    return budget_bytes // (slots * position_bytes) // block * block
 
 
 class KVPool:
@@ -58,6 +65,11 @@ class KVPool:
         self.zero_fill = zero_fill
         self.capacity = 0
         self.kv: list[Tensor] = []
+
+    @staticmethod
+    def bytes_per_position(n_layers: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        """One slot's keys and values for one position, over every layer."""
+        return n_layers * 2 * n_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
     def reserve(self, length: int) -> None:
         """Make room for positions 0..length-1 in every slot (keeps what is stored)."""

@@ -65,6 +65,9 @@ class EngineConfig:
     # KV positions per slot that stay allocated while idle (float32 K/V of the default model:
     # 46 KB per position and slot, touched pages only).
     kv_keep_positions: int = 512
+    # Bound on the K/V cache's bytes (None: max_batch sequences of the model's whole context);
+    # sequences are shortened to fit (`steering.engine.backends.kv_bounded_length`).
+    max_kv_bytes: int | None = None
     # False: always the Hugging Face forward (slower; for comparisons).
     fast_forward: bool = True
     # When idle, wait this long after a submission for others (a burst) to prefill them together.
@@ -97,7 +100,7 @@ class Engine:
         # Fusing the weights is torch work too: on the compute thread.
         self._backend = self.compute.run(
             make_backend, self.model, self.sae, cfg.max_batch, cfg.fast_forward, cfg.prefix_cache_tokens,
-            cfg.kv_keep_positions)
+            cfg.kv_keep_positions, cfg.max_kv_bytes)
         self._scheduler = Scheduler(
             self._backend, self.tokenizer, self.sae, eos_ids(self.tokenizer, self.model),
             max_batch=cfg.max_batch, prefill_chunk=cfg.prefill_chunk, prefill_budget=cfg.prefill_budget,
@@ -127,6 +130,12 @@ class Engine:
             self._waiting += 1
             self.compute.put(handle)
         return handle
+
+    @property
+    def max_length(self) -> int:
+        """The longest sequence (prompt and answer) a row may reach: the model's context, or less under
+        `config.max_kv_bytes`."""
+        return self._backend.max_length
 
     def call(self, fn: Callable[..., T], *args: Any) -> "Future[T]":
         """fn(*args) on the engine's thread, between decoding steps (runs with the model in its

@@ -122,10 +122,14 @@ class LlamaRunner:
         """Whether the copies made here still match the model's parameters (none replaced or edited in place)."""
         return model is self.model and _fingerprint(model) == self._fingerprint
 
-    def new_pool(self, slots: int, keep: int = 0) -> KVPool:
+    def new_pool(self, slots: int, keep: int = 0, max_length: int | None = None) -> KVPool:
         # The kernels never read a position past a row's own: fresh storage needs no zeroing.
         return KVPool(len(self.layers), self.n_kv_heads, self.head_dim, slots, self.act_dtype, self.device,
-                      self.max_length, keep=keep, zero_fill=self.stack is None)
+                      min(max_length or self.max_length, self.max_length), keep=keep, zero_fill=self.stack is None)
+
+    def position_bytes(self) -> int:
+        """K/V bytes per position and sequence (`KVPool.bytes_per_position`)."""
+        return KVPool.bytes_per_position(len(self.layers), self.n_kv_heads, self.head_dim, self.act_dtype)
 
     def forward(
         self,
