@@ -106,7 +106,8 @@ async def _submit(state: ServerState, requests: tuple[SequenceRequest, ...], req
         raise
 
 
-def _finish(state: ServerState, handle: RequestHandle, finished: bool, request_id: str, timer: RequestTimer) -> None:
+def _finish(state: ServerState, handle: RequestHandle, finished: bool, request_id: str, timer: RequestTimer,
+            deadline: Deadline) -> None:
     """Hand the group back to the gate: now if the worker is done, else after cancelling and draining it."""
     seconds = time.perf_counter() - timer.start
     if finished:
@@ -117,7 +118,8 @@ def _finish(state: ServerState, handle: RequestHandle, finished: bool, request_i
         handle.cancel()
         state.gate.release_when_done(handle)
         state.metrics.cancellations.inc()
-        log.info("%s cancelled after %d tokens, %.2f s (client gone)", request_id, timer.count, seconds)
+        why = f"past --max-request-seconds {deadline.limit_s:g}" if deadline.expired else "client gone"
+        log.info("%s cancelled after %d tokens, %.2f s (%s)", request_id, timer.count, seconds, why)
 
 
 STREAM_DOC = ("With `stream: true`: server-sent events, one `data: {chat.completion.chunk}` line each, an error "
@@ -167,11 +169,13 @@ class Deadline:
     def __init__(self, limit_s: float):
         self.limit_s = limit_s
         self.at = time.monotonic() + limit_s
+        self.expired = False
 
     async def next_events(self, events_in: AsyncIterator[Any], timer: RequestTimer) -> Any:
         try:
             return await asyncio.wait_for(events_in.__anext__(), max(0.0, self.at - time.monotonic()))
         except TimeoutError:
+            self.expired = True
             raise request_timeout(self.limit_s, timer.count) from None
 
 
@@ -203,7 +207,7 @@ async def _stream(state: ServerState, handle: RequestHandle, chunker: Chunker,
             yield {"data": sse_error_event(exc)}
         yield {"data": "[DONE]"}
     finally:
-        _finish(state, handle, finished, chunker.meta.id, timer)
+        _finish(state, handle, finished, chunker.meta.id, timer, deadline)
 
 
 async def _watch_disconnect(request: Request, handle: RequestHandle) -> None:
@@ -234,7 +238,7 @@ async def _collect(state: ServerState, handle: RequestHandle, collector: Collect
             raise from_exception(exc) from None
     finally:
         watcher.cancel()
-        _finish(state, handle, finished, collector.meta.id, timer)
+        _finish(state, handle, finished, collector.meta.id, timer, deadline)
     if handle.cancelled.is_set():
         raise APIError(499, "The client closed the request.", None, "client_closed_request")
     return collector.result()
