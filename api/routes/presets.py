@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from fastapi import APIRouter, Depends
 
@@ -20,7 +21,8 @@ def preset_info(entry: PresetEntry) -> PresetInfo:
     p = entry.preset
     fields = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name not in ("features", "monitors", "path")}
     return PresetInfo(**fields, features=[PresetFeature(**dataclasses.asdict(f)) for f in p.features],
-                      monitors=[MonitorOptions(**dataclasses.asdict(m)) for m in p.monitors],  # clamps as dicts
+                      # Through JSON: a steer monitor's clamps are a tuple of dicts, the wire type a (strict) list.
+                      monitors=[MonitorOptions(**json.loads(json.dumps(dataclasses.asdict(m)))) for m in p.monitors],
                       available=entry.available, unavailable_reason=entry.reason)
 
 

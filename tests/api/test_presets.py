@@ -68,3 +68,15 @@ def test_concept_fields_and_efficacy_are_listed(tmp_path, tiny_llama, tiny_token
             c.post("/v1/chat/completions", json=same).json()["choices"][0]["message"]
 
 
+
+
+def test_a_preset_with_a_steer_monitor_is_listed(tmp_path, tiny_llama, tiny_tokenizer):
+    """A conditional preset (a steer monitor with its own clamps) in the list and alone, as written."""
+    monitor = {"index": 4, "threshold": 0.5, "unit": "raw", "action": "steer", "name": "trigger",
+               "clamps": [{"index": 9, "value": 2.0, "mode": "clamp", "unit": "max"}], "duration": 8}
+    write_preset(tmp_path, "conditional", features=[], monitors=[monitor])
+    with TestClient(create_app(Settings(presets_dir=tmp_path), tiny_steered_model(tiny_llama, tiny_tokenizer))) as c:
+        listed = c.get("/v1/presets")
+        assert listed.status_code == 200, listed.text
+        one = c.get("/v1/presets/conditional").json()
+        assert one["monitors"][0]["clamps"] == monitor["clamps"] and one["monitors"][0]["duration"] == 8
