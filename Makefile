@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 HOST ?=
 PORT ?=
 
-.PHONY: serve test install clean-venv
+.PHONY: serve test install browser clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,7 +31,12 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(PY) -m api $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium through its ChromeDriver (nothing is downloaded at run time).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $$(command -v sudo) apt-get update -q && DEBIAN_FRONTEND=noninteractive $$(command -v sudo) apt-get install -y -q chromium chromium-driver; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 clean-venv:

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allowed-hosts", type=lambda t: [h.strip() for h in t.split(",") if h.strip()],
                    help="Host names served besides localhost, 127.0.0.1 and [::1] (comma-separated; "
                    "env STEERING_ALLOWED_HOSTS)")
+    p.add_argument("--cors-origins", type=lambda t: [o.strip() for o in t.split(",") if o.strip()],
+                   help="origins whose pages may call the API, e.g. http://localhost:3000 (comma-separated, * for "
+                   "any; env STEERING_CORS_ORIGINS; default: none)")
     p.add_argument("--max-body-bytes", type=_positive_int, help="largest request body (env STEERING_MAX_BODY_BYTES; "
                    "default 4194304)")
     p.add_argument("--insecure-no-auth", action="store_true", default=None,

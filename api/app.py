@@ -20,13 +20,15 @@ import logging
 from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from api.errors import install_error_handlers
 from api.gate import ModelGate
 from api.guard import RequestGuard
 from api.metrics import Metrics, MetricsMiddleware
 from api.protocol import MESSAGE_ROLES, ChatCompletionRequest, ContrastRequest, ErrorResponse, InspectRequest
-from api.routes import chat, features, inspect, models, presets
+from api.routes import chat, features, inspect, models, playground, presets
+from api.routes.playground import PLAYGROUND_PATH
 from api.settings import Settings
 from api.state import VERSION, ServerState
 from steering.engine import ComputeThread
@@ -102,7 +104,11 @@ def create_app(
     install_error_handlers(app, [ChatCompletionRequest, InspectRequest, ContrastRequest], MESSAGE_ROLES)
     app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts, api_keys=settings.api_keys,
                        max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=lambda: state.metrics)  # outermost: counts the guard's refusals
-    for module in (chat, models, presets, features, inspect):
+    app.add_middleware(MetricsMiddleware, metrics=lambda: state.metrics)  # counts the guard's refusals
+    if settings.cors_origins:  # outermost: a refusal by the guard still carries the CORS headers a page needs
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"], max_age=600)
+    for module in (chat, models, presets, features, inspect, playground):
         app.include_router(module.router)
+    app.mount(PLAYGROUND_PATH, playground.static_files(), name="playground")
     return app

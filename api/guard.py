@@ -10,8 +10,11 @@ cannot), answering in OpenAI's error shape:
               name to 127.0.0.1 (DNS rebinding). 400 invalid_host. Other
               connections are checked only against `--allowed-hosts`, if given.
     API key   with keys set (`--api-key`, `STEERING_API_KEYS`), every route
-              but GET /health needs `Authorization: Bearer KEY`, compared in
-              constant time with each key. 401 invalid_api_key.
+              but GET /health and the playground's static page (/ and
+              /playground/*) needs `Authorization: Bearer KEY`, compared in
+              constant time with each key. 401 invalid_api_key. A CORS
+              preflight (OPTIONS) carries no key and is answered by the CORS
+              layer outside this one.
     body      at most `max_body_bytes` (Content-Length, or counted as a
               chunked body arrives). 413 request_too_large.
 """
@@ -25,7 +28,8 @@ from typing import Any, Awaitable, Callable, Iterable
 from api.errors import APIError
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/"})
+OPEN_PREFIXES = ("/playground/",)  # static files of the page
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -103,7 +107,8 @@ class RequestGuard:
         if allowed is not None and host_name(headers.get("host", "")) not in allowed:
             return APIError(400, "This server does not serve the host name in your Host header (see "
                             "--allowed-hosts).", None, "invalid_host")
-        if self.keys and scope.get("path") not in OPEN_PATHS:
+        path = scope.get("path", "")
+        if self.keys and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
             auth = headers.get("authorization", "")
             scheme, _, token = auth.partition(" ")
             given = token.strip().encode() if scheme.lower() == "bearer" else b""

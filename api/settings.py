@@ -20,6 +20,7 @@
     --allowed-hosts STEERING_ALLOWED_HOSTS  none beyond loopback names (comma-separated)
     --max-body-bytes STEERING_MAX_BODY_BYTES 4194304
     --insecure-no-auth STEERING_INSECURE_NO_AUTH off: a non-loopback bind needs an API key
+    --cors-origins  STEERING_CORS_ORIGINS   none: no CORS (comma-separated origins, or * for any)
 
 A flag wins over its variable (the flags are parsed by the command,
 `api.__main__`). Nothing here loads a model: `api.app.create_app` takes the
@@ -65,6 +66,8 @@ class Settings:
     # Host names served besides the loopback ones (api.guard).
     allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
+    # Origins whose pages may call the API from a browser (CORS; empty: none, "*": any).
+    cors_origins: tuple[str, ...] = ()
     # Serve a non-loopback address without API keys (refused otherwise by `python -m api`).
     insecure_no_auth: bool = False
 
@@ -86,13 +89,14 @@ ENV = {
     "max_body_bytes": "STEERING_MAX_BODY_BYTES",
     "insecure_no_auth": "STEERING_INSECURE_NO_AUTH",
     "max_kv_mib": "STEERING_MAX_KV_MIB",
+    "cors_origins": "STEERING_CORS_ORIGINS",
     "max_request_seconds": "STEERING_MAX_REQUEST_SECONDS",
 }
 
 
 INTEGERS = ("port", "max_queue", "max_batch", "threads", "drain_timeout", "max_body_bytes", "max_kv_mib",
             "max_request_seconds")
-LISTS = ("api_keys", "allowed_hosts")  # comma-separated in the environment
+LISTS = ("api_keys", "allowed_hosts", "cors_origins")  # comma-separated in the environment
 BOOLEANS = ("insecure_no_auth",)  # 1/true/yes or 0/false/no
 
 
