@@ -154,3 +154,41 @@ def test_a_shared_link_restores_prompt_and_steering(page, server):
     assert page.find_element(By.ID, "prompt").get_attribute("value") == "A shared question"
     block = page.execute_script("return window.playground.steeringBlock()")
     assert block["concept"] == "mountains" and block["features"] == [{"index": 7, "value": 3, "mode": "add", "unit": "max"}]
+
+
+def test_look_inside_colours_tokens_and_shows_monitor_flags(page):
+    page.find_element(By.ID, "clear").click()
+    Select(page.find_element(By.ID, "preset")).select_by_value("watch-code")
+    page.find_element(By.ID, "inspect").click()
+    feature = page.execute_script("return window.playground.state.presets.find(p => p.name === 'watch-code')"
+                                  ".monitors[0].index")
+    fill(page, "colour-feature", str(feature))
+    fill(page, "max-tokens", "24")
+    send(page, "Write a Python function that adds two numbers.")
+    tokens = page.find_elements(By.CSS_SELECTOR, ".turn:last-child .tok")
+    assert len(tokens) >= 10 and all(t.get_attribute("title") for t in tokens)  # top features on hover
+    assert any("background" in (t.get_attribute("style") or "") for t in tokens)  # coloured by the feature
+    assert page.find_elements(By.CSS_SELECTOR, ".turn:last-child .flag")  # the code monitor flagged it
+    page.find_element(By.ID, "inspect").click()
+    Select(page.find_element(By.ID, "preset")).select_by_value("")
+
+
+def test_one_prompt_at_three_strengths(page):
+    page.find_element(By.ID, "clear").click()
+    page.execute_script("window.playground.state.clamps.push({index: 16236, label: '', value: 1, mode: 'clamp', unit: 'max'})")
+    fill(page, "max-tokens", "8")
+    fill(page, "prompt", "Describe a walk.")
+    page.find_element(By.ID, "strengths").click()
+    wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".turn:last-child .finish")) == 3
+         and all(f.text for f in d.find_elements(By.CSS_SELECTOR, ".turn:last-child .finish")))
+    assert [a.split("\n")[0] for a in answers(page)] == ["×1", "×2", "×4"]
+    page.execute_script("window.playground.state.clamps.length = 0")
+
+
+def test_auto_steer_by_concept_shows_the_features_it_picked(page):
+    page.find_element(By.ID, "clear").click()
+    fill(page, "concept", "mountains")
+    fill(page, "max-tokens", "8")
+    send(page, "Where should I go on holiday?")
+    assert "Auto-steer picked [" in page.find_element(By.ID, "report").text
+    page.find_element(By.ID, "concept").clear()
