@@ -1,0 +1,58 @@
+"""`python -m steering attribute "PROMPT"`: which SAE features drove the model's next token.
+
+    attribute "PROMPT" [--target " Paris"] [--contrast " London"] [--top 20] [--raw] [--json] [--model M] [--sae PATH]
+
+PROMPT is a user message in the chat template (the target is then the
+assistant's first token), or with --raw a plain text after a sink token (the
+target is its next token). Prints the target's logit and probability, then
+the top nodes (`steering.attribution`): position, token, feature (or
+`error`), activation, score (the estimated drop of the target's logit if the
+node were removed) and share of all nodes' |score|.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from steering.attribution import attribute
+from steering.cli.common import add_model_arguments, load_steered
+from steering.tokens import sink_token_id
+
+
+def run(args: argparse.Namespace) -> int:
+    sm = load_steered(args)
+    tok = sm.loaded.tokenizer
+    if args.raw:
+        ids = [sink_token_id(tok), *tok(args.prompt, add_special_tokens=False)["input_ids"]]
+    else:
+        ids = list(sm.prompt_ids([{"role": "user", "content": args.prompt}]))
+    result = attribute(sm, ids, args.target, args.contrast, args.top)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    t, c = result.target, result.contrast
+    against = f" minus {c.token!r} ({c.logit:.2f})" if c else ""
+    print(f"target {t.token!r}: logit {t.logit:.2f}, probability {t.probability:.3f}{against}; "
+          f"{result.prompt_tokens} tokens, {result.active_features} active features")
+    print(f"share of |score| in features {result.feature_share:.1%}, error nodes {result.error_share:.1%}, "
+          f"the sink (position 0) {result.sink_share:.1%}")
+    for n in result.nodes:
+        what = n.kind if n.feature is None else str(n.feature)
+        label = f"  {n.label!r}" if n.label else ""
+        print(f"{n.position:4d} {n.token!r:>14} {what:>7}  act {n.activation:7.2f}  score {n.score:+8.3f}  "
+              f"{n.share:6.1%}{label}")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("attribute", help="which SAE features drove the next token (activation x gradient)")
+    p.add_argument("prompt")
+    p.add_argument("--target", default=None, help="a token string, e.g. ' Paris' (default: the model's own next token)")
+    p.add_argument("--contrast", default=None, help="attribute the target's logit minus this token's")
+    p.add_argument("--top", type=int, default=20, help="nodes shown (1..100)")
+    p.add_argument("--raw", action="store_true", help="read PROMPT as plain text, not a chat message")
+    p.add_argument("--json", action="store_true")
+    add_model_arguments(p)
+    p.set_defaults(handler=run)
