@@ -27,7 +27,8 @@ from api.gate import ModelGate
 from api.guard import RequestGuard
 from api.metrics import Metrics, MetricsMiddleware
 from api.protocol import MESSAGE_ROLES, ChatCompletionRequest, ContrastRequest, ErrorResponse, InspectRequest
-from api.routes import chat, features, inspect, models, playground, presets
+from api.protocol.attribution import AttributionRequest
+from api.routes import attribution, chat, features, inspect, models, playground, presets
 from api.routes.playground import PLAYGROUND_PATH
 from api.settings import Settings
 from api.state import VERSION, ServerState
@@ -101,14 +102,15 @@ def create_app(
         responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
                    503: {"model": ErrorResponse}},
     )
-    install_error_handlers(app, [ChatCompletionRequest, InspectRequest, ContrastRequest], MESSAGE_ROLES)
+    install_error_handlers(app, [ChatCompletionRequest, InspectRequest, ContrastRequest, AttributionRequest],
+                           MESSAGE_ROLES)
     app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts, api_keys=settings.api_keys,
                        max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=lambda: state.metrics)  # counts the guard's refusals
     if settings.cors_origins:  # outermost: a refusal by the guard still carries the CORS headers a page needs
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], expose_headers=["Retry-After"], max_age=600)
-    for module in (chat, models, presets, features, inspect, playground):
+    for module in (chat, models, presets, features, inspect, attribution, playground):
         app.include_router(module.router)
     app.mount(PLAYGROUND_PATH, playground.static_files(), name="playground")
     return app

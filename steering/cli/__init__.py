@@ -5,6 +5,7 @@
     sweep            the same per strength multiplier, and the knee        (sweep)
     concept-search   rank an SAE's features for a concept                  (concept_search)
     inspect          the SAE features active at each token of a text      (inspect)
+    attribute        which SAE features drove the next token             (attribute)
     screen-monitors, eval-monitors
                      choose monitors from examples, measure flag rates     (monitors)
     bench            the engine's speed and consistency                    (bench)
