@@ -5,7 +5,8 @@
     sweep            the same per strength multiplier, and the knee        (sweep)
     concept-search   rank an SAE's features for a concept                  (concept_search)
     inspect          the SAE features active at each token of a text      (inspect)
-    attribute        which SAE features drove the next token             (attribute)
+    attribute, eval-attribution
+                     which SAE features drove the next token; checked     (attribute)
     screen-monitors, eval-monitors
                      choose monitors from examples, measure flag rates     (monitors)
     bench            the engine's speed and consistency                    (bench)
@@ -30,7 +31,7 @@ from steering.errors import ParameterError
 
 # Every command, in the order `--help` lists them.
 REGISTRARS = (generate.add_parser, evaluate.add_parser, sweep.add_parser, concept_search.add_parser,
-              inspect.add_parser, attribute.add_parser, monitors.add_parsers, bench.add_parser, loadtest.add_parser, training.add_parsers)
+              inspect.add_parser, attribute.add_parsers, monitors.add_parsers, bench.add_parser, loadtest.add_parser, training.add_parsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,12 +8,18 @@ target is its next token). Prints the target's logit and probability, then
 the top nodes (`steering.attribution`): position, token, feature (or
 `error`), activation, score (the estimated drop of the target's logit if the
 node were removed) and share of all nodes' |score|.
+
+    eval-attribution [--prompts FILE] [--top 10] [--seed 0] [--verbose]
+
+checks the scores against real removals on the shipped prompts
+(`steering.attribution.evaluate`) and prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from steering.attribution import attribute
@@ -44,6 +50,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"{n.position:4d} {n.token!r:>14} {what:>7}  act {n.activation:7.2f}  score {n.score:+8.3f}  "
               f"{n.share:6.1%}{label}")
     return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from steering.attribution.evaluate import PROMPTS, evaluate_attribution, load_prompts
+
+    sm = load_steered(args)
+    check = evaluate_attribution(sm, load_prompts(args.prompts or PROMPTS), args.top, args.seed)
+    out = check.to_dict()
+    if not args.verbose:
+        out.pop("per_prompt")
+    print(json.dumps(out))
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    add_parser(sub)
+    p = sub.add_parser("eval-attribution", help="check attribution scores against real removals (JSON last line)")
+    p.add_argument("--prompts", type=Path, default=None, help="PROMPT|TARGET lines (default: the shipped set)")
+    p.add_argument("--top", type=int, default=10, help="nodes per prompt checked one at a time")
+    p.add_argument("--seed", type=int, default=0, help="for the random nodes of the top-5 comparison")
+    p.add_argument("--verbose", action="store_true", help="also each prompt's figures")
+    add_model_arguments(p)
+    p.set_defaults(handler=run_eval)
 
 
 def add_parser(sub: Any) -> None:
