@@ -6,6 +6,6 @@
 See `steering.attribution.features` for the method.
 """
 
-from steering.attribution.features import MAX_ATTRIBUTION_TOKENS, Attribution, Node, TargetLogit, attribute, metric_without
+from steering.attribution.features import MAX_ATTRIBUTION_TOKENS, Attribution, Node, TargetLogit, attribute, logits_without, metric_without
 
-__all__ = ["MAX_ATTRIBUTION_TOKENS", "Attribution", "Node", "TargetLogit", "attribute", "metric_without"]
+__all__ = ["MAX_ATTRIBUTION_TOKENS", "Attribution", "Node", "TargetLogit", "attribute", "logits_without", "metric_without"]

@@ -192,11 +192,11 @@ def _top_nodes(sm: "SteeredModel", ids: Sequence[int], f: Tensor, feature_scores
     return tuple(nodes)
 
 
-def metric_without(sm: "SteeredModel", ids: Sequence[int], nodes: Sequence[tuple[int, int | str | None]], target_id: int,
-                   contrast_id: int | None = None, keep: float = 0.0) -> float:
-    """The true metric with `nodes` ((position, feature), (position, None) for the error, or (0, "sink") for
-    the whole of position 0) scaled by `keep` (0: removed), everything else at the SAE's layer held as it
-    was: the check of a score."""
+def logits_without(sm: "SteeredModel", ids: Sequence[int], nodes: Sequence[tuple[int, int | str | None]],
+                   keep: float = 0.0) -> Tensor:
+    """Next-token logits [V] with `nodes` ((position, feature), (position, None) for the error, or
+    (0, "sink") for the whole of position 0) scaled by `keep` (0: removed), everything else at the SAE's
+    layer held as it was."""
     sae, model = sm.sae, sm.loaded.model
 
     def edit(hidden: Tensor) -> Tensor:
@@ -217,5 +217,11 @@ def metric_without(sm: "SteeredModel", ids: Sequence[int], nodes: Sequence[tuple
 
     device = next(model.parameters()).device
     with torch.no_grad(), edit_site(model, sae.cfg.hook_layer, sae.cfg.hook_site, edit):
-        logits = model(input_ids=torch.tensor([list(ids)], device=device)).logits[0, -1].float()
+        return model(input_ids=torch.tensor([list(ids)], device=device)).logits[0, -1].float()
+
+
+def metric_without(sm: "SteeredModel", ids: Sequence[int], nodes: Sequence[tuple[int, int | str | None]], target_id: int,
+                   contrast_id: int | None = None, keep: float = 0.0) -> float:
+    """The true metric with `nodes` scaled by `keep` (`logits_without`): the check of a score."""
+    logits = logits_without(sm, ids, nodes, keep)
     return float(logits[target_id] - (logits[contrast_id] if contrast_id is not None else 0.0))

@@ -1,6 +1,7 @@
 """`python -m steering attribute "PROMPT"`: which SAE features drove the model's next token.
 
     attribute "PROMPT" [--target " Paris"] [--contrast " London"] [--top 20] [--raw] [--json] [--model M] [--sae PATH]
+    attribute "PROMPT" --remove 27:1957 --remove 27:8901 ...     the next token with those nodes removed
 
 PROMPT is a user message in the chat template (the target is then the
 assistant's first token), or with --raw a plain text after a sink token (the
@@ -22,7 +23,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steering.attribution import attribute
+import torch
+
+from steering.attribution import attribute, logits_without
 from steering.cli.common import add_model_arguments, load_steered
 from steering.tokens import sink_token_id
 
@@ -34,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
         ids = [sink_token_id(tok), *tok(args.prompt, add_special_tokens=False)["input_ids"]]
     else:
         ids = list(sm.prompt_ids([{"role": "user", "content": args.prompt}]))
+    if args.remove:
+        return show_removal(sm, ids, args.remove, args.json)
     result = attribute(sm, ids, args.target, args.contrast, args.top)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -49,6 +54,31 @@ def run(args: argparse.Namespace) -> int:
         label = f"  {n.label!r}" if n.label else ""
         print(f"{n.position:4d} {n.token!r:>14} {what:>7}  act {n.activation:7.2f}  score {n.score:+8.3f}  "
               f"{n.share:6.1%}{label}")
+    return 0
+
+
+def _node(text: str) -> tuple[int, int | str | None]:
+    """POSITION:FEATURE, POSITION:error or 0:sink."""
+    pos, _, what = text.partition(":")
+    try:
+        return int(pos), ("sink" if what == "sink" else None if what == "error" else int(what))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected POSITION:FEATURE, POSITION:error or 0:sink") from None
+
+
+def show_removal(sm: Any, ids: list[int], nodes: list, as_json: bool, k: int = 5) -> int:
+    """The next token's top k with and without `nodes` (the prediction a removal tests)."""
+    tok = sm.loaded.tokenizer
+    out = {}
+    for name, removed in (("plain", []), ("removed", nodes)):
+        probs = torch.softmax(logits_without(sm, ids, removed), -1)
+        top = probs.topk(k)
+        out[name] = [{"token": tok.decode([int(i)]), "probability": round(float(v), 4)} for v, i in zip(top.values, top.indices)]
+    if as_json:
+        print(json.dumps(out, indent=2))
+    else:
+        for name, rows in out.items():
+            print(f"{name:>8}: " + ", ".join(f"{r['token']!r} {r['probability']:.3f}" for r in rows))
     return 0
 
 
@@ -82,6 +112,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--contrast", default=None, help="attribute the target's logit minus this token's")
     p.add_argument("--top", type=int, default=20, help="nodes shown (1..100)")
     p.add_argument("--raw", action="store_true", help="read PROMPT as plain text, not a chat message")
+    p.add_argument("--remove", type=_node, action="append", default=[], metavar="POS:FEATURE",
+                   help="instead: the next token's top 5 with these nodes removed (repeatable; POS:error, 0:sink)")
     p.add_argument("--json", action="store_true")
     add_model_arguments(p)
     p.set_defaults(handler=run)

@@ -65,3 +65,22 @@ def test_bad_input_names_the_parameter(sm, kwargs, param):
     with pytest.raises(SteeringError) as err:
         attribute(sm, ids, **kwargs)
     assert err.value.param == param
+
+
+def test_removal_nodes_parse_from_the_command_line():
+    import argparse
+
+    from steering.cli.attribute import _node
+
+    assert _node("27:1957") == (27, 1957) and _node("3:error") == (3, None) and _node("0:sink") == (0, "sink")
+    with pytest.raises(argparse.ArgumentTypeError):
+        _node("x:1")
+
+
+def test_logits_without_nothing_removed_are_the_model_s(sm):
+    from steering.attribution import logits_without
+
+    with torch.no_grad():
+        plain = sm.loaded.model(input_ids=torch.tensor([IDS])).logits[0, -1]
+    assert torch.allclose(logits_without(sm, IDS, []), plain, atol=1e-4)
+    assert not torch.allclose(logits_without(sm, IDS, [(0, "sink")]), plain, atol=1e-4)
