@@ -5,9 +5,9 @@ shared model work: `steering.concepts.autosteer`). Searches run beside other
 requests, but each one takes a share of the batch and the compute thread, so
 the server runs at most `total` at once and at most `per_client` for one
 client (a client is its API key on a server with keys, which the guard has
-checked, else its address: `client_of`). A refusal says when to come back: the time the earliest
-running search still needs, from the running mean of finished searches'
-durations (an initial guess until one finishes).
+checked, else its address: `client_of`). A refusal says when to come back:
+the time the earliest running search still needs, from the mean duration of
+the last few finished searches (an initial guess until one finishes).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def client_of(request: Request, keyed: bool) -> str:
 
 @dataclass
 class SearchSlots:
-    """Running concept searches: `take` before one starts (None, or the reason it may not), `give` after."""
+    """Running concept searches: `refusal` says whether a client may start one (None: it may), `take` a ticket
+    when it starts, `give` it back when it ends."""
 
     total: int = 2
     per_client: int = 1

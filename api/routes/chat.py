@@ -36,8 +36,8 @@ from api.errors import APIError, bad_request, from_exception, request_timeout, s
 from api.metrics import RequestTimer
 from api.protocol import ChatCompletion, ChatCompletionRequest
 from api.render import Chunker, Collector, ResponseMeta, steering_report
-from api.searches import client_of
 from api.routes import server
+from api.searches import client_of
 from api.state import ServerState
 from api.translate import SteeringLayers, check_steering, resolve_steering, to_engine
 from steering.concepts import AutoSteerResult
@@ -134,7 +134,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request,
                                  state: ServerState = Depends(server)) -> Any:
     state.require_ready()
     layers = check_steering(body, state.served, state.presets)
-    job = to_engine(body, state.served, resolve_steering(layers, await auto_steer(state, layers, client_of(request, bool(state.settings.api_keys)))))
+    concept = await auto_steer(state, layers, client_of(request, keyed=bool(state.settings.api_keys)))
+    job = to_engine(body, state.served, resolve_steering(layers, concept))
     meta = ResponseMeta(
         model=state.served.model_id,
         steered=job.steered,

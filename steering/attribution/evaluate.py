@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from steering.attribution.features import attribute, metric_without
+from steering.hooks import activations_at
 from steering.inspection import token_rows
 
 if TYPE_CHECKING:
@@ -87,9 +88,7 @@ def evaluate_attribution(sm: "SteeredModel", prompts: Sequence[tuple[str, str]],
     for prompt, target in prompts:
         (ids,) = token_rows(sm, [prompt])
         result = attribute(sm, ids, target, top_k=min(100, top + 1))
-        with torch.no_grad():
-            argmax = int(sm.loaded.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
-        if argmax != result.target.token_id:
+        if result.top_token_id != result.target.token_id:
             continue  # the model does not answer this one: nothing to explain
         kept += 1
         tid = result.target.token_id
@@ -113,8 +112,6 @@ def evaluate_attribution(sm: "SteeredModel", prompts: Sequence[tuple[str, str]],
 
 def _active(sm: "SteeredModel", ids: Sequence[int]) -> list[tuple[int, int]]:
     """(position, feature) pairs with f > 0 at positions > 0."""
-    from steering.hooks import activations_at
-
     sae = sm.sae
     ((_, hidden),) = list(activations_at(sm.loaded.model, sae.cfg.hook_layer, sae.cfg.hook_site, [list(ids)], 1))
     with torch.no_grad():

@@ -86,12 +86,13 @@ class Attribution:
     sink_share: float
     active_features: int  # (position, feature) pairs with f > 0, position 0 left out
     prompt_tokens: int
+    top_token_id: int  # the model's own most likely next token
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target.__dict__, "contrast": self.contrast.__dict__ if self.contrast else None,
                 "metric": self.metric, "nodes": [n.to_dict() for n in self.nodes], "error_share": self.error_share,
                 "feature_share": self.feature_share, "sink_share": self.sink_share, "active_features": self.active_features,
-                "prompt_tokens": self.prompt_tokens}
+                "prompt_tokens": self.prompt_tokens, "top_token_id": self.top_token_id}
 
 
 def token_id_of(tokenizer: Any, text: str, param: str) -> int:
@@ -166,7 +167,7 @@ def attribute(sm: "SteeredModel", ids: Sequence[int], target: str | None = None,
         nodes=_top_nodes(sm, ids, f.float().cpu(), feature_scores, e, error_scores, (sink_score, sink_size), total, top_k),
         error_share=float(error_scores.abs().sum()) / total, feature_share=float(feature_scores.abs().sum()) / total,
         sink_share=abs(sink_score) / total,
-        active_features=int((f[1:] > 0).sum()), prompt_tokens=len(ids))
+        active_features=int((f[1:] > 0).sum()), prompt_tokens=len(ids), top_token_id=int(logits.argmax()))
 
 
 def _top_nodes(sm: "SteeredModel", ids: Sequence[int], f: Tensor, feature_scores: Tensor, e: Tensor,

@@ -16,52 +16,48 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import Any, Callable
 
 from steering.cli.common import CommandError
 
 
-def run(args: argparse.Namespace) -> int:
-    from steering.evaluation.loadtest import soak, start_server, stop_server
+def _measure(args: argparse.Namespace, measure: Callable[[str, int | None], dict[str, Any]],
+             server_args: list[str], api_key: str | None) -> dict[str, Any]:
+    """measure(url, server pid) against --url, or against a fresh server (--start) stopped afterwards."""
+    from steering.evaluation.loadtest import start_server, stop_server
 
     if bool(args.url) == bool(args.start):
         raise CommandError("give --url of a running server, or --start", "url")
+    if not args.start:
+        return measure(args.url.rstrip("/"), args.pid)
+    proc, url = start_server(server_args, api_key=api_key)
+    try:
+        result = measure(url, proc.pid)
+    finally:
+        exit_code = stop_server(proc)
+    return {**result, "server_exit": exit_code}
+
+
+def run(args: argparse.Namespace) -> int:
     if args.fairness:
         return run_fairness(args)
-    proc = None
-    url, pid = args.url, args.pid
-    if args.start:
-        proc, url = start_server(list(args.server_arg), api_key=args.api_key)
-        pid = proc.pid
-    try:
-        result = soak(url.rstrip("/"), args.clients, args.seconds, args.max_tokens, args.api_key, pid, args.feature,
-                      args.warmup)
-    finally:
-        if proc is not None:
-            exit_code = stop_server(proc)
-    if proc is not None:
-        result.server_exit = exit_code
-    print(json.dumps(result.to_dict(), indent=None if args.compact else 2))
-    return 0 if result.errors == 0 else 1
+    from steering.evaluation.loadtest import soak
+
+    result = _measure(args, lambda url, pid: soak(url, args.clients, args.seconds, args.max_tokens, args.api_key, pid,
+                                                  args.feature, args.warmup).to_dict(),
+                      list(args.server_arg), args.api_key)
+    print(json.dumps(result, indent=None if args.compact else 2))
+    return 0 if result["errors"] == 0 else 1
 
 
 def run_fairness(args: argparse.Namespace) -> int:
     from steering.evaluation.fairness import CONCEPTS, concept_keys, fairness
-    from steering.evaluation.loadtest import start_server, stop_server
 
     if not 0 < args.concepts <= len(CONCEPTS):
         raise CommandError(f"--concepts must be in 1..{len(CONCEPTS)}", "concepts")
     keys = concept_keys(args.concepts)
-    proc, url = None, args.url
-    if args.start:
-        proc, url = start_server([*(f"--api-key={k}" for k in keys), *args.server_arg], api_key=keys[-1])
-    try:
-        result = fairness(url.rstrip("/"), keys, args.concepts, max_tokens=args.max_tokens)
-    finally:
-        if proc is not None:
-            result_exit = stop_server(proc)
-    if proc is not None:
-        result["server_exit"] = result_exit
+    result = _measure(args, lambda url, pid: fairness(url, keys, args.concepts, max_tokens=args.max_tokens),
+                      [*(f"--api-key={k}" for k in keys), *args.server_arg], keys[-1])
     print(json.dumps(result, indent=None if args.compact else 2))
     return 0
 

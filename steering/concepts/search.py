@@ -320,9 +320,9 @@ def find_concept_features(
     c_stats = text_stats(sm, texts or concept_texts(concept), concept, runner=runner)
     if neutral is None:
         n_stats = text_stats(sm, neutral_texts(concept), runner=runner)
+    elif neutral.mean.shape != (len(neutral_bank()), sae.d_sae):
+        raise SteeringError("the neutral statistics are not this SAE's bank", "neutral")
     else:
-        if neutral.mean.shape != (len(neutral_bank()), sae.d_sae):
-            raise SteeringError("the neutral statistics are not this SAE's bank", "neutral")
         n_stats = neutral.rows(neutral_rows(concept))
     scores = specificity_scores(c_stats, n_stats, sae.max_activation.detach().float().cpu())
     spec = scores["specificity"]

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from steering.engine.kv_cache import KVPool, PrefixCache, positions_within
+from steering.engine.kv_cache import BLOCK, KVPool, PrefixCache, positions_within
 from steering.engine.llama.runner import LlamaRunner, unsupported_reason
 from steering.errors import SteeringError
 from steering.hooks import capture, steering
@@ -196,8 +196,8 @@ def kv_bounded_length(context: int, slots: int, position_bytes: int, max_kv_byte
         return context
     fits = positions_within(max_kv_bytes, slots, position_bytes)
     if fits <= 0:
-        need = slots * position_bytes * 128
-        raise SteeringError(f"a KV bound of {max_kv_bytes / 2**20:.0f} MiB holds fewer than 128 positions for each of "
+        need = slots * position_bytes * BLOCK
+        raise SteeringError(f"a KV bound of {max_kv_bytes / 2**20:.0f} MiB holds fewer than {BLOCK} positions for each of "
                             f"{slots} rows; give at least {-(-need // 2**20)} MiB or fewer rows", "max_kv_mib")
     return min(context, fits)
 

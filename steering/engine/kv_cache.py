@@ -32,7 +32,10 @@ import torch
 from torch import Tensor
 
 
-def positions_within(budget_bytes: int, slots: int, position_bytes: int, block: int = 128) -> int:
+BLOCK = 128  # positions: the unit capacity grows by, and the granularity of a bound
+
+
+def positions_within(budget_bytes: int, slots: int, position_bytes: int, block: int = BLOCK) -> int:
     """The longest sequence (a multiple of `block`) for which `slots` sequences fit in `budget_bytes`."""
     return budget_bytes // (slots * position_bytes) // block * block
 
@@ -49,7 +52,7 @@ class KVPool:
         dtype: torch.dtype,
         device: torch.device,
         max_length: int,
-        block: int = 128,
+        block: int = BLOCK,
         keep: int = 0,
         zero_fill: bool = True,
     ):
