@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from steering.chat_template import render_chat
 from steering.engine.generation import SequenceRequest, TokenEvent, generate_batch
@@ -30,6 +30,9 @@ from steering.interventions import SteeringSpec
 from steering.models import DEFAULT_MODEL, LoadedModel, load_model
 from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
 from steering.sae.catalogue import Catalogue
+
+if TYPE_CHECKING:
+    from steering.attribution.graph import GraphLayer
 
 SHIPPED_SAES = Path(__file__).parent / "data" / "saes"
 PLACEHOLDER_D_SAE = 16384
@@ -44,18 +47,26 @@ _CALIBRATION_TEXT = (
 )
 
 
-def shipped_sae_dir(model_id: str) -> Path | None:
-    """The shipped SAE folder whose cfg.json names this model, if any."""
+def shipped_sae_dirs(model_id: str) -> list[Path]:
+    """The shipped SAE folders whose cfg.json names this model, widest dictionary first (then by name)."""
     if not SHIPPED_SAES.is_dir():
-        return None
+        return []
+    found = []
     for cfg_path in sorted(SHIPPED_SAES.glob("*/cfg.json")):
         try:
             cfg = json.loads(cfg_path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         if cfg.get("model_name") == model_id:
-            return cfg_path.parent
-    return None
+            found.append((-int(cfg.get("d_sae", 0)), cfg_path.parent.name, cfg_path.parent))
+    return [folder for *_, folder in sorted(found)]
+
+
+def shipped_sae_dir(model_id: str) -> Path | None:
+    """The default SAE of this model: the widest shipped one (the small ones at other layers serve
+    attribution graphs), if any."""
+    folders = shipped_sae_dirs(model_id)
+    return folders[0] if folders else None
 
 
 def placeholder_sae(loaded: LoadedModel, seed: int = PLACEHOLDER_SEED) -> SparseAutoencoder:
@@ -95,6 +106,7 @@ class SteeredModel:
     sae_note: str | None = None
     sae_dir: Path | None = None
     catalogue: Catalogue | None = field(default=None, repr=False)
+    _graph_layers: list | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.catalogue is None and self.sae is not None and self.sae_dir is not None:
@@ -136,6 +148,27 @@ class SteeredModel:
         folder = folder.parent if folder.is_file() else folder  # a cfg.json or .npz path: its folder
         return cls(loaded, module.eval().requires_grad_(False), Path(sae_path).name, sae_dir=folder)
 
+    def graph_layers(self) -> list["GraphLayer"]:
+        """The SAEs an attribution graph runs through: this one, and every other shipped SAE of the model
+        at another layer (resid_post), read once and kept; none without an SAE."""
+        from steering.attribution.graph import GraphLayer
+        from steering.sae.formats import load_sae
+
+        if self.sae is None:
+            return []
+        if self._graph_layers is None:
+            layers = [GraphLayer(self.sae, self.catalogue, self.sae_id)]
+            taken = {self.sae.cfg.hook_layer}
+            for folder in shipped_sae_dirs(self.model_id):
+                if self.sae_dir is not None and folder.resolve() == Path(self.sae_dir).resolve():
+                    continue
+                sae = load_sae(folder, device=self.loaded.device).eval().requires_grad_(False)
+                if sae.cfg.hook_site == "resid_post" and sae.cfg.hook_layer not in taken:
+                    taken.add(sae.cfg.hook_layer)
+                    layers.append(GraphLayer(sae, Catalogue.find(folder, sae.d_sae), folder.name))
+            self._graph_layers = sorted(layers, key=lambda g: g.layer)
+        return list(self._graph_layers)
+
     @property
     def model_id(self) -> str:
         return self.loaded.model_id
@@ -175,4 +208,4 @@ class SteeredModel:
         return texts
 
 
-__all__ = ["SteeredModel", "shipped_sae_dir", "placeholder_sae", "DEFAULT_MODEL"]
+__all__ = ["SteeredModel", "shipped_sae_dir", "shipped_sae_dirs", "placeholder_sae", "DEFAULT_MODEL"]

@@ -2,6 +2,13 @@
 
     attribute "PROMPT" [--target " Paris"] [--contrast " London"] [--top 20] [--raw] [--json] [--model M] [--sae PATH]
     attribute "PROMPT" --remove 27:1957 --remove 27:8901 ...     the next token with those nodes removed
+    attribute "PROMPT" --graph [--png G.png] [--save G.json] [--circuit-tracer CT.json]
+              [--max-feature-nodes 16] [--node-threshold 0.8] [--edge-threshold 0.98]
+
+--graph builds the attribution graph across every shipped SAE of the model
+(`steering.attribution.graph`): its nodes per layer with their influence,
+the strongest edges, and optionally its picture (PNG), its JSON and
+circuit-tracer's graph file for that viewer.
 
 PROMPT is a user message in the chat template (the target is then the
 assistant's first token), or with --raw a plain text after a sink token (the
@@ -39,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         ids = list(sm.prompt_ids([{"role": "user", "content": args.prompt}]))
     if args.remove:
         return show_removal(sm, ids, args.remove, args.json)
+    if args.graph:
+        return show_graph(sm, ids, args)
     result = attribute(sm, ids, args.target, args.contrast, args.top)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -82,6 +91,43 @@ def show_removal(sm: Any, ids: list[int], nodes: list, as_json: bool, k: int = 5
     return 0
 
 
+def show_graph(sm: Any, ids: list[int], args: argparse.Namespace) -> int:
+    from steering.attribution.export import circuit_tracer_graph
+    from steering.attribution.tracing import attribution_graph
+    from steering.attribution.picture import draw_graph
+
+    graph = attribution_graph(sm.loaded.model, sm.loaded.tokenizer, sm.graph_layers(), ids, args.target, args.contrast,
+                              args.max_feature_nodes, args.node_threshold, args.edge_threshold)
+    if args.save:
+        Path(args.save).write_text(json.dumps(graph.to_dict(), indent=1))
+    if args.circuit_tracer:
+        n_layers = int(sm.loaded.model.config.num_hidden_layers)
+        ct = circuit_tracer_graph(graph, n_layers, slug=Path(args.circuit_tracer).stem, scan=sm.model_id,
+                                  prompt=args.prompt)
+        Path(args.circuit_tracer).write_text(json.dumps(ct))
+    if args.png:
+        draw_graph(graph, args.png)
+    if args.json:
+        print(json.dumps(graph.to_dict(), indent=1))
+        return 0
+    t = graph.target
+    print(f"target {t.token!r}: logit {t.logit:.2f}, probability {t.probability:.3f}; layers "
+          f"{', '.join(map(str, graph.layers))}; {len(graph.nodes)} nodes and {len(graph.edges)} edges hold "
+          f"{graph.node_threshold:.0%} / {graph.edge_threshold:.0%}; error nodes hold {graph.error_influence:.1%} "
+          f"of the influence; {'exact' if graph.exact else 'approximate'} direct effects")
+    for level in (*reversed(graph.layers), None):
+        nodes = [n for n in graph.nodes if n.layer == level and n.kind != "logit"]
+        print(f"-- {'layer ' + str(level) if level is not None else 'tokens'}"
+              + (f" (expanded features hold {graph.coverage[level]:.0%})" if level is not None else ""))
+        for n in nodes[:args.top]:
+            what = n.kind if n.feature is None else str(n.feature)
+            label = f"  {n.label!r}" if n.label else ""
+            print(f"{n.position:4d} {n.token!r:>14} {what:>7}  influence {n.influence:6.1%}{label}")
+    for e in sorted(graph.edges, key=lambda e: -abs(e.weight))[:args.top]:
+        print(f"edge {e.source:>14} -> {e.target:<14} weight {e.weight:+8.3f}  ({e.share:.0%} of the target's input)")
+    return 0
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from steering.attribution.evaluate import PROMPTS, evaluate_attribution, load_prompts
 
@@ -114,6 +160,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--raw", action="store_true", help="read PROMPT as plain text, not a chat message")
     p.add_argument("--remove", type=_node, action="append", default=[], metavar="POS:FEATURE",
                    help="instead: the next token's top 5 with these nodes removed (repeatable; POS:error, 0:sink)")
+    p.add_argument("--graph", action="store_true", help="instead: the attribution graph across the shipped SAEs' layers")
+    p.add_argument("--max-feature-nodes", type=int, default=16, help="features expanded per layer (with --graph)")
+    p.add_argument("--node-threshold", type=float, default=0.8, help="share of influence the kept nodes hold")
+    p.add_argument("--edge-threshold", type=float, default=0.98, help="share of edge influence the kept edges hold")
+    p.add_argument("--png", default=None, help="with --graph: draw it to this PNG")
+    p.add_argument("--save", default=None, help="with --graph: write its JSON here")
+    p.add_argument("--circuit-tracer", default=None, help="with --graph: write circuit-tracer's graph file here")
     p.add_argument("--json", action="store_true")
     add_model_arguments(p)
     p.set_defaults(handler=run)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from steering.attribution.graph import LOGIT, GraphLayer, attribution_graph, node_id, prune
+from steering.attribution.graph import LOGIT, GraphLayer, node_id, prune
+from steering.attribution.tracing import GraphBuild, attribution_graph
 from steering.attribution.linearise import frozen_nonlinearities
 from steering.errors import SteeringError
 from steering.hooks import decoder_layers, edit_site
@@ -234,3 +235,20 @@ def test_bad_input_names_its_parameter(tiny_llama, tiny_tokenizer, kwargs, param
     with pytest.raises(SteeringError) as info:
         attribution_graph(tiny_llama, tiny_tokenizer, **args)
     assert info.value.param == param
+
+
+def test_steps_leave_no_hook_or_grad_mode_behind_and_equal_one_go(tiny_llama, tiny_tokenizer):
+    """A server runs the steps between decoding steps, in inference mode, with other forwards in between."""
+    model = copy.deepcopy(tiny_llama).double()
+    layers = [GraphLayer(sae_at(model, layer, seed=layer)) for layer in (1, 3)]
+    build = GraphBuild(model, tiny_tokenizer, layers, IDS, max_feature_nodes=5, chunk=2)
+    with torch.inference_mode():
+        while not build.done:
+            build.step()
+            assert torch.is_inference_mode_enabled() and not torch.is_grad_enabled()
+            assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+            model(input_ids=torch.tensor([IDS[::-1]]))  # someone else's forward between two steps
+    assert build.steps == 1 + 3 + 3  # the forward, then 5 features per layer in chunks of 2
+    stepped, once = build.result(), attribution_graph(model, tiny_tokenizer, layers, IDS, max_feature_nodes=5)
+    assert [(n.id, n.influence) for n in stepped.nodes] == [(n.id, n.influence) for n in once.nodes]
+    assert [(e.source, e.target, e.weight) for e in stepped.edges] == [(e.source, e.target, e.weight) for e in once.edges]
