@@ -27,7 +27,7 @@ from api.gate import ModelGate
 from api.guard import RequestGuard
 from api.metrics import Metrics, MetricsMiddleware
 from api.protocol import MESSAGE_ROLES, ChatCompletionRequest, ContrastRequest, ErrorResponse, InspectRequest
-from api.protocol.attribution import AttributionRequest
+from api.protocol.attribution import AttributionGraphRequest, AttributionRequest
 from api.routes import attribution, chat, features, inspect, models, playground, presets
 from api.routes.playground import PLAYGROUND_PATH
 from api.settings import Settings
@@ -102,7 +102,8 @@ def create_app(
         responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
                    503: {"model": ErrorResponse}},
     )
-    install_error_handlers(app, [ChatCompletionRequest, InspectRequest, ContrastRequest, AttributionRequest],
+    install_error_handlers(app, [ChatCompletionRequest, InspectRequest, ContrastRequest, AttributionRequest,
+                                 AttributionGraphRequest],
                            MESSAGE_ROLES)
     app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts, api_keys=settings.api_keys,
                        max_body_bytes=settings.max_body_bytes)

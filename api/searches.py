@@ -1,4 +1,5 @@
-"""Who may start a new concept search now: a bound in total and per client, and an honest Retry-After.
+"""Who may start a long shared job now (a new concept search, an attribution graph): a bound in total and
+per client, and an honest Retry-After.
 
 A concept the auto-steerer has not seen is searched and probed (seconds of
 shared model work: `steering.concepts.autosteer`). Searches run beside other
@@ -8,6 +9,7 @@ client (a client is its API key on a server with keys, which the guard has
 checked, else its address: `client_of`). A refusal says when to come back:
 the time the earliest running search still needs, from the mean duration of
 the last few finished searches (an initial guess until one finishes).
+Attribution graphs are bounded the same way, by a `SearchSlots` of their own.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ def client_of(request: Request, keyed: bool) -> str:
 
 @dataclass
 class SearchSlots:
-    """Running concept searches: `refusal` says whether a client may start one (None: it may), `take` a ticket
-    when it starts, `give` it back when it ends."""
+    """Running jobs of one kind (`what`, `plural`): `refusal` says whether a client may start one (None:
+    it may), `take` a ticket when it starts, `give` it back when it ends."""
 
     total: int = 2
     per_client: int = 1
+    what: str = "concept search"
+    plural: str = "concept searches"
     running: dict[int, tuple[str, float]] = field(default_factory=dict)  # ticket -> (client, start)
     mean_s: float = INITIAL_SEARCH_S
     finished: int = 0
@@ -49,10 +53,10 @@ class SearchSlots:
     def refusal(self, client: str) -> str | None:
         """Why `client` may not start a search now (None: it may)."""
         if len(self.running) >= self.total:
-            return f"{len(self.running)} concept searches are running (at most {self.total} at once)"
+            return f"{len(self.running)} {self.plural} are running (at most {self.total} at once)"
         mine = sum(1 for c, _ in self.running.values() if c == client)
         if mine >= self.per_client:
-            return f"this client already has {mine} concept search(es) running (at most {self.per_client})"
+            return f"this client already has {mine} {self.what}(s) running (at most {self.per_client})"
         return None
 
     def retry_after(self, now: float | None = None) -> int:

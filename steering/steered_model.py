@@ -106,7 +106,7 @@ class SteeredModel:
     sae_note: str | None = None
     sae_dir: Path | None = None
     catalogue: Catalogue | None = field(default=None, repr=False)
-    _graph_layers: list | None = field(default=None, init=False, repr=False)
+    graph_saes: list | None = field(default=None, repr=False)  # GraphLayer list; None: found at first use
 
     def __post_init__(self) -> None:
         if self.catalogue is None and self.sae is not None and self.sae_dir is not None:
@@ -149,14 +149,14 @@ class SteeredModel:
         return cls(loaded, module.eval().requires_grad_(False), Path(sae_path).name, sae_dir=folder)
 
     def graph_layers(self) -> list["GraphLayer"]:
-        """The SAEs an attribution graph runs through: this one, and every other shipped SAE of the model
-        at another layer (resid_post), read once and kept; none without an SAE."""
+        """The SAEs an attribution graph runs through: `graph_saes` when given, else this one and every other
+        shipped SAE of the model at another layer (resid_post), read once and kept; none without an SAE."""
         from steering.attribution.graph import GraphLayer
         from steering.sae.formats import load_sae
 
         if self.sae is None:
             return []
-        if self._graph_layers is None:
+        if self.graph_saes is None:
             layers = [GraphLayer(self.sae, self.catalogue, self.sae_id)]
             taken = {self.sae.cfg.hook_layer}
             for folder in shipped_sae_dirs(self.model_id):
@@ -166,8 +166,8 @@ class SteeredModel:
                 if sae.cfg.hook_site == "resid_post" and sae.cfg.hook_layer not in taken:
                     taken.add(sae.cfg.hook_layer)
                     layers.append(GraphLayer(sae, Catalogue.find(folder, sae.d_sae), folder.name))
-            self._graph_layers = sorted(layers, key=lambda g: g.layer)
-        return list(self._graph_layers)
+            self.graph_saes = sorted(layers, key=lambda g: g.layer)
+        return list(self.graph_saes)
 
     @property
     def model_id(self) -> str:

@@ -1,17 +1,21 @@
-"""POST /v1/attribution: which SAE features drove the next token (extension; `steering.attribution`)."""
+"""POST /v1/attribution and /v1/attribution/graph: which SAE features drove the next token (extensions;
+`steering.attribution`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from api.protocol.common import STRICT, JsonInt
+from api.protocol.common import STRICT, JsonInt, bounded_int
 from api.protocol.messages import ChatMessage
 from steering.attribution.features import MAX_NODES
+from steering.attribution.graph import MAX_FEATURE_NODES
 
 
-class AttributionRequest(BaseModel):
+class AttributionTarget(BaseModel):
+    """What both attribution requests name: the model, the text, and the logit to explain."""
+
     model_config = STRICT
     model: str
     messages: list[ChatMessage] | None = Field(
@@ -22,6 +26,9 @@ class AttributionRequest(BaseModel):
     target: str | None = Field(None, min_length=1, description="The token whose logit is attributed, as text (its "
                                "first token; mind a leading space); null: the model's own most likely next token.")
     contrast: str | None = Field(None, min_length=1, description="Attribute the target's logit minus this token's.")
+
+
+class AttributionRequest(AttributionTarget):
     top_k: JsonInt = Field(20, ge=1, le=MAX_NODES, description="Nodes returned, by |score|.")
 
 
@@ -44,6 +51,23 @@ class AttributionNode(BaseModel):
     share: float = Field(description="|score| / the sum of |score| over every node.")
 
 
+class ClampOut(BaseModel):
+    index: int
+    value: float
+    mode: str
+    unit: str
+    positions: str
+
+
+class SuggestedClamp(BaseModel):
+    feature: int
+    label: str | None = None
+    positions: list[int] = Field(description="Where the feature fires in the prompt.")
+    estimated_drop: float = Field(description="Its scores summed over the prompt: about how much the metric falls "
+                                  "when it is clamped to 0 there (first order).")
+    clamp: ClampOut = Field(description="The clamp that does it, ready for a chat request's `steering.features`.")
+
+
 class AttributionResponse(BaseModel):
     object: Literal["attribution"] = "attribution"
     model: str
@@ -56,3 +80,70 @@ class AttributionResponse(BaseModel):
     sink_share: float
     active_features: int
     prompt_tokens: int
+    suggested_clamps: list[SuggestedClamp] = Field(
+        description="To change the answer: the features pushing the metric up the most, summed over the prompt, "
+        "each with the clamp (to 0 over the prompt) that removes it.")
+
+
+class AttributionGraphRequest(AttributionTarget):
+    max_feature_nodes: bounded_int(1, MAX_FEATURE_NODES) = Field(  # type: ignore[valid-type]
+        16, description="Features per layer whose own inputs are computed (one backward each), by influence.")
+    node_threshold: float = Field(0.8, gt=0, le=1, description="Keep the nodes of highest influence that together "
+                                  "hold this share of it.")
+    edge_threshold: float = Field(0.98, gt=0, le=1, description="Keep the edges between kept nodes that hold this "
+                                  "share of the influence they carry.")
+    format: Literal["steering", "circuit-tracer"] = Field(
+        "steering", description="`circuit-tracer`: the graph file circuit-tracer's viewer (and Neuronpedia's) reads.")
+
+
+class GraphNodeOut(BaseModel):
+    id: str = Field(description="`15/1957@27` (layer/feature@position), `15/error@27`, `15/sink`, `token@27`, `logit`.")
+    kind: Literal["feature", "error", "sink", "token", "logit"]
+    layer: int | None
+    position: int
+    token: str
+    feature: int | None
+    label: str | None = None
+    activation: float
+    influence: float = Field(description="The share of the output's attribution that flows through the node.")
+
+
+class GraphEdgeOut(BaseModel):
+    source: str
+    target: str
+    weight: float = Field(description="The source's direct effect on the target's pre-activation (or the metric).")
+    share: float = Field(description="|weight| / the sum of |weight| over the target's inputs.")
+
+
+class AttributionGraphResponse(BaseModel):
+    object: Literal["attribution.graph"] = "attribution.graph"
+    model: str
+    target: TargetLogitOut
+    contrast: TargetLogitOut | None
+    metric: float
+    tokens: list[str]
+    layers: list[int] = Field(description="The decoder layers of the SAEs, bottom to top.")
+    sae_names: list[str]
+    nodes: list[GraphNodeOut]
+    edges: list[GraphEdgeOut]
+    node_threshold: float
+    edge_threshold: float
+    coverage: dict[str, float] = Field(description="Per layer: the share of its influence in features whose inputs "
+                                       "were computed.")
+    error_influence: float = Field(description="The share of all influence held by error nodes.")
+    exact: bool = Field(description="Every nonlinearity was held: edges are exact direct effects of the linearised "
+                        "model.")
+    computed_nodes: int
+    seconds: float
+
+
+def graph_response(model: str, graph: Any, seconds: float) -> AttributionGraphResponse:
+    """The response for a `steering.attribution.AttributionGraph`."""
+    d = graph.to_dict()
+    return AttributionGraphResponse(
+        model=model, target=TargetLogitOut(**d["target"]),
+        contrast=TargetLogitOut(**d["contrast"]) if d["contrast"] else None, metric=d["metric"], tokens=d["tokens"],
+        layers=d["layers"], sae_names=d["sae_names"], nodes=[GraphNodeOut(**n) for n in d["nodes"]],
+        edges=[GraphEdgeOut(**e) for e in d["edges"]], node_threshold=d["node_threshold"],
+        edge_threshold=d["edge_threshold"], coverage=d["coverage"], error_influence=d["error_influence"],
+        exact=d["exact"], computed_nodes=d["computed_nodes"], seconds=seconds)

@@ -20,6 +20,11 @@ activation is orders of magnitude larger than any other and the SAE reads it
 poorly (thousands of features fire on it), so it is one node, `sink`, scored
 as a whole: score(0) = sum_i score(0, i) + score(0, error) = h_0 . dm/dh_0.
 
+To change the answer: `suggestions` are the features whose scores, summed
+over every position of the prompt (position 0 included), push the metric up
+the most; clamping each to 0 over the prompt (the clamp spec it carries)
+lowers the metric by about that sum, to first order.
+
 A node's score is the first-order estimate of how much m would drop if the
 node were removed (set to zero, everything else kept): positive nodes push
 the target up. It is exact when the model past the SAE's layer is linear in
@@ -48,6 +53,7 @@ if TYPE_CHECKING:
 
 MAX_ATTRIBUTION_TOKENS = 512  # a prompt's length bound (the backward keeps every layer's activations)
 MAX_NODES = 100
+MAX_SUGGESTIONS = 5
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,21 @@ class Node:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A feature to clamp to 0 over the prompt to lower the metric by about `estimated_drop` (module docstring)."""
+
+    feature: int
+    label: str | None
+    positions: tuple[int, ...]  # where it fires in the prompt
+    estimated_drop: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"feature": self.feature, "label": self.label, "positions": list(self.positions),
+                "estimated_drop": self.estimated_drop,
+                "clamp": {"index": self.feature, "value": 0.0, "mode": "clamp", "unit": "raw", "positions": "prompt"}}
 
 
 @dataclass(frozen=True)
@@ -87,9 +108,10 @@ class Attribution:
     active_features: int  # (position, feature) pairs with f > 0, position 0 left out
     prompt_tokens: int
     top_token_id: int  # the model's own most likely next token
+    suggestions: tuple[Suggestion, ...] = ()  # features to clamp to 0 to lower the metric, strongest first
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target.__dict__, "contrast": self.contrast.__dict__ if self.contrast else None,
+        return {"suggestions": [s.to_dict() for s in self.suggestions], "target": self.target.__dict__, "contrast": self.contrast.__dict__ if self.contrast else None,
                 "metric": self.metric, "nodes": [n.to_dict() for n in self.nodes], "error_share": self.error_share,
                 "feature_share": self.feature_share, "sink_share": self.sink_share, "active_features": self.active_features,
                 "prompt_tokens": self.prompt_tokens, "top_token_id": self.top_token_id}
@@ -150,6 +172,7 @@ def attribute(sm: "SteeredModel", ids: Sequence[int], target: str | None = None,
     f, e = leaves["f"].detach(), leaves["e"].detach()
     feature_scores = (f * grad_f).float().cpu()  # [T, d_sae]
     error_scores = (e * grad_e).sum(-1).float().cpu()  # [T]
+    suggestions = _suggestions(sm, f.float().cpu(), feature_scores)
     sink_score = float(feature_scores[0].sum() + error_scores[0])  # position 0 as one node
     sink_size = float(leaves["h"][0].norm())
     feature_scores[0] = 0.0
@@ -167,7 +190,22 @@ def attribute(sm: "SteeredModel", ids: Sequence[int], target: str | None = None,
         nodes=_top_nodes(sm, ids, f.float().cpu(), feature_scores, e, error_scores, (sink_score, sink_size), total, top_k),
         error_share=float(error_scores.abs().sum()) / total, feature_share=float(feature_scores.abs().sum()) / total,
         sink_share=abs(sink_score) / total,
-        active_features=int((f[1:] > 0).sum()), prompt_tokens=len(ids), top_token_id=int(logits.argmax()))
+        active_features=int((f[1:] > 0).sum()), prompt_tokens=len(ids), top_token_id=int(logits.argmax()),
+        suggestions=suggestions)
+
+
+def _suggestions(sm: "SteeredModel", f: Tensor, feature_scores: Tensor, k: int = MAX_SUGGESTIONS) -> tuple[Suggestion, ...]:
+    """The k features of largest positive score summed over positions (f, feature_scores: [T, d_sae])."""
+    totals = feature_scores.sum(0)
+    catalogue = sm.catalogue
+    out = []
+    for i in totals.topk(min(k, totals.numel())).indices.tolist():
+        if totals[i] <= 0:
+            break
+        label = catalogue.labels[i] if catalogue is not None and i < len(catalogue) else None
+        where = tuple(int(t) for t in torch.nonzero(f[:, i] > 0).flatten().tolist())
+        out.append(Suggestion(i, label, where, float(totals[i])))
+    return tuple(out)
 
 
 def _top_nodes(sm: "SteeredModel", ids: Sequence[int], f: Tensor, feature_scores: Tensor, e: Tensor,

@@ -84,3 +84,17 @@ def test_logits_without_nothing_removed_are_the_model_s(sm):
         plain = sm.loaded.model(input_ids=torch.tensor([IDS])).logits[0, -1]
     assert torch.allclose(logits_without(sm, IDS, []), plain, atol=1e-4)
     assert not torch.allclose(logits_without(sm, IDS, [(0, "sink")]), plain, atol=1e-4)
+
+
+def test_suggested_clamps_lower_the_metric_by_their_estimate(sm):
+    """A suggestion's estimate is the first-order effect of scaling the feature down at every prompt position."""
+    result = attribute(sm, IDS)
+    assert result.suggestions
+    eps, target = 1e-3, result.target.token_id
+    for s in result.suggestions:
+        nodes = [(t, s.feature) for t in range(len(IDS))]
+        moved = metric_without(sm, IDS, nodes, target, keep=1 - eps)
+        assert (result.metric - moved) / eps == pytest.approx(s.estimated_drop, rel=0.05, abs=1e-3)
+        assert s.positions and all(t < len(IDS) for t in s.positions)
+    removed = metric_without(sm, IDS, [(t, s.feature) for s in result.suggestions for t in range(len(IDS))], target)
+    assert removed < result.metric  # removing them all for real lowers the target
