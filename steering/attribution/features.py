@@ -21,9 +21,9 @@ poorly (thousands of features fire on it), so it is one node, `sink`, scored
 as a whole: score(0) = sum_i score(0, i) + score(0, error) = h_0 . dm/dh_0.
 
 To change the answer: `suggestions` are the features whose scores, summed
-over every position of the prompt (position 0 included), push the metric up
-the most; clamping each to 0 over the prompt (the clamp spec it carries)
-lowers the metric by about that sum, to first order.
+over every position of the text (position 0 included), push the metric up
+the most; clamping each to 0 at every position (the clamp it carries, with
+positions `all`) lowers the metric by about that sum, to first order.
 
 A node's score is the first-order estimate of how much m would drop if the
 node were removed (set to zero, everything else kept): positive nodes push
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 MAX_ATTRIBUTION_TOKENS = 512  # a prompt's length bound (the backward keeps every layer's activations)
 MAX_NODES = 100
 MAX_SUGGESTIONS = 5
+SPECIFIC_FREQUENCY = 0.01  # a suggested clamp's feature fires on at most this share of tokens
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class Node:
 
 @dataclass(frozen=True)
 class Suggestion:
-    """A feature to clamp to 0 over the prompt to lower the metric by about `estimated_drop` (module docstring)."""
+    """A feature to clamp to 0 at every position to lower the metric by about `estimated_drop` (module docstring)."""
 
     feature: int
     label: str | None
@@ -85,7 +86,7 @@ class Suggestion:
     def to_dict(self) -> dict[str, Any]:
         return {"feature": self.feature, "label": self.label, "positions": list(self.positions),
                 "estimated_drop": self.estimated_drop,
-                "clamp": {"index": self.feature, "value": 0.0, "mode": "clamp", "unit": "raw", "positions": "prompt"}}
+                "clamp": {"index": self.feature, "value": 0.0, "mode": "clamp", "unit": "raw"}}
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,10 @@ class Attribution:
     prompt_tokens: int
     top_token_id: int  # the model's own most likely next token
     suggestions: tuple[Suggestion, ...] = ()  # features to clamp to 0 to lower the metric, strongest first
+
+    def suggested_steering(self) -> dict[str, Any]:
+        """The suggestions as a chat request's `steering`: every clamp, at every position."""
+        return {"features": [s.to_dict()["clamp"] for s in self.suggestions], "positions": "all"}
 
     def to_dict(self) -> dict[str, Any]:
         return {"suggestions": [s.to_dict() for s in self.suggestions], "target": self.target.__dict__, "contrast": self.contrast.__dict__ if self.contrast else None,
@@ -195,13 +200,25 @@ def attribute(sm: "SteeredModel", ids: Sequence[int], target: str | None = None,
 
 
 def _suggestions(sm: "SteeredModel", f: Tensor, feature_scores: Tensor, k: int = MAX_SUGGESTIONS) -> tuple[Suggestion, ...]:
-    """The k features of largest positive score summed over positions (f, feature_scores: [T, d_sae])."""
+    """The features of the k strongest positive (position, feature) nodes (f, feature_scores: [T, d_sae]),
+    each with its score summed over every position (clamping it touches all of them).
+
+    Ranked by the strongest node rather than by the sum, so that a feature that carries the answer at one
+    token comes before a broad one that nudges it a little at many; and only features that fire on at most
+    SPECIFIC_FREQUENCY of tokens (when the SAE knows its firing frequencies), since clamping a common one
+    everywhere changes much more than this answer."""
+    best = feature_scores[1:].amax(0).clone()  # position 0 is the sink: its nodes are not read one by one
+    freq = getattr(sm.sae, "firing_frequency", None)
+    if freq is not None:
+        best[(freq.float().cpu() > SPECIFIC_FREQUENCY)] = 0  # NaN (unknown) compares False: kept
     totals = feature_scores.sum(0)
     catalogue = sm.catalogue
     out = []
-    for i in totals.topk(min(k, totals.numel())).indices.tolist():
-        if totals[i] <= 0:
+    for i in best.topk(min(4 * k, best.numel())).indices.tolist():
+        if best[i] <= 0 or len(out) == k:
             break
+        if totals[i] <= 0:
+            continue  # helps at one token, hurts more elsewhere: clamping it everywhere would raise the target
         label = catalogue.labels[i] if catalogue is not None and i < len(catalogue) else None
         where = tuple(int(t) for t in torch.nonzero(f[:, i] > 0).flatten().tolist())
         out.append(Suggestion(i, label, where, float(totals[i])))

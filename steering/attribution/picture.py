@@ -1,7 +1,9 @@
 """Draw an attribution graph as a PNG: layers as rows, positions as columns, edges by weight.
 
-Rows, bottom to top: the prompt's tokens, each SAE layer, the output. Only
-positions that hold a node get a column (a chat template's tokens would
+Rows, bottom to top: the prompt's tokens, each SAE layer, the output. The
+`max_nodes` nodes of highest influence are drawn (the pruned graph of a long
+prompt holds more than a picture can show), with the edges between them.
+Only positions that hold a drawn node get a column (a chat template's tokens would
 otherwise crowd the picture). A cell shows its `MAX_PER_CELL` nodes of highest
 influence, side by side, and "+n" for the rest. Edges: width by the influence
 they carry (|share| x the target's influence), blue where the source raises
@@ -40,17 +42,20 @@ def _short(label: str | None, n: int = 16) -> str:
     return head if len(head) <= n else head[: n - 1] + "…"
 
 
-def draw_graph(graph: AttributionGraph, path: str | Path, title: str | None = None) -> Path:
+def draw_graph(graph: AttributionGraph, path: str | Path, title: str | None = None, max_nodes: int = 36) -> Path:
     """Write the graph's picture to `path` (PNG) and return the path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    positions = sorted({n.position for n in graph.nodes})
+    drawn = sorted(graph.nodes, key=lambda n: (n.kind != "logit", -n.influence))[: max_nodes + 1]
+    names = {n.id for n in drawn}
+    edges = [e for e in graph.edges if e.source in names and e.target in names]
+    positions = sorted({n.position for n in drawn})
     column = {p: i for i, p in enumerate(positions)}
     cells: dict[tuple[int, int], list[GraphNode]] = {}
-    for node in graph.nodes:
+    for node in drawn:
         cells.setdefault((_row(graph, node), node.position), []).append(node)
     xy: dict[str, tuple[float, float]] = {}
     hidden: dict[tuple[int, int], int] = {}
@@ -61,21 +66,19 @@ def draw_graph(graph: AttributionGraph, path: str | Path, title: str | None = No
         for j, node in enumerate(shown):
             offset = (j - (len(shown) - 1) / 2) * 0.22
             xy[node.id] = (column[pos] + offset, float(row))
-    width = max(6.0, 1.5 * len(positions) + 2)
-    height = 1.6 * (len(graph.layers) + 2) + 1
+    width = max(7.0, 1.25 * len(positions) + 2)
+    height = 1.9 * (len(graph.layers) + 2) + 1
     fig, ax = plt.subplots(figsize=(width, height), dpi=110)
-    carried = {e.target: 0.0 for e in graph.edges}
-    influence = {n.id: n.influence for n in graph.nodes}
-    strengths = [abs(e.share) * influence.get(e.target, 0.0) for e in graph.edges]
+    influence = {n.id: n.influence for n in drawn}
+    strengths = [abs(e.share) * influence.get(e.target, 0.0) for e in edges]
     top = max(strengths, default=1.0) or 1.0
-    for edge, strength in sorted(zip(graph.edges, strengths), key=lambda p: p[1]):
+    for edge, strength in sorted(zip(edges, strengths), key=lambda p: p[1]):
         if edge.source not in xy or edge.target not in xy:
             continue
         (x0, y0), (x1, y1) = xy[edge.source], xy[edge.target]
         ax.plot([x0, x1], [y0, y1], color="#2b6cb0" if edge.weight > 0 else "#c53030",
                 linewidth=0.3 + 4.5 * strength / top, alpha=0.35 + 0.5 * strength / top, zorder=1)
-        carried[edge.target] += strength
-    for node in graph.nodes:
+    for node in drawn:
         if node.id not in xy:
             continue
         x, y = xy[node.id]
@@ -103,7 +106,7 @@ def draw_graph(graph: AttributionGraph, path: str | Path, title: str | None = No
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     ax.set_title(title or f"next token {graph.target.token!r} (logit {graph.metric:.2f}); "
-                 f"nodes holding {graph.node_threshold:.0%} of the influence, blue raises, red lowers", fontsize=9)
+                 f"the {len(drawn) - 1} nodes of highest influence; blue raises, red lowers", fontsize=9)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out)

@@ -63,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
         label = f"  {n.label!r}" if n.label else ""
         print(f"{n.position:4d} {n.token!r:>14} {what:>7}  act {n.activation:7.2f}  score {n.score:+8.3f}  "
               f"{n.share:6.1%}{label}")
+    if result.suggestions:
+        print("to lower it, clamp to 0 everywhere (estimated drop, first order): " + ", ".join(
+            f"{s.feature} ({s.estimated_drop:+.2f})" for s in result.suggestions))
+        print('  "steering": ' + json.dumps(result.suggested_steering()))
     return 0
 
 

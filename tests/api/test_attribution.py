@@ -148,5 +148,9 @@ def test_attribution_suggests_the_clamps_that_lower_the_target(client):
     assert suggestions and all(s["estimated_drop"] > 0 for s in suggestions)
     drops = [s["estimated_drop"] for s in suggestions]
     assert drops == sorted(drops, reverse=True)
-    assert all(s["clamp"] == {"index": s["feature"], "value": 0.0, "mode": "clamp", "unit": "raw", "positions": "prompt"}
-               for s in suggestions)
+    assert all(s["clamp"] == {"index": s["feature"], "value": 0.0, "mode": "clamp", "unit": "raw"} for s in suggestions)
+    steering = r.json()["suggested_steering"]
+    assert steering == {"features": [s["clamp"] for s in suggestions], "positions": "all"}
+    chat = client.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
+                                                     "max_tokens": 2, "steering": steering})
+    assert chat.status_code == 200, chat.text  # it pastes into a chat request as it is

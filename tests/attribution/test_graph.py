@@ -252,3 +252,26 @@ def test_steps_leave_no_hook_or_grad_mode_behind_and_equal_one_go(tiny_llama, ti
     stepped, once = build.result(), attribution_graph(model, tiny_tokenizer, layers, IDS, max_feature_nodes=5)
     assert [(n.id, n.influence) for n in stepped.nodes] == [(n.id, n.influence) for n in once.nodes]
     assert [(e.source, e.target, e.weight) for e in stepped.edges] == [(e.source, e.target, e.weight) for e in once.edges]
+
+
+def test_the_picture_and_circuit_tracer_file(tiny_llama, tiny_tokenizer, tmp_path):
+    from PIL import Image
+
+    from steering.attribution.export import circuit_tracer_graph
+    from steering.attribution.picture import draw_graph
+
+    model = copy.deepcopy(tiny_llama).double()
+    layers = [GraphLayer(sae_at(model, layer, seed=layer), None, f"sae{layer}") for layer in (1, 3)]
+    graph = attribution_graph(model, tiny_tokenizer, layers, IDS, max_feature_nodes=4)
+    for limit in (36, 3):
+        with Image.open(draw_graph(graph, tmp_path / f"g{limit}.png", max_nodes=limit)) as image:
+            assert image.format == "PNG" and image.width > 500 and image.height > 300
+    ct = circuit_tracer_graph(graph, n_layers=4, slug="t", scan="tiny", prompt="p")
+    assert ct["metadata"]["transcoder_list"] == ["sae1", "sae3"] and len(ct["nodes"]) == len(graph.nodes)
+    by_id = {n["node_id"]: n for n in ct["nodes"]}
+    assert len(by_id) == len(ct["nodes"]) and len(ct["links"]) == len(graph.edges)
+    for link, edge in zip(ct["links"], graph.edges):
+        assert link["weight"] == edge.weight and link["source"] in by_id and link["target"] in by_id
+    feature = next(n for n in graph.nodes if n.kind == "feature")
+    assert f"{feature.layer}_{feature.feature}_{feature.position}" in by_id
+    assert by_id["5_%d_%d" % (graph.target.token_id, len(IDS) - 1)]["is_target_logit"]
