@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 HOST ?=
 PORT ?=
 
-.PHONY: serve test install browser clean-venv
+.PHONY: serve test install browser docker-engine clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -36,7 +36,19 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ $$(command -v sudo) apt-get update -q && DEBIAN_FRONTEND=noninteractive $$(command -v sudo) apt-get install -y -q chromium chromium-driver; }
 
-test: $(STAMP) browser
+# The container test needs a Docker engine and debootstrap (tests/deploy). Best effort: where Debian's
+# docker.io cannot be installed or dockerd cannot start (not root, no kernel support), the test is
+# skipped with the reason.
+docker-engine:
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || \
+		{ $$(command -v sudo) apt-get update -q && DEBIAN_FRONTEND=noninteractive $$(command -v sudo) apt-get install -y -q docker.io debootstrap; } || \
+		echo "docker.io or debootstrap could not be installed: the container test will be skipped"
+	@docker info >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v dockerd >/dev/null && \
+		{ nohup dockerd >/tmp/steering-dockerd.log 2>&1 & } && \
+		for i in $$(seq 30); do docker info >/dev/null 2>&1 && break; sleep 1; done; } || \
+		echo "no Docker engine could be started: the container test will be skipped"
+
+test: $(STAMP) browser docker-engine
 	$(PY) -m pytest -q
 
 clean-venv:
