@@ -21,6 +21,9 @@ class AttributionTarget(BaseModel):
     messages: list[ChatMessage] | None = Field(
         None, min_length=1, description="A conversation ending with a user message; the target is the assistant's "
         "first token. Give this or `prompt`.")
+    assistant_prefix: str | None = Field(
+        None, min_length=1, description="With `messages`: the start of the assistant's answer; the target is the "
+        "token after it (why did the model say ' Madrid' after 'The capital of Spain is'?).")
     prompt: str | None = Field(None, min_length=1, description="A plain text (no chat template); the target is its "
                                "next token. Give this or `messages`.")
     target: str | None = Field(None, min_length=1, description="The token whose logit is attributed, as text (its "
@@ -56,16 +59,20 @@ class ClampOut(BaseModel):
     value: float
     mode: str
     unit: str
+
+
+class SteeringOut(BaseModel):
+    features: list[ClampOut]
     positions: str
 
 
 class SuggestedClamp(BaseModel):
     feature: int
     label: str | None = None
-    positions: list[int] = Field(description="Where the feature fires in the prompt.")
-    estimated_drop: float = Field(description="Its scores summed over the prompt: about how much the metric falls "
-                                  "when it is clamped to 0 there (first order).")
-    clamp: ClampOut = Field(description="The clamp that does it, ready for a chat request's `steering.features`.")
+    positions: list[int] = Field(description="Where the feature fires in the text.")
+    estimated_drop: float = Field(description="Its scores summed over the text: about how much the metric falls "
+                                  "when it is clamped to 0 at every position (first order).")
+    clamp: ClampOut = Field(description="The clamp that does it (with positions `all`).")
 
 
 class AttributionResponse(BaseModel):
@@ -81,8 +88,10 @@ class AttributionResponse(BaseModel):
     active_features: int
     prompt_tokens: int
     suggested_clamps: list[SuggestedClamp] = Field(
-        description="To change the answer: the features pushing the metric up the most, summed over the prompt, "
-        "each with the clamp (to 0 over the prompt) that removes it.")
+        description="To change the answer: the features pushing the metric up the most, summed over the text, "
+        "each with the clamp (to 0) that removes it.")
+    suggested_steering: SteeringOut = Field(
+        description="Every suggested clamp at positions `all`: paste it as a chat request's `steering`.")
 
 
 class AttributionGraphRequest(AttributionTarget):

@@ -48,10 +48,14 @@ def _prompt(st: ServerState, body: AttributionTarget) -> tuple[list[int], str]:
     if body.messages is not None and body.messages[-1].role != "user":
         raise bad_request("The conversation must end with a user message (for a continuation, send `prompt`).",
                           "messages")
+    if body.assistant_prefix is not None and body.messages is None:
+        raise bad_request("`assistant_prefix` continues a conversation: give `messages` with it.", "assistant_prefix")
     try:
         (ids,) = token_rows(st.sm, [body.prompt if body.prompt is not None else message_dicts(body.messages)])
     except ChatFormatError as e:
         raise bad_request(str(e), e.param) from None
+    if body.assistant_prefix is not None:
+        ids = ids + st.sm.loaded.tokenizer(body.assistant_prefix, add_special_tokens=False)["input_ids"]
     where = "prompt" if body.prompt is not None else "messages"
     if len(ids) > MAX_ATTRIBUTION_TOKENS:
         raise bad_request(f"The prompt renders to {len(ids)} tokens; at most {MAX_ATTRIBUTION_TOKENS} are attributed.",
@@ -73,7 +77,8 @@ async def attribution(body: AttributionRequest, st: ServerState = Depends(server
         nodes=[AttributionNode(**n.to_dict()) for n in result.nodes], feature_share=result.feature_share,
         error_share=result.error_share, sink_share=result.sink_share, active_features=result.active_features,
         prompt_tokens=result.prompt_tokens,
-        suggested_clamps=[SuggestedClamp(**s.to_dict()) for s in result.suggestions])
+        suggested_clamps=[SuggestedClamp(**s.to_dict()) for s in result.suggestions],
+        suggested_steering=result.suggested_steering())
 
 
 @router.post("/v1/attribution/graph", response_model=AttributionGraphResponse,

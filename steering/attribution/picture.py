@@ -64,7 +64,7 @@ def draw_graph(graph: AttributionGraph, path: str | Path, title: str | None = No
         shown = nodes[:MAX_PER_CELL]
         hidden[(row, pos)] = len(nodes) - len(shown)
         for j, node in enumerate(shown):
-            offset = (j - (len(shown) - 1) / 2) * 0.22
+            offset = (j - (len(shown) - 1) / 2) * 0.24
             xy[node.id] = (column[pos] + offset, float(row))
     width = max(7.0, 1.25 * len(positions) + 2)
     height = 1.9 * (len(graph.layers) + 2) + 1

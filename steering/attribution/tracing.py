@@ -41,6 +41,7 @@ them; no hook or grad mode outlives a step). `attribution_graph` runs them all.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -185,9 +186,11 @@ class GraphBuild:
         self._pending: list[Key] = []
         self.done = False
         self.steps = 0
+        self.seconds = 0.0  # spent in steps (a server's waits between them left out)
 
     def step(self) -> None:
         """One piece of the work: the forward (and the logit's inputs), or up to `chunk` backwards."""
+        t0 = time.perf_counter()
         with torch.inference_mode(False), torch.enable_grad():  # a server's compute thread runs in inference mode
             if self.logits is None:
                 self._forward()
@@ -197,6 +200,7 @@ class GraphBuild:
                 self._expand(self._pending[: self.chunk])
                 del self._pending[: self.chunk]
         self.steps += 1
+        self.seconds += time.perf_counter() - t0
         self.done = not self._pending and self._level == 0
 
     def _forward(self) -> None:
@@ -264,7 +268,7 @@ class GraphBuild:
             node_threshold=self.node_threshold, edge_threshold=self.edge_threshold, coverage=dict(self.coverage),
             error_influence=sum(v for k, v in influence.items() if k[0] == "error") / non_logit if non_logit else 0.0,
             exact=self.exact, computed_nodes=len(self.edges),
-            stats={"steps": float(self.steps), "sources_with_influence": float(len(influence) - 1),
+            stats={"steps": float(self.steps), "compute_seconds": self.seconds, "sources_with_influence": float(len(influence) - 1),
                    "edges_computed": float(sum(len(v) for v in self.edges.values()))})
 
 

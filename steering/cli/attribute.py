@@ -1,6 +1,6 @@
 """`python -m steering attribute "PROMPT"`: which SAE features drove the model's next token.
 
-    attribute "PROMPT" [--target " Paris"] [--contrast " London"] [--top 20] [--raw] [--json] [--model M] [--sae PATH]
+    attribute "PROMPT" [--target " Paris"] [--contrast " London"] [--top 20] [--raw | --answer-prefix TEXT] [--json]
     attribute "PROMPT" --remove 27:1957 --remove 27:8901 ...     the next token with those nodes removed
     attribute "PROMPT" --graph [--png G.png] [--save G.json] [--circuit-tracer CT.json]
               [--max-feature-nodes 16] [--node-threshold 0.8] [--edge-threshold 0.98]
@@ -11,8 +11,9 @@ the strongest edges, and optionally its picture (PNG), its JSON and
 circuit-tracer's graph file for that viewer.
 
 PROMPT is a user message in the chat template (the target is then the
-assistant's first token), or with --raw a plain text after a sink token (the
-target is its next token). Prints the target's logit and probability, then
+assistant's first token, or the token after --answer-prefix, the start of
+the answer), or with --raw a plain text after a sink token (the target is
+its next token). Prints the target's logit and probability, then
 the top nodes (`steering.attribution`): position, token, feature (or
 `error`), activation, score (the estimated drop of the target's logit if the
 node were removed) and share of all nodes' |score|.
@@ -44,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         ids = [sink_token_id(tok), *tok(args.prompt, add_special_tokens=False)["input_ids"]]
     else:
         ids = list(sm.prompt_ids([{"role": "user", "content": args.prompt}]))
+        if args.answer_prefix:
+            ids += tok(args.answer_prefix, add_special_tokens=False)["input_ids"]
     if args.remove:
         return show_removal(sm, ids, args.remove, args.json)
     if args.graph:
@@ -118,7 +121,8 @@ def show_graph(sm: Any, ids: list[int], args: argparse.Namespace) -> int:
     print(f"target {t.token!r}: logit {t.logit:.2f}, probability {t.probability:.3f}; layers "
           f"{', '.join(map(str, graph.layers))}; {len(graph.nodes)} nodes and {len(graph.edges)} edges hold "
           f"{graph.node_threshold:.0%} / {graph.edge_threshold:.0%}; error nodes hold {graph.error_influence:.1%} "
-          f"of the influence; {'exact' if graph.exact else 'approximate'} direct effects")
+          f"of the influence; {'exact' if graph.exact else 'approximate'} direct effects; "
+          f"built in {graph.stats['compute_seconds']:.1f} s ({int(graph.stats['steps'])} steps)")
     for level in (*reversed(graph.layers), None):
         nodes = [n for n in graph.nodes if n.layer == level and n.kind != "logit"]
         print(f"-- {'layer ' + str(level) if level is not None else 'tokens'}"
@@ -162,6 +166,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--contrast", default=None, help="attribute the target's logit minus this token's")
     p.add_argument("--top", type=int, default=20, help="nodes shown (1..100)")
     p.add_argument("--raw", action="store_true", help="read PROMPT as plain text, not a chat message")
+    p.add_argument("--answer-prefix", default=None, help="the start of the assistant's answer: the target follows it")
     p.add_argument("--remove", type=_node, action="append", default=[], metavar="POS:FEATURE",
                    help="instead: the next token's top 5 with these nodes removed (repeatable; POS:error, 0:sink)")
     p.add_argument("--graph", action="store_true", help="instead: the attribution graph across the shipped SAEs' layers")

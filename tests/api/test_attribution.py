@@ -154,3 +154,13 @@ def test_attribution_suggests_the_clamps_that_lower_the_target(client):
     chat = client.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
                                                      "max_tokens": 2, "steering": steering})
     assert chat.status_code == 200, chat.text  # it pastes into a chat request as it is
+
+
+def test_an_assistant_prefix_continues_the_conversation(client, sm):
+    messages = [{"role": "user", "content": "hi"}]
+    r = post(client, messages=messages, assistant_prefix="ab", top_k=3)
+    assert r.status_code == 200, r.text
+    (ids,) = token_rows(sm, [messages])
+    assert r.json()["prompt_tokens"] == len(ids) + len(sm.loaded.tokenizer("ab", add_special_tokens=False)["input_ids"])
+    bad = post(client, prompt="x", assistant_prefix="ab")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "assistant_prefix"
