@@ -33,10 +33,12 @@ other nodes keep what they received and have no inputs in the graph.
 features (error nodes and the sink are inputs, as in circuit tracing).
 Then the graph is pruned (`steering.attribution.graph.prune`).
 
-In steps. `GraphBuild.step()` does one short piece (the forward, or one
-chunk of backwards) with its own grad mode and hooks, so a server runs the
-steps as calls between decoding steps (the graph of tensors is kept between
-them; no hook or grad mode outlives a step). `attribution_graph` runs them all.
+In steps. `GraphBuild.step()` does one short piece (the forward, the
+logit's backward, or one chunk of backwards: at most 8, fewer for a long
+prompt, so that a chunk covers about 512 token positions) with its own grad
+mode and hooks, so a server runs the steps as calls between decoding steps
+(the graph of tensors is kept between them; no hook or grad mode outlives a
+step). `attribution_graph` runs them all.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ from steering.errors import SteeringError
 from steering.hooks import edit_site
 from steering.sae.autoencoder import NormInfo, SparseAutoencoder
 
-BACKWARD_CHUNK = 8  # backwards per step: a step's length between two decoding steps
+BACKWARD_CHUNK = 8  # at most this many backwards per step
+BACKWARD_POSITIONS = 512  # and about this many token positions in all: a step's cost grows with both
 
 
 # ------------------------------------------------------------------ the spliced forward
@@ -165,13 +168,14 @@ class GraphBuild:
 
     def __init__(self, model: nn.Module, tokenizer: Any, layers: Sequence[GraphLayer], ids: Sequence[int],
                  target: str | None = None, contrast: str | None = None, max_feature_nodes: int = 16,
-                 node_threshold: float = 0.8, edge_threshold: float = 0.98, chunk: int = BACKWARD_CHUNK):
+                 node_threshold: float = 0.8, edge_threshold: float = 0.98, chunk: int | None = None):
         _check(layers, ids, max_feature_nodes, node_threshold, edge_threshold)
         self.model, self.tokenizer, self.ids = model, tokenizer, list(ids)
         self.layers = sorted(layers, key=lambda g: g.layer)
         self.target_id = token_id_of(tokenizer, target, "target") if target is not None else None
         self.contrast_id = token_id_of(tokenizer, contrast, "contrast") if contrast is not None else None
-        self.max_feature_nodes, self.chunk = max_feature_nodes, chunk
+        self.max_feature_nodes = max_feature_nodes
+        self.chunk = chunk or max(1, min(BACKWARD_CHUNK, BACKWARD_POSITIONS // len(self.ids)))
         self.node_threshold, self.edge_threshold = node_threshold, edge_threshold
         self.sites = [_Site(g.layer) for g in self.layers]
         self.emb: dict[str, Tensor] = {}
@@ -182,6 +186,7 @@ class GraphBuild:
         self.exact = False
         self.logits: Tensor | None = None
         self.metric = 0.0
+        self._metric: Tensor | None = None  # between the forward and the logit's backward
         self._level = len(self.sites)  # the layer index whose candidates are being expanded (len: the logit)
         self._pending: list[Key] = []
         self.done = False
@@ -189,11 +194,13 @@ class GraphBuild:
         self.seconds = 0.0  # spent in steps (a server's waits between them left out)
 
     def step(self) -> None:
-        """One piece of the work: the forward (and the logit's inputs), or up to `chunk` backwards."""
+        """One piece of the work: the forward, the logit's inputs, or up to `chunk` backwards."""
         t0 = time.perf_counter()
         with torch.inference_mode(False), torch.enable_grad():  # a server's compute thread runs in inference mode
             if self.logits is None:
                 self._forward()
+            elif LOGIT not in self.edges:
+                self._logit_inputs()
             else:
                 if not self._pending:
                     self._next_layer()
@@ -201,7 +208,7 @@ class GraphBuild:
                 del self._pending[: self.chunk]
         self.steps += 1
         self.seconds += time.perf_counter() - t0
-        self.done = not self._pending and self._level == 0
+        self.done = LOGIT in self.edges and not self._pending and self._level == 0
 
     def _forward(self) -> None:
         model, device = self.model, next(self.model.parameters()).device
@@ -214,14 +221,16 @@ class GraphBuild:
             logits = model(input_ids=torch.tensor([self.ids], device=device), use_cache=False).logits[0, -1]
         if self.target_id is None:
             self.target_id = int(logits.argmax())
-        metric = logits[self.target_id] - (logits[self.contrast_id] if self.contrast_id is not None else 0.0)
+        self._metric = logits[self.target_id] - (logits[self.contrast_id] if self.contrast_id is not None else 0.0)
+        self.logits, self.metric = logits.detach().float(), float(self._metric.detach())
+
+    def _logit_inputs(self) -> None:
         last = self.sites[-1]
-        grads = torch.autograd.grad(metric, [last.f, last.e])
+        grads = torch.autograd.grad(self._metric, [last.f, last.e])
+        self._metric = None
         self.edges[LOGIT] = _source_weights(last, self.emb["x"], grads)
         _pass_influence(self.influence, LOGIT, self.edges[LOGIT])
-        self.logits, self.metric = logits.detach().float(), float(metric.detach())
-        if self._level == len(self.sites):
-            self._next_layer()
+        self._next_layer()
 
     def _next_layer(self) -> None:
         """Pick the next layer down's features of highest influence (its influence is complete now)."""

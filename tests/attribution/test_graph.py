@@ -248,7 +248,7 @@ def test_steps_leave_no_hook_or_grad_mode_behind_and_equal_one_go(tiny_llama, ti
             assert torch.is_inference_mode_enabled() and not torch.is_grad_enabled()
             assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
             model(input_ids=torch.tensor([IDS[::-1]]))  # someone else's forward between two steps
-    assert build.steps == 1 + 3 + 3  # the forward, then 5 features per layer in chunks of 2
+    assert build.steps == 1 + 1 + 3 + 3  # the forward, the logit's inputs, then 5 features per layer in chunks of 2
     stepped, once = build.result(), attribution_graph(model, tiny_tokenizer, layers, IDS, max_feature_nodes=5)
     assert [(n.id, n.influence) for n in stepped.nodes] == [(n.id, n.influence) for n in once.nodes]
     assert [(e.source, e.target, e.weight) for e in stepped.edges] == [(e.source, e.target, e.weight) for e in once.edges]
