@@ -10,7 +10,8 @@ One registry per app (a test process builds many apps). Names and labels:
     steering_time_to_first_token_seconds             submit -> first token of a choice
     steering_inter_token_latency_seconds             between two tokens of one choice
     steering_cancellations_total                     groups whose client went away
-    steering_rejections_total{reason}                429 queue_full, 503 shutting_down / model_busy
+    steering_rejections_total{reason}                429 queue_full / concept_searches / attribution_graphs,
+                                                     503 shutting_down / model_busy
     steering_concept_requests_total{result}          auto-steer: cache hit or search
 
 `RequestTimer` turns one request's events into the token figures; the

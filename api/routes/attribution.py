@@ -3,8 +3,8 @@
 Both run as short calls on the compute thread between decoding steps (the
 engine's hooks are only attached inside a step), so generations keep
 streaming meanwhile: /v1/attribution is one call (a forward and a
-backward), a graph is a call for its forward and one per chunk of
-backwards (`GraphBuild.step`). Bounded: at most MAX_ATTRIBUTION_TOKENS
+backward), a graph is a call for its forward, one for the output's
+backward and one per chunk of backwards (`GraphBuild.step`). Bounded: at most MAX_ATTRIBUTION_TOKENS
 prompt tokens, MAX_NODES nodes, MAX_FEATURE_NODES expanded features per
 layer, and `state.graphs` graphs being built at once (in total and per
 client; then a 429 with a Retry-After).
@@ -96,6 +96,8 @@ async def attribution_graph(body: AttributionGraphRequest, request: Request,
     client = client_of(request, bool(st.settings.api_keys))
     refusal = st.graphs.refusal(client)
     if refusal is not None:
+        if st.metrics is not None:
+            st.metrics.rejections.labels(reason="attribution_graphs").inc()
         retry = st.graphs.retry_after()
         raise APIError(429, f"{refusal}; retry in about {retry} s.", None, "rate_limit_exceeded",
                        headers={"Retry-After": str(retry)})

@@ -20,10 +20,11 @@ activation is orders of magnitude larger than any other and the SAE reads it
 poorly (thousands of features fire on it), so it is one node, `sink`, scored
 as a whole: score(0) = sum_i score(0, i) + score(0, error) = h_0 . dm/dh_0.
 
-To change the answer: `suggestions` are the features whose scores, summed
-over every position of the text (position 0 included), push the metric up
-the most; clamping each to 0 at every position (the clamp it carries, with
-positions `all`) lowers the metric by about that sum, to first order.
+To change the answer: `suggestions` are the features of the strongest
+positive nodes (position 0 left out), among features that fire on at most
+1% of tokens; clamping one to 0 at every position (the clamp it carries,
+with positions `all`) lowers the metric by about its scores summed over
+every position (`estimated_drop`, first order).
 
 A node's score is the first-order estimate of how much m would drop if the
 node were removed (set to zero, everything else kept): positive nodes push
@@ -80,7 +81,7 @@ class Suggestion:
 
     feature: int
     label: str | None
-    positions: tuple[int, ...]  # where it fires in the prompt
+    positions: tuple[int, ...]  # where it fires in the text
     estimated_drop: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,8 +117,8 @@ class Attribution:
         return {"features": [s.to_dict()["clamp"] for s in self.suggestions], "positions": "all"}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"suggestions": [s.to_dict() for s in self.suggestions], "target": self.target.__dict__, "contrast": self.contrast.__dict__ if self.contrast else None,
-                "metric": self.metric, "nodes": [n.to_dict() for n in self.nodes], "error_share": self.error_share,
+        return {"target": self.target.__dict__, "contrast": self.contrast.__dict__ if self.contrast else None,
+                "suggestions": [s.to_dict() for s in self.suggestions], "metric": self.metric, "nodes": [n.to_dict() for n in self.nodes], "error_share": self.error_share,
                 "feature_share": self.feature_share, "sink_share": self.sink_share, "active_features": self.active_features,
                 "prompt_tokens": self.prompt_tokens, "top_token_id": self.top_token_id}
 
