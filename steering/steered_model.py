@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from steering.chat_template import render_chat
 from steering.engine.generation import SequenceRequest, TokenEvent, generate_batch
@@ -30,9 +30,6 @@ from steering.interventions import SteeringSpec
 from steering.models import DEFAULT_MODEL, LoadedModel, load_model
 from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
 from steering.sae.catalogue import Catalogue
-
-if TYPE_CHECKING:
-    from steering.attribution.graph import GraphLayer
 
 SHIPPED_SAES = Path(__file__).parent / "data" / "saes"
 PLACEHOLDER_D_SAE = 16384
@@ -106,7 +103,8 @@ class SteeredModel:
     sae_note: str | None = None
     sae_dir: Path | None = None
     catalogue: Catalogue | None = field(default=None, repr=False)
-    graph_saes: list | None = field(default=None, repr=False)  # GraphLayer list; None: found at first use
+    # The SAEs attribution graphs run through (`steering.attribution.graph_layers` fills it at first use).
+    graph_saes: list | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.catalogue is None and self.sae is not None and self.sae_dir is not None:
@@ -147,27 +145,6 @@ class SteeredModel:
         folder = Path(sae_path)
         folder = folder.parent if folder.is_file() else folder  # a cfg.json or .npz path: its folder
         return cls(loaded, module.eval().requires_grad_(False), Path(sae_path).name, sae_dir=folder)
-
-    def graph_layers(self) -> list["GraphLayer"]:
-        """The SAEs an attribution graph runs through: `graph_saes` when given, else this one and every other
-        shipped SAE of the model at another layer (resid_post), read once and kept; none without an SAE."""
-        from steering.attribution.graph import GraphLayer
-        from steering.sae.formats import load_sae
-
-        if self.sae is None:
-            return []
-        if self.graph_saes is None:
-            layers = [GraphLayer(self.sae, self.catalogue, self.sae_id)]
-            taken = {self.sae.cfg.hook_layer}
-            for folder in shipped_sae_dirs(self.model_id):
-                if self.sae_dir is not None and folder.resolve() == Path(self.sae_dir).resolve():
-                    continue
-                sae = load_sae(folder, device=self.loaded.device).eval().requires_grad_(False)
-                if sae.cfg.hook_site == "resid_post" and sae.cfg.hook_layer not in taken:
-                    taken.add(sae.cfg.hook_layer)
-                    layers.append(GraphLayer(sae, Catalogue.find(folder, sae.d_sae), folder.name))
-            self.graph_saes = sorted(layers, key=lambda g: g.layer)
-        return list(self.graph_saes)
 
     @property
     def model_id(self) -> str:

@@ -27,7 +27,7 @@ from api.routes import server
 from api.searches import client_of
 from api.state import ServerState
 from api.translate import check_model, message_dicts
-from steering.attribution import MAX_ATTRIBUTION_TOKENS, GraphBuild, attribute
+from steering.attribution import MAX_ATTRIBUTION_TOKENS, GraphBuild, attribute, graph_layers
 from steering.attribution.export import circuit_tracer_graph
 from steering.chat_template import ChatFormatError
 from steering.errors import SteeringError
@@ -87,7 +87,7 @@ async def attribution_graph(body: AttributionGraphRequest, request: Request,
                             st: ServerState = Depends(server)) -> Any:
     ids, where = _prompt(st, body)
     sm = st.sm
-    layers = await st.compute.arun(sm.graph_layers)  # read from disk once, on the thread that owns torch
+    layers = await st.compute.arun(graph_layers, sm)  # read from disk once, on the thread that owns torch
     try:
         build = GraphBuild(sm.loaded.model, sm.loaded.tokenizer, layers, ids, body.target, body.contrast,
                            body.max_feature_nodes, body.node_threshold, body.edge_threshold)

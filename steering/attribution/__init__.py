@@ -2,7 +2,7 @@
 
     result = attribute(sm, ids, target=" Paris")     # one forward, one backward, at the SAE's layer
     result.nodes[0].feature, result.nodes[0].score   # the strongest node first
-    graph = attribution_graph(model, tokenizer, sm.graph_layers(), ids)   # across every shipped SAE's layer
+    graph = attribution_graph(model, tokenizer, graph_layers(sm), ids)   # across every shipped SAE's layer
 
 `features` holds the single-layer method and true removals, `tracing` the
 graph's build (`linearise` holds the model's nonlinearities for it),
@@ -11,9 +11,9 @@ file, `evaluate` the check against removals.
 """
 
 from steering.attribution.features import MAX_ATTRIBUTION_TOKENS, Attribution, Node, TargetLogit, attribute, logits_without, metric_without
-from steering.attribution.graph import MAX_FEATURE_NODES, AttributionGraph, GraphEdge, GraphLayer, GraphNode
+from steering.attribution.graph import MAX_FEATURE_NODES, AttributionGraph, GraphEdge, GraphLayer, GraphNode, graph_layers
 from steering.attribution.tracing import GraphBuild, attribution_graph
 
 __all__ = ["MAX_ATTRIBUTION_TOKENS", "MAX_FEATURE_NODES", "Attribution", "AttributionGraph", "GraphBuild", "GraphEdge",
-           "GraphLayer", "GraphNode", "Node", "TargetLogit", "attribute", "attribution_graph", "logits_without",
+           "GraphLayer", "GraphNode", "Node", "TargetLogit", "attribute", "attribution_graph", "graph_layers", "logits_without",
            "metric_without"]

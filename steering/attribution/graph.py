@@ -18,11 +18,15 @@ is always kept.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from steering.attribution.features import TargetLogit
 from steering.sae.autoencoder import SparseAutoencoder
 from steering.sae.catalogue import Catalogue
+
+if TYPE_CHECKING:
+    from steering.steered_model import SteeredModel
 
 MAX_FEATURE_NODES = 64  # per layer: the bound on backward passes a request may ask for
 LOGIT = ("logit",)
@@ -40,6 +44,28 @@ class GraphLayer:
     @property
     def layer(self) -> int:
         return self.sae.cfg.hook_layer
+
+
+def graph_layers(sm: "SteeredModel") -> list[GraphLayer]:
+    """The SAEs a graph of `sm` runs through: `sm.graph_saes` when set, else its SAE and every other shipped
+    SAE of the model at another layer (resid_post), read once and kept in `sm.graph_saes`; none without an SAE."""
+    from steering.sae.formats import load_sae
+    from steering.steered_model import shipped_sae_dirs
+
+    if sm.sae is None:
+        return []
+    if sm.graph_saes is None:
+        layers = [GraphLayer(sm.sae, sm.catalogue, sm.sae_id)]
+        taken = {sm.sae.cfg.hook_layer}
+        for folder in shipped_sae_dirs(sm.model_id):
+            if sm.sae_dir is not None and folder.resolve() == Path(sm.sae_dir).resolve():
+                continue
+            sae = load_sae(folder, device=sm.loaded.device).eval().requires_grad_(False)
+            if sae.cfg.hook_site == "resid_post" and sae.cfg.hook_layer not in taken:
+                taken.add(sae.cfg.hook_layer)
+                layers.append(GraphLayer(sae, Catalogue.find(folder, sae.d_sae), folder.name))
+        sm.graph_saes = sorted(layers, key=lambda g: g.layer)
+    return list(sm.graph_saes)
 
 
 @dataclass(frozen=True)

@@ -100,10 +100,11 @@ def show_removal(sm: Any, ids: list[int], nodes: list, as_json: bool, k: int = 5
 
 def show_graph(sm: Any, ids: list[int], args: argparse.Namespace) -> int:
     from steering.attribution.export import circuit_tracer_graph
+    from steering.attribution.graph import graph_layers
     from steering.attribution.tracing import attribution_graph
     from steering.attribution.picture import draw_graph
 
-    graph = attribution_graph(sm.loaded.model, sm.loaded.tokenizer, sm.graph_layers(), ids, args.target, args.contrast,
+    graph = attribution_graph(sm.loaded.model, sm.loaded.tokenizer, graph_layers(sm), ids, args.target, args.contrast,
                               args.max_feature_nodes, args.node_threshold, args.edge_threshold)
     if args.save:
         Path(args.save).write_text(json.dumps(graph.to_dict(), indent=1))

@@ -81,14 +81,14 @@ def graph_client(sm, tmp_path):
 
 
 def test_a_graph_across_two_layers_is_the_library_s(graph_client, sm):
-    from steering.attribution import attribution_graph
+    from steering.attribution import attribution_graph, graph_layers
 
     r = graph_client.post("/v1/attribution/graph", json={"model": MODEL_ID, "prompt": "hello world",
                                                          "max_feature_nodes": 4, "node_threshold": 0.9})
     assert r.status_code == 200, r.text
     body = r.json()
     (ids,) = token_rows(sm, ["hello world"])
-    expected = attribution_graph(sm.loaded.model, sm.loaded.tokenizer, sm.graph_layers(), ids, max_feature_nodes=4,
+    expected = attribution_graph(sm.loaded.model, sm.loaded.tokenizer, graph_layers(sm), ids, max_feature_nodes=4,
                                  node_threshold=0.9)
     assert body["object"] == "attribution.graph" and body["layers"] == [0, sm.sae.cfg.hook_layer]
     assert body["sae_names"] == ["early", "main"] and body["tokens"] == list(expected.tokens)

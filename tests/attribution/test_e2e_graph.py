@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-from steering.attribution import attribute, metric_without
+from steering.attribution import attribute, graph_layers, metric_without
 from steering.interventions import FeatureClamp, SteeringSpec
 from steering.steered_model import SteeredModel
 
@@ -29,7 +29,7 @@ def sm() -> SteeredModel:
 
 
 def test_the_default_model_has_three_graph_layers(sm):
-    layers = sm.graph_layers()
+    layers = graph_layers(sm)
     assert [g.layer for g in layers] == [6, 15, 24]
     assert all(g.catalogue is not None for g in layers) and layers[1].sae is sm.sae
 

@@ -166,7 +166,8 @@ def test_held_nonlinearities_make_a_real_block_linear(tiny_llama):
             handle = model.get_input_embeddings().register_forward_hook(lambda m, a, o: leaf)
             stack.callback(handle.remove)
             y = model(input_ids=torch.zeros(1, 6, dtype=torch.long)).logits[0, -1, :5]
-            gaps = [float(y[j] - (leaf * torch.autograd.grad(y[j], leaf, retain_graph=True)[0]).sum()) for j in range(5)]
+            gaps = [float((y[j] - (leaf * torch.autograd.grad(y[j], leaf, retain_graph=True)[0]).sum()).detach())
+                    for j in range(5)]
         return max(abs(g) for g in gaps) / float(y.abs().max())
 
     assert euler_gap(True) < 1e-9
