@@ -5,11 +5,10 @@
 #   docker build -t sae-steering .                                   # CPU image
 #   docker run --rm -p 127.0.0.1:8000:8000 -e STEERING_API_KEYS=change-me sae-steering
 #
-#   docker build -t sae-steering:cuda \
-#       --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04 \
-#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
+#   docker build -t sae-steering:cuda --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
 #   docker run --rm --gpus all -p 127.0.0.1:8000:8000 -e STEERING_API_KEYS=change-me sae-steering:cuda
-#   (a CUDA base has no Python of its own: see docs/deploy.md; device auto -> cuda, dtype auto -> bfloat16)
+#   (torch's CUDA wheels bring their CUDA libraries; the host's driver comes in through the NVIDIA
+#   container toolkit; device auto -> cuda, dtype auto -> bfloat16. Not built here: docs/deploy.md)
 #
 # Build arguments:
 #   BASE_IMAGE          an image with Python 3.11 as `python` and `pip` on PATH
