@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import threading
 
 import httpx
 import openai
@@ -122,3 +123,26 @@ def test_auto_steer_probes_candidates_and_reports_its_pick(client, model_id):
     assert probes[picked]["lift"] == max(p["lift"] for p in judged) > 0
     assert report["features"][0]["index"] == picked and report["generated_limit"] is not None
     assert out.choices[0].message.content != out.choices[1].message.content
+
+
+def test_attribution_and_a_graph_beside_a_stream(server, client, model_id):
+    """In the real server (SAEs loaded on the compute thread, in inference mode) a graph across the three
+    shipped layers is built while a stream goes on: its steps run between the stream's decoding steps."""
+    texts: dict[int, str] = {}
+
+    def stream() -> None:
+        texts.update(_stream_texts(client.chat.completions.create(
+            model=model_id, messages=MESSAGES, max_tokens=64, temperature=0, stream=True))[0])
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    body = {"model": model_id, "prompt": "The capital of France is Paris, and the capital of Spain is",
+            "target": " Madrid"}
+    graph = httpx.post(f"{server}/v1/attribution/graph", json=body, timeout=120)
+    single = httpx.post(f"{server}/v1/attribution", json=body, timeout=120)
+    thread.join(120)
+    assert graph.status_code == 200, graph.text
+    assert graph.json()["layers"] == [6, 15, 24] and graph.json()["exact"]
+    assert single.status_code == 200 and single.json()["target"]["token"] == " Madrid"
+    plain = client.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=64, temperature=0)
+    assert texts[0] == plain.choices[0].message.content  # the stream beside it was not disturbed

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from steering.attribution.features import TargetLogit
 from steering.sae.autoencoder import SparseAutoencoder
 from steering.sae.catalogue import Catalogue
@@ -55,17 +57,31 @@ def graph_layers(sm: "SteeredModel") -> list[GraphLayer]:
     if sm.sae is None:
         return []
     if sm.graph_saes is None:
-        layers = [GraphLayer(sm.sae, sm.catalogue, sm.sae_id)]
+        layers = [GraphLayer(_autograd_ready(sm.sae), sm.catalogue, sm.sae_id)]
         taken = {sm.sae.cfg.hook_layer}
         for folder in shipped_sae_dirs(sm.model_id):
             if sm.sae_dir is not None and folder.resolve() == Path(sm.sae_dir).resolve():
                 continue
-            sae = load_sae(folder, device=sm.loaded.device).eval().requires_grad_(False)
+            sae = _autograd_ready(load_sae(folder, device=sm.loaded.device).eval().requires_grad_(False))
             if sae.cfg.hook_site == "resid_post" and sae.cfg.hook_layer not in taken:
                 taken.add(sae.cfg.hook_layer)
                 layers.append(GraphLayer(sae, Catalogue.find(folder, sae.d_sae), folder.name))
         sm.graph_saes = sorted(layers, key=lambda g: g.layer)
     return list(sm.graph_saes)
+
+
+def _autograd_ready(sae: SparseAutoencoder) -> SparseAutoencoder:
+    """`sae`, or a copy of it made outside inference mode when its tensors were made inside it (a server loads
+    on its compute thread, in inference mode): a graph's backward goes through the encoder, and autograd
+    cannot save inference tensors. The shared SAE itself is left as it is."""
+    tensors = [*sae.parameters(), *sae.buffers()]
+    if not any(t.is_inference() for t in tensors):
+        return sae
+    ref = tensors[0]
+    with torch.inference_mode(False):
+        copy = type(sae)(sae.cfg)
+        copy.load_state_dict({k: v.clone() for k, v in sae.state_dict().items()})
+        return copy.to(device=ref.device, dtype=ref.dtype).eval().requires_grad_(False)
 
 
 @dataclass(frozen=True)
