@@ -18,7 +18,7 @@ the top nodes (`steering.attribution`): position, token, feature (or
 `error`), activation, score (the estimated drop of the target's logit if the
 node were removed) and share of all nodes' |score|.
 
-    eval-attribution [--prompts FILE] [--top 10] [--seed 0] [--verbose]
+    eval-attribution [--prompts FILE] [--top 10] [--seed 0] [--verbose] [--graph]
 
 checks the scores against real removals on the shipped prompts
 (`steering.attribution.evaluate`) and prints one JSON object.
@@ -141,6 +141,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from steering.attribution.evaluate import PROMPTS, evaluate_attribution, load_prompts
 
     sm = load_steered(args)
+    if args.graph:
+        from steering.attribution.evaluate import evaluate_graph_edges
+
+        print(json.dumps(evaluate_graph_edges(sm, load_prompts(args.prompts or PROMPTS), args.top).to_dict()))
+        return 0
     check = evaluate_attribution(sm, load_prompts(args.prompts or PROMPTS), args.top, args.seed)
     out = check.to_dict()
     if not args.verbose:
@@ -156,6 +161,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--top", type=int, default=10, help="nodes per prompt checked one at a time")
     p.add_argument("--seed", type=int, default=0, help="for the random nodes of the top-5 comparison")
     p.add_argument("--verbose", action="store_true", help="also each prompt's figures")
+    p.add_argument("--graph", action="store_true",
+                   help="instead: check graph edges (feature -> feature) against real removals on 20 prompts")
     add_model_arguments(p)
     p.set_defaults(handler=run_eval)
 

@@ -39,3 +39,19 @@ def test_the_check_keeps_answered_prompts_and_reports_its_figures(tiny_llama, ti
     assert -1.0 <= check.spearman <= 1.0 and not math.isnan(check.spearman)
     assert 0.0 <= check.top5_beats_random <= 1.0 and 0.0 <= check.error_share <= 1.0
     assert len(check.per_prompt) == check.n_prompts
+
+
+def test_graph_edges_on_a_linear_model_measure_what_they_estimate(tiny_llama, tiny_tokenizer):
+    """Where the model is linear, removing an edge's source changes its target by exactly the edge's weight."""
+    from steering.attribution import GraphLayer
+    from steering.attribution.evaluate import evaluate_graph_edges
+    from tests.attribution.test_graph import linear_llama, sae_at
+    from tests.support import tiny_sm
+
+    model = linear_llama(tiny_llama)
+    sm = tiny_sm(model, tiny_tokenizer, sae_at(model, 2, seed=2))
+    sm.graph_saes = [GraphLayer(sae_at(model, 0, seed=0)), GraphLayer(sm.sae)]
+    check = evaluate_graph_edges(sm, [("hello world, how are you", None), ("a b c d e f", None)], top=5)
+    assert check.n_prompts == 2 and check.n_edges >= 6
+    assert check.spearman == pytest.approx(1.0) and check.sign_agreement == 1.0
+    assert check.median_ratio == pytest.approx(1.0, abs=1e-6)
