@@ -144,10 +144,15 @@ class AttributionGraphResponse(BaseModel):
                         "model.")
     computed_nodes: int
     seconds: float
+    suggested_clamps: list[SuggestedClamp] = Field(
+        description="As in POST /v1/attribution: the features of the served SAE (the one a chat request clamps) "
+        "to clamp to 0 to lower the metric.")
+    suggested_steering: SteeringOut
 
 
-def graph_response(model: str, graph: Any, seconds: float) -> AttributionGraphResponse:
-    """The response for a `steering.attribution.AttributionGraph`."""
+def graph_response(model: str, graph: Any, seconds: float, single: Any) -> AttributionGraphResponse:
+    """The response for a `steering.attribution.AttributionGraph`, with the suggestions of `single` (the
+    `steering.attribution.Attribution` of the same target at the served SAE's layer)."""
     d = graph.to_dict()
     return AttributionGraphResponse(
         model=model, target=TargetLogitOut(**d["target"]),
@@ -155,4 +160,6 @@ def graph_response(model: str, graph: Any, seconds: float) -> AttributionGraphRe
         layers=d["layers"], sae_names=d["sae_names"], nodes=[GraphNodeOut(**n) for n in d["nodes"]],
         edges=[GraphEdgeOut(**e) for e in d["edges"]], node_threshold=d["node_threshold"],
         edge_threshold=d["edge_threshold"], coverage=d["coverage"], error_influence=d["error_influence"],
-        exact=d["exact"], computed_nodes=d["computed_nodes"], seconds=seconds)
+        exact=d["exact"], computed_nodes=d["computed_nodes"], seconds=seconds,
+        suggested_clamps=[SuggestedClamp(**x.to_dict()) for x in single.suggestions],
+        suggested_steering=SteeringOut(**single.suggested_steering()))

@@ -114,4 +114,7 @@ async def attribution_graph(body: AttributionGraphRequest, request: Request,
         n_layers = int(sm.loaded.model.config.num_hidden_layers)
         return JSONResponse(circuit_tracer_graph(graph, n_layers, slug="steering-graph", scan=sm.model_id,
                                                  prompt=sm.loaded.tokenizer.decode(ids)))
-    return graph_response(st.served.model_id, graph, seconds)
+    # What to clamp: the served SAE's features (the ones a chat request can clamp), for the graph's own target.
+    target = sm.loaded.tokenizer.decode([graph.target.token_id])
+    single = await st.compute.arun(lambda: attribute(sm, ids, target, body.contrast, 1))
+    return graph_response(st.served.model_id, graph, seconds, single)

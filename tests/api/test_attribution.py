@@ -98,6 +98,9 @@ def test_a_graph_across_two_layers_is_the_library_s(graph_client, sm):
     ids_ = {n["id"] for n in body["nodes"]}
     assert all(e["source"] in ids_ and e["target"] in ids_ for e in body["edges"])
     assert {n["kind"] for n in body["nodes"]} >= {"feature", "token", "logit"}
+    single = attribute(sm, ids, target=sm.loaded.tokenizer.decode([expected.target.token_id]))
+    assert [c["feature"] for c in body["suggested_clamps"]] == [x.feature for x in single.suggestions]
+    assert body["suggested_steering"] == single.suggested_steering()
 
 
 def test_a_graph_in_circuit_tracer_s_format(graph_client):
