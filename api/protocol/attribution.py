@@ -88,8 +88,8 @@ class AttributionResponse(BaseModel):
     active_features: int
     prompt_tokens: int
     suggested_clamps: list[SuggestedClamp] = Field(
-        description="To change the answer: the features pushing the metric up the most, summed over the text, "
-        "each with the clamp (to 0) that removes it.")
+        description="To change the answer: the features of the strongest nodes pushing the metric up, among "
+        "features that fire on at most 1% of tokens, each with the clamp (to 0) that removes it.")
     suggested_steering: SteeringOut = Field(
         description="Every suggested clamp at positions `all`: paste it as a chat request's `steering`.")
 
