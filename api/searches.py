@@ -15,11 +15,17 @@ Attribution graphs are bounded the same way, by a `SearchSlots` of their own.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.requests import Request
+
+from api.errors import APIError
+
+log = logging.getLogger("api")
 
 INITIAL_SEARCH_S = 10.0  # a first guess at a search's duration (the shipped model on 2 cores: ~9 s idle)
 
@@ -42,6 +48,7 @@ class SearchSlots:
     per_client: int = 1
     what: str = "concept search"
     plural: str = "concept searches"
+    reason: str = "concept_searches"  # the label of a refusal in steering_rejections_total
     running: dict[int, tuple[str, float]] = field(default_factory=dict)  # ticket -> (client, start)
     mean_s: float = INITIAL_SEARCH_S
     finished: int = 0
@@ -64,6 +71,19 @@ class SearchSlots:
         now = time.monotonic() if now is None else now
         left = min((self.mean_s - (now - start) for _, start in self.running.values()), default=0.0)
         return max(1, math.ceil(left))
+
+    def admit(self, client: str, metrics: Any, param: str | None = None, hint: str = "") -> int:
+        """A ticket for `client`'s new job, or an APIError 429 saying why not and when to come back (with
+        `hint` after it), counted in `metrics.rejections` under `reason` and logged."""
+        refusal = self.refusal(client)
+        if refusal is None:
+            return self.take(client)
+        if metrics is not None:
+            metrics.rejections.labels(reason=self.reason).inc()
+        retry = self.retry_after()
+        log.warning("%s refused: %s", self.what, refusal)
+        raise APIError(429, f"{refusal}; retry in about {retry} s{hint}.", param, "rate_limit_exceeded",
+                       headers={"Retry-After": str(retry)})
 
     def take(self, client: str) -> int:
         """A ticket for a search that may start (check `refusal` first)."""

@@ -60,7 +60,8 @@ class ServerState:
     draining: bool = False  # SIGTERM came: new requests get a 503, running ones may finish
     searches: SearchSlots = field(default_factory=SearchSlots)  # uncached concept searches running (api.searches)
     graphs: SearchSlots = field(default_factory=lambda: SearchSlots(  # attribution graphs being built
-        total=2, per_client=1, what="attribution graph", plural="attribution graphs", mean_s=5.0))
+        total=2, per_client=1, what="attribution graph", plural="attribution graphs", reason="attribution_graphs",
+        mean_s=5.0))
     metrics: Metrics | None = None
 
     def require_ready(self) -> "ServerState":

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from api.errors import APIError, bad_request, not_found
+from api.errors import bad_request, not_found
 from api.protocol.attribution import (
     AttributionGraphRequest, AttributionGraphResponse, AttributionNode, AttributionRequest, AttributionResponse,
     AttributionTarget, SuggestedClamp, TargetLogitOut, graph_response,
@@ -93,15 +93,7 @@ async def attribution_graph(body: AttributionGraphRequest, request: Request,
                            body.max_feature_nodes, body.node_threshold, body.edge_threshold)
     except SteeringError as e:
         raise bad_request(str(e), where if e.param == "messages" else e.param) from None
-    client = client_of(request, bool(st.settings.api_keys))
-    refusal = st.graphs.refusal(client)
-    if refusal is not None:
-        if st.metrics is not None:
-            st.metrics.rejections.labels(reason="attribution_graphs").inc()
-        retry = st.graphs.retry_after()
-        raise APIError(429, f"{refusal}; retry in about {retry} s.", None, "rate_limit_exceeded",
-                       headers={"Retry-After": str(retry)})
-    ticket = st.graphs.take(client)
+    ticket = st.graphs.admit(client_of(request, bool(st.settings.api_keys)), st.metrics)
     t0 = time.perf_counter()
     try:
         while not build.done:  # a client that goes away cancels this loop between two steps

@@ -69,17 +69,11 @@ async def auto_steer(state: ServerState, layers: SteeringLayers | None, client: 
             state.metrics.concepts.labels(result="cached").inc()
             return steerer.steer(concept, strength)
         slots = state.searches
-        refusal = slots.refusal(client)
-        if refusal is not None:
-            state.metrics.rejections.labels(reason="concept_searches").inc()
-            retry = slots.retry_after()
-            log.warning("concept %r refused: %s", concept, refusal)
-            raise APIError(429, f"{refusal}; retry in about {retry} s (a concept searched once is answered at "
-                           "once).", "steering.concept", "rate_limit_exceeded", headers={"Retry-After": str(retry)})
+        ticket = slots.admit(client, state.metrics, "steering.concept",
+                             " (a concept searched once is answered at once)")
         state.metrics.concepts.labels(result="search").inc()
         t0 = time.perf_counter()
         log.info("concept search %r started", concept)
-        ticket = slots.take(client)
         work = asyncio.get_running_loop().run_in_executor(
             None, lambda: steerer.steer(concept, strength, runner=engine_runner(state.engine)))
         work.add_done_callback(lambda _: slots.give(ticket))  # when the thread ends, even if the client left

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from steering.attribution.features import attribute, metric_without
+from steering.attribution.features import attribute, metric_without, removal_edit
 from steering.attribution.graph import graph_layers
 from steering.attribution.tracing import attribution_graph
 from steering.hooks import activations_at, edit_site
@@ -183,17 +183,7 @@ def _pre_activation(sm: "SteeredModel", saes: dict, ids: Sequence[int], removed:
     """`node`'s encoder pre-activation in a plain forward, with the feature node `removed` set to 0 at its
     layer (its SAE's error kept), or with nothing removed (None)."""
     out: dict[str, float] = {}
-    source = saes[removed.layer] if removed is not None else None
     reader = saes[node.layer]
-
-    def remove(hidden: torch.Tensor) -> torch.Tensor:
-        h = hidden[0].to(source.W_dec.dtype)
-        x_n, info = source.normalize(h)
-        f = source.activate(source.pre_activations(x_n))
-        e = h - source.decode(f, info)
-        f = f.clone()
-        f[removed.position, removed.feature] = 0
-        return (source.decode(f, info) + e).to(hidden.dtype)[None]
 
     def read(hidden: torch.Tensor) -> None:
         h = hidden[0, node.position].to(reader.W_dec.dtype)
@@ -201,8 +191,9 @@ def _pre_activation(sm: "SteeredModel", saes: dict, ids: Sequence[int], removed:
 
     model = sm.loaded.model
     with torch.no_grad(), ExitStack() as stack:
-        if source is not None:
-            stack.enter_context(edit_site(model, removed.layer, "resid_post", remove))
+        if removed is not None:
+            edit = removal_edit(saes[removed.layer], [(removed.position, removed.feature)])
+            stack.enter_context(edit_site(model, removed.layer, "resid_post", edit))
         stack.enter_context(edit_site(model, node.layer, "resid_post", read))
         model(input_ids=torch.tensor([list(ids)]))
     return out["pre"]

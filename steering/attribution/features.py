@@ -41,7 +41,7 @@ which a server runs on its compute thread with the model to itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -118,9 +118,19 @@ class Attribution:
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target.__dict__, "contrast": self.contrast.__dict__ if self.contrast else None,
-                "suggestions": [s.to_dict() for s in self.suggestions], "metric": self.metric, "nodes": [n.to_dict() for n in self.nodes], "error_share": self.error_share,
+                "suggestions": [s.to_dict() for s in self.suggestions], "metric": self.metric,
+                "nodes": [n.to_dict() for n in self.nodes], "error_share": self.error_share,
                 "feature_share": self.feature_share, "sink_share": self.sink_share, "active_features": self.active_features,
                 "prompt_tokens": self.prompt_tokens, "top_token_id": self.top_token_id}
+
+
+def check_prompt(ids: Sequence[int]) -> None:
+    """Raises SteeringError naming `messages` for an empty prompt or one past MAX_ATTRIBUTION_TOKENS."""
+    if not ids:
+        raise SteeringError("the prompt is empty", "messages")
+    if len(ids) > MAX_ATTRIBUTION_TOKENS:
+        raise SteeringError(f"the prompt has {len(ids)} tokens; at most {MAX_ATTRIBUTION_TOKENS} are attributed",
+                            "messages")
 
 
 def token_id_of(tokenizer: Any, text: str, param: str) -> int:
@@ -156,11 +166,7 @@ def attribute(sm: "SteeredModel", ids: Sequence[int], target: str | None = None,
     sae, model, tok = sm.sae, sm.loaded.model, sm.loaded.tokenizer
     if sae is None:
         raise SteeringError("no SAE is loaded: there are no features to attribute to", "sae")
-    if not ids:
-        raise SteeringError("the prompt is empty", "messages")
-    if len(ids) > MAX_ATTRIBUTION_TOKENS:
-        raise SteeringError(f"the prompt has {len(ids)} tokens; at most {MAX_ATTRIBUTION_TOKENS} are attributed",
-                            "messages")
+    check_prompt(ids)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_NODES:
         raise SteeringError(f"must be an integer in 1..{MAX_NODES}", "top_k")
     target_id = token_id_of(tok, target, "target") if target is not None else None
@@ -249,12 +255,10 @@ def _top_nodes(sm: "SteeredModel", ids: Sequence[int], f: Tensor, feature_scores
     return tuple(nodes)
 
 
-def logits_without(sm: "SteeredModel", ids: Sequence[int], nodes: Sequence[tuple[int, int | str | None]],
-                   keep: float = 0.0) -> Tensor:
-    """Next-token logits [V] with `nodes` ((position, feature), (position, None) for the error, or
-    (0, "sink") for the whole of position 0) scaled by `keep` (0: removed), everything else at the SAE's
-    layer held as it was."""
-    sae, model = sm.sae, sm.loaded.model
+def removal_edit(sae: Any, nodes: Sequence[tuple[int, int | str | None]], keep: float = 0.0) -> Callable[[Tensor], Tensor]:
+    """A hook edit (`steering.hooks.edit_site`) at the SAE's site: the activation split into features and
+    error, `nodes` ((position, feature), (position, None) for the error, or (0, "sink") for the whole of
+    position 0) scaled by `keep` (0: removed), everything else held as it was."""
 
     def edit(hidden: Tensor) -> Tensor:
         h = hidden[0].to(sae.W_dec.dtype)
@@ -272,8 +276,15 @@ def logits_without(sm: "SteeredModel", ids: Sequence[int], nodes: Sequence[tuple
                 f[t, i] *= keep
         return (sae.decode(f, info) + e).to(hidden.dtype)[None]
 
+    return edit
+
+
+def logits_without(sm: "SteeredModel", ids: Sequence[int], nodes: Sequence[tuple[int, int | str | None]],
+                   keep: float = 0.0) -> Tensor:
+    """Next-token logits [V] with `nodes` scaled by `keep` at the SAE's layer (`removal_edit`)."""
+    sae, model = sm.sae, sm.loaded.model
     device = next(model.parameters()).device
-    with torch.no_grad(), edit_site(model, sae.cfg.hook_layer, sae.cfg.hook_site, edit):
+    with torch.no_grad(), edit_site(model, sae.cfg.hook_layer, sae.cfg.hook_site, removal_edit(sae, nodes, keep)):
         return model(input_ids=torch.tensor([list(ids)], device=device)).logits[0, -1].float()
 
 

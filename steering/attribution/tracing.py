@@ -52,7 +52,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from steering.attribution.features import MAX_ATTRIBUTION_TOKENS, TargetLogit, token_id_of
+from steering.attribution.features import TargetLogit, check_prompt, token_id_of
 from steering.attribution.graph import (
     LOGIT, MAX_FEATURE_NODES, AttributionGraph, GraphEdge, GraphLayer, GraphNode, Key, node_id, prune,
 )
@@ -323,11 +323,7 @@ def _check(layers: Sequence[GraphLayer], ids: Sequence[int], max_feature_nodes: 
         if g.sae.cfg.hook_site != "resid_post":
             raise SteeringError(f"the SAE at layer {g.layer} reads {g.sae.cfg.hook_site}; graphs take resid_post SAEs",
                                 "sae")
-    if not ids:
-        raise SteeringError("the prompt is empty", "messages")
-    if len(ids) > MAX_ATTRIBUTION_TOKENS:
-        raise SteeringError(f"the prompt has {len(ids)} tokens; at most {MAX_ATTRIBUTION_TOKENS} are attributed",
-                            "messages")
+    check_prompt(ids)
     if isinstance(max_feature_nodes, bool) or not isinstance(max_feature_nodes, int) \
             or not 1 <= max_feature_nodes <= MAX_FEATURE_NODES:
         raise SteeringError(f"must be an integer in 1..{MAX_FEATURE_NODES}", "max_feature_nodes")
