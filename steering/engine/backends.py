@@ -14,32 +14,31 @@ Both backends keep one KV slot per sequence and offer the same calls:
 before its edit, come back in `sites`, one [T_r, d] tensor each in `read`'s
 order (inspection and monitors; `steering.engine.readout`).
 
-`FastBackend` runs Llama-family models through `LlamaRunner` (one forward
-for the whole decoding batch, per-row clamps from the batch's BatchPlan).
-`HFBackend` runs any other causal LM through its Hugging Face forward, one
-row at a time with a DynamicCache per slot and the row's own plan attached by
-`steering.hooks.steering`: correct everywhere, batched nowhere.
-
-Only FastBackend has a prefix cache (`steering.engine.kv_cache.PrefixCache`).
-`make_backend` picks one. Fused weights are built once per model and shared
-(the model is read-only after loading).
+Both run one forward per call for all its rows, with per-row clamps from
+the batch's BatchPlan, over a `KVPool` (slot s: its sequence's K/V at
+positions 0..length-1) and an optional prefix cache
+(`steering.engine.kv_cache.PrefixCache`). `FastBackend` runs Llama-family
+models through `LlamaRunner` (fused weights and batch-invariant C kernels);
+`HFBackend` runs any other causal LM with a key/value cache through its own
+Hugging Face forward (`steering.engine.hf_batched.HFBatchRunner`: a cache
+that writes into the pool, per-row masks and positions, clamps through
+`steering.hooks`). `make_backend` picks one. Fused weights are built once
+per model and shared (the model is read-only after loading).
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from contextlib import ExitStack
 from typing import Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
-from transformers import DynamicCache
 
+from steering.engine.hf_batched import HFBatchRunner, kv_shape, unbatchable_reason
 from steering.engine.kv_cache import BLOCK, KVPool, PrefixCache, positions_within
 from steering.engine.llama.runner import LlamaRunner, unsupported_reason
 from steering.errors import SteeringError
-from steering.hooks import capture, steering
 from steering.interventions import BatchPlan
 from steering.sae.autoencoder import SparseAutoencoder
 
@@ -67,16 +66,46 @@ class Backend(Protocol):
     def remember_prefix(self, slot: int, prompt: Sequence[int], variant: object) -> None: ...
 
 
-class FastBackend:
-    """LlamaRunner over a KVPool with `slots` slots, and an optional prefix cache."""
+class PooledBackend:
+    """A runner over a KVPool with `slots` slots, and an optional prefix cache: what both backends share.
 
-    def __init__(self, runner: LlamaRunner, sae: SparseAutoencoder | None, slots: int,
+    `runner` offers new_pool(slots, keep, max_length), position_bytes(), max_length, device and model.
+    """
+
+    def __init__(self, runner: LlamaRunner | HFBatchRunner, sae: SparseAutoencoder | None, slots: int,
                  prefix_cache: PrefixCache | None = None, kv_keep: int = 0, max_kv_bytes: int | None = None):
         self.runner, self.sae, self.prefix_cache = runner, sae, prefix_cache
         self.max_length = kv_bounded_length(runner.max_length, slots, runner.position_bytes(), max_kv_bytes)
         self.pool = runner.new_pool(slots, keep=kv_keep, max_length=self.max_length)
         self.vocab_size = int(runner.model.get_output_embeddings().weight.shape[0])
         self.device = runner.device
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        self.pool.move(src, dst, length)
+
+    def release(self) -> None:
+        self.pool.release()
+
+    def reuse_prefix(self, slot: int, prompt: Sequence[int], variant: object) -> int:
+        hit = self.prefix_cache.lookup(prompt, variant) if self.prefix_cache is not None else None
+        if hit is None:
+            return 0
+        kv, length = hit
+        self.pool.reserve(length)
+        for layer, t in enumerate(self.pool.kv):
+            t[slot, :length].copy_(kv[layer, :length])
+        return length
+
+    def remember_prefix(self, slot: int, prompt: Sequence[int], variant: object) -> None:
+        length = self.prefix_cache.wants(prompt, variant) if self.prefix_cache is not None else 0
+        if length:
+            self.prefix_cache.store(prompt, variant, torch.stack([t[slot, :length] for t in self.pool.kv]))
+
+
+class FastBackend(PooledBackend):
+    """LlamaRunner (its own fused forward and kernels) over the pool."""
+
+    runner: LlamaRunner
 
     def _forward(self, slot0: int, ids: Tensor, pos: Tensor, plan: BatchPlan | None, read: Sequence[int],
                  lengths: Sequence[int], last: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
@@ -103,90 +132,17 @@ class FastBackend:
         pos = torch.tensor(list(positions), dtype=torch.long, device=self.device)[:, None]
         return self._forward(0, x, pos, plan, read, [1] * len(ids))
 
-    def move(self, src: int, dst: int, length: int) -> None:
-        self.pool.move(src, dst, length)
 
-    def release(self) -> None:
-        self.pool.release()
+class HFBackend(PooledBackend):
+    """The model's own Hugging Face forward, batched (`HFBatchRunner`): any causal LM with a K/V cache."""
 
-    def reuse_prefix(self, slot: int, prompt: Sequence[int], variant: object) -> int:
-        hit = self.prefix_cache.lookup(prompt, variant) if self.prefix_cache is not None else None
-        if hit is None:
-            return 0
-        kv, length = hit
-        self.pool.reserve(length)
-        for layer, t in enumerate(self.pool.kv):
-            t[slot, :length].copy_(kv[layer, :length])
-        return length
-
-    def remember_prefix(self, slot: int, prompt: Sequence[int], variant: object) -> None:
-        length = self.prefix_cache.wants(prompt, variant) if self.prefix_cache is not None else 0
-        if length:
-            self.prefix_cache.store(prompt, variant, torch.stack([t[slot, :length] for t in self.pool.kv]))
-
-
-class HFBackend:
-    """The model's own forward, one row at a time (any causal LM)."""
-
-    def __init__(self, model: nn.Module, sae: SparseAutoencoder | None, slots: int, max_kv_bytes: int | None = None):
-        self.model, self.sae = model, sae
-        self.caches: list[DynamicCache | None] = [None] * slots
-        context = int(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 2048))
-        self.max_length = kv_bounded_length(context, slots, hf_position_bytes(model), max_kv_bytes)
-        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
-        self.device = next(model.parameters()).device
-
-    def _run(self, slot: int, ids: Sequence[int], start: int, plan: BatchPlan | None, read: bool) -> tuple[Tensor, Tensor | None]:
-        if start == 0 or self.caches[slot] is None:
-            self.caches[slot] = DynamicCache()
-        x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-        pos = torch.arange(start, start + len(ids), device=self.device)[None]
-        active = plan is not None and not plan.is_empty and self.sae is not None
-        with ExitStack() as hooks:
-            # The reading hook is attached first, so it sees the site before the clamp's edit.
-            store = hooks.enter_context(capture(self.model, self.sae.cfg.hook_layer, self.sae.cfg.hook_site)) if read else None
-            if active:
-                hooks.enter_context(steering(self.model, self.sae, plan, pos))
-            out = self.model(input_ids=x, position_ids=pos, past_key_values=self.caches[slot], use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1], (store[0][0] if store else None)
-
-    def _rows(self, runs: list[tuple[Tensor, Tensor | None]], read: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
-        return torch.stack([logits for logits, _ in runs]), [runs[r][1] for r in read]  # type: ignore[misc]
+    runner: HFBatchRunner
 
     def prefill(self, slot0, chunks, starts, plan, row_plans, read=()):  # type: ignore[no-untyped-def]
-        wanted = set(read)
-        return self._rows([self._run(slot0 + r, c, s, row_plans[r], r in wanted)
-                           for r, (c, s) in enumerate(zip(chunks, starts))], read)
+        return self.runner.forward(self.pool, slot0, chunks, starts, self.sae, plan, read)
 
     def decode(self, ids, positions, plan, row_plans, read=()):  # type: ignore[no-untyped-def]
-        wanted = set(read)
-        return self._rows([self._run(r, [t], p, row_plans[r], r in wanted)
-                           for r, (t, p) in enumerate(zip(ids, positions))], read)
-
-    def move(self, src: int, dst: int, length: int) -> None:
-        if src == dst:
-            return
-        self.caches[dst], self.caches[src] = self.caches[src], None
-
-    def release(self) -> None:
-        self.caches = [None] * len(self.caches)
-
-    def reuse_prefix(self, slot: int, prompt: Sequence[int], variant: object) -> int:
-        return 0
-
-    def remember_prefix(self, slot: int, prompt: Sequence[int], variant: object) -> None:
-        return None
-
-
-def hf_position_bytes(model: nn.Module) -> int:
-    """K/V bytes per position and sequence of a Hugging Face decoder, from its config."""
-    cfg = model.config
-    layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
-    heads = int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head"))
-    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
-    hidden = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
-    head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
-    return KVPool.bytes_per_position(layers, kv_heads, head_dim, next(model.parameters()).dtype)
+        return self.runner.forward(self.pool, 0, [[t] for t in ids], positions, self.sae, plan, read)
 
 
 def kv_bounded_length(context: int, slots: int, position_bytes: int, max_kv_bytes: int | None) -> int:
@@ -213,11 +169,14 @@ def make_backend(
     """FastBackend (with a prefix cache of `prefix_tokens` positions, 0: none; its KV pool keeps
     `kv_keep` positions per slot when idle) where the model qualifies, else HFBackend; with
     `max_kv_bytes`, sequences are shortened so that `slots` of them fit (`kv_bounded_length`)."""
+    prefix = PrefixCache(max_tokens=prefix_tokens) if prefix_tokens > 0 else None
     if fast and unsupported_reason(model) is None:
         with _RUNNERS_LOCK:
             runner = _RUNNERS.get(model)
             if runner is None or not runner.is_current(model):
                 runner = _RUNNERS[model] = LlamaRunner(model)
-        return FastBackend(runner, sae, slots, PrefixCache(max_tokens=prefix_tokens) if prefix_tokens > 0 else None,
-                           kv_keep, max_kv_bytes)
-    return HFBackend(model, sae, slots, max_kv_bytes)
+        return FastBackend(runner, sae, slots, prefix, kv_keep, max_kv_bytes)
+    reason = unbatchable_reason(model)
+    if reason is not None:
+        raise SteeringError(f"this server cannot batch {type(model).__name__}: {reason}", "model")
+    return HFBackend(HFBatchRunner(model), sae, slots, prefix, kv_keep, max_kv_bytes)
