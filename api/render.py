@@ -217,7 +217,8 @@ def steering_report(steering: ResolvedSteering | None, features: FeatureService 
     """The response's `steering` extension, rendered from the resolved steering (None without a `steering` block):
     the merged clamps as `{index, value, mode, unit}`, `positions` and `generated_limit` (fields a preset file
     and a request's `steering` both take), the preset's name, and auto-steer's choice with its ranked
-    candidates (`match: concept`, as in /v1/features/search) and each candidate's probe."""
+    candidates (`match: concept`, as in /v1/features/search) and each candidate's probe, and where the
+    `max` unit's scale came from."""
     if steering is None:
         return None
     spec = steering.spec
@@ -233,7 +234,8 @@ def steering_report(steering: ResolvedSteering | None, features: FeatureService 
                                clamps=[dataclasses.asdict(c) for c in m.clamps], duration=m.duration)
                 for m in steering.monitors]
     return AppliedSteering(features=clamps, positions=spec.positions, generated_limit=spec.generated_limit,
-                           monitors=monitors, preset=steering.preset, concept=concept)
+                           monitors=monitors, preset=steering.preset, concept=concept,
+                           max_unit=features.sm.max_unit_source if features is not None else "sae")
 
 
 def feature_activation(value: FeatureValue, features: FeatureService | None) -> FeatureActivation:

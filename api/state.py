@@ -115,7 +115,7 @@ class ServerState:
         if sm.sae is not None:
             c = sm.sae.cfg
             info = info.model_copy(update=dict(d_sae=c.d_sae, architecture=c.architecture, hook_layer=c.hook_layer,
-                                               hook_site=c.hook_site))
+                                               hook_site=c.hook_site, max_unit=sm.max_unit_source))
         return info
 
     def start(self, sm: SteeredModel) -> None:

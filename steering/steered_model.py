@@ -25,9 +25,10 @@ from typing import Iterator, Sequence
 from steering.chat_template import render_chat
 from steering.engine.generation import SequenceRequest, TokenEvent, generate_batch
 from steering.engine.sampling import SamplingParams
-from steering.hooks import capture, run_until_capture
 from steering.interventions import SteeringSpec
 from steering.models import DEFAULT_MODEL, LoadedModel, load_model
+from steering.sae.estimated_stats import ensure_max_activations, measure_stats
+from steering.sae.hub import resolve_sae_path
 from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
 from steering.sae.catalogue import Catalogue
 
@@ -80,11 +81,8 @@ def placeholder_sae(loaded: LoadedModel, seed: int = PLACEHOLDER_SEED) -> Sparse
         metadata={"placeholder": True, "seed": seed},
     )
     sae = SparseAutoencoder.random(cfg, seed=seed).requires_grad_(False).to(loaded.device)
-    ids = loaded.tokenizer(_CALIBRATION_TEXT, return_tensors="pt").input_ids.to(loaded.device)
-    with capture(loaded.model, cfg.hook_layer, cfg.hook_site, stop=True) as store:
-        run_until_capture(loaded.model, input_ids=ids)
-    acts = sae.encode(store[0][0, 1:].float())  # position 0 is an attention sink: left out
-    sae.set_feature_stats(acts.amax(0).clamp(min=1e-3), (acts > 0).float().mean(0))
+    max_activation, frequency, _ = measure_stats(loaded.model, loaded.tokenizer, sae, [_CALIBRATION_TEXT])
+    sae.set_feature_stats(max_activation.nan_to_num(1e-3).clamp(min=1e-3), frequency)  # every feature gets a scale
     return sae
 
 
@@ -103,6 +101,9 @@ class SteeredModel:
     sae_note: str | None = None
     sae_dir: Path | None = None
     catalogue: Catalogue | None = field(default=None, repr=False)
+    # Where a clamp's `max` unit gets its scale: "sae" (the SAE's own statistics) or the estimate
+    # `steering.sae.estimated_stats` made for an SAE that ships none.
+    max_unit_source: str = "sae"
     # The SAEs attribution graphs run through (`steering.attribution.graph_layers` fills it at first use).
     graph_saes: list | None = field(default=None, repr=False)
 
@@ -141,10 +142,13 @@ class SteeredModel:
             sae_path: str | Path = shipped
         else:
             sae_path = sae
-        module = load_sae(sae_path, device=loaded.device)
+        sae_path = resolve_sae_path(sae_path)
+        module = load_sae(sae_path, device=loaded.device).eval().requires_grad_(False)
         folder = Path(sae_path)
         folder = folder.parent if folder.is_file() else folder  # a cfg.json or .npz path: its folder
-        return cls(loaded, module.eval().requires_grad_(False), Path(sae_path).name, sae_dir=folder)
+        estimated = ensure_max_activations(loaded.model, loaded.tokenizer, module, folder, loaded.model_id)
+        return cls(loaded, module, Path(sae_path).name, sae_dir=folder,
+                   max_unit_source=estimated.describe() if estimated is not None else "sae")
 
     @property
     def model_id(self) -> str:

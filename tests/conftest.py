@@ -2,7 +2,7 @@
 
 Nothing here downloads or reads model files. Build order and sizes:
 
-    tiny_tokenizer   byte-level, no merges: every byte is one token, so any text
+    tiny_tokenizer   (`steering.evaluation.random_models.byte_tokenizer`) byte-level, no merges: every byte is one token, so any text
                      round-trips exactly. Ids 0-2 are the special tokens
                      <|endoftext|>, <|im_start|>, <|im_end|> (as in SmolLM2, so
                      eos = pad = 2), ids 3-258 the bytes 0-255. No BOS.
@@ -25,48 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-def _byte_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable characters (the ByteLevel alphabet)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            mapping[b] = chr(b)
-        else:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
-
-
-def build_tiny_tokenizer():
-    """A byte-level tokenizer with ChatML special tokens; see the module docstring."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for b, ch in _byte_to_unicode().items():
-        vocab[ch] = len(SPECIAL_TOKENS) + b
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(list(SPECIAL_TOKENS))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-        chat_template=CHATML_TEMPLATE,
-        model_max_length=256,
-    )
+from steering.evaluation.random_models import byte_tokenizer
 
 
 def _seeded(build, seed: int = 0):
@@ -81,7 +40,7 @@ def _seeded(build, seed: int = 0):
 @pytest.fixture
 def tiny_tokenizer():
     """Byte-level tokenizer, 259 ids, eos = pad = 2, ChatML chat template."""
-    return build_tiny_tokenizer()
+    return byte_tokenizer()
 
 
 @pytest.fixture

@@ -334,6 +334,9 @@ class AppliedSteering(BaseModel):
                                            "(the preset's, then the request's).")
     preset: str | None = Field(None, description="The preset named by the request.")
     concept: ConceptSteering | None = Field(None, description="Auto-steer's choice; null without steering.concept.")
+    max_unit: str = Field("sae", description="Where a `max` unit's scale (each feature's max activation) comes "
+                          "from: `sae` (the SAE's own statistics) or, for an SAE that ships none, the estimate this "
+                          "server measured on sample text (how many tokens, where it is cached).")
 
 
 class ChatCompletion(BaseModel):

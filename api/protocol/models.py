@@ -17,6 +17,8 @@ class SAEInfo(BaseModel):
     architecture: str | None = None
     hook_layer: int | None = None
     hook_site: str | None = None
+    max_unit: str | None = Field(None, description="Where the `max` unit's scale comes from: `sae` (the SAE's own "
+                                 "statistics) or the estimate this server measured on sample text.")
 
 
 class ModelCard(BaseModel):

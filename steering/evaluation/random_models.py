@@ -5,16 +5,22 @@ on. `random_model(arch, "tiny")` is a 4-layer, 64-wide model of that family
 (with a 6-token sliding window where the family has one, so that short
 prompts cross it); `random_model(arch, "real")` has a published model's shape
 (Gemma-2-2B, Llama-3.2-1B, GPT-2 small, Qwen2.5-0.5B...) for GPU benchmarks.
+`byte_tokenizer()` is a tokenizer for any of them (259 ids, ChatML template).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import transformers
 from torch import nn
+
+from steering.errors import ParameterError
+
+if TYPE_CHECKING:
+    from steering.steered_model import SteeredModel
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,9 @@ ARCHITECTURES: dict[str, Architecture] = {
 def random_config(arch: str, size: str = "tiny", vocab_size: int | None = None, eos_id: int = 2) -> Any:
     """The config of a random `arch` model of `size` ("tiny" or "real"); `vocab_size` overrides."""
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+        raise ParameterError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}", "random")
+    if size not in ("tiny", "real"):
+        raise ParameterError(f"unknown size {size!r}; valid: tiny, real", "random")
     a = ARCHITECTURES[arch]
     fields = dict(a.tiny if size == "tiny" else a.real)
     if vocab_size is not None:
@@ -82,3 +90,78 @@ def random_model(arch: str, size: str = "tiny", vocab_size: int | None = None, s
         with torch.device(device):
             model = getattr(transformers, ARCHITECTURES[arch].model)(cfg)
     return model.to(dtype).eval().requires_grad_(False)
+
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters (the ByteLevel alphabet)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def byte_tokenizer() -> Any:
+    """Byte-level, no merges: every byte is one token, so any text round-trips exactly. Ids 0-2 are
+    <|endoftext|>, <|im_start|>, <|im_end|> (as in SmolLM2: eos = pad = 2), ids 3-258 the bytes 0-255; no BOS;
+    a ChatML chat template without a default system prompt."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for b, ch in _byte_to_unicode().items():
+        vocab[ch] = len(SPECIAL_TOKENS) + b
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        chat_template=CHATML_TEMPLATE,
+        model_max_length=256,
+    )
+
+
+def random_steered_model(arch: str, size: str = "tiny", d_sae: int | None = None, device: str = "auto",
+                         dtype: str = "auto", seed: int = 0) -> "SteeredModel":
+    """A random `arch` model of `size` with the byte tokenizer and a random JumpReLU SAE at the middle layer's
+    resid_post (`d_sae` features: 16,384 for "real", 1,024 for "tiny"), its max activations measured on the
+    package's sample text: what `python -m steering bench --random` measures where no real weights exist."""
+    from steering.models import LoadedModel, resolve_device, resolve_dtype
+    from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
+    from steering.sae.estimated_stats import measure_stats, sample_texts
+    from steering.steered_model import SteeredModel
+
+    where = resolve_device(device)
+    precision = resolve_dtype(dtype, where)
+    tokenizer = byte_tokenizer()
+    model = random_model(arch, size, vocab_size=None if size == "real" else len(tokenizer), seed=seed,
+                         dtype=precision, device=where)
+    cfg = model.config
+    layers = int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
+    hidden = int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
+    sae_cfg = SAEConfig(d_in=hidden, d_sae=d_sae or (16384 if size == "real" else 1024), architecture="jumprelu",
+                        hook_layer=layers // 2, hook_site="resid_post", model_name=f"random-{arch}-{size}")
+    sae = SparseAutoencoder.random(sae_cfg, seed=seed).to(where, precision).requires_grad_(False)
+    max_activation, frequency, _ = measure_stats(model, tokenizer, sae, sample_texts(), max_tokens=2048)
+    sae.set_feature_stats(max_activation.to(where), frequency.to(where))
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, model_id=f"random-{arch}-{size}", device=where,
+                         dtype=precision, path=None)
+    return SteeredModel(loaded, sae, f"random-jumprelu-{sae_cfg.d_sae}",
+                        "random weights: a speed benchmark only, features mean nothing")

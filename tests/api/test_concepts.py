@@ -271,7 +271,7 @@ def test_features_only_report_and_openapi(client):
     out = complete(client, steering={"features": [{"index": 3, "value": 2}], "compare": True})
     assert out["steering"] == {"features": [{"index": 3, "value": 2.0, "mode": "clamp", "unit": "max"}],
                                "positions": "all", "generated_limit": None, "monitors": [], "preset": None,
-                               "concept": None}
+                               "concept": None, "max_unit": "sae"}
     assert complete(client, steering={"compare": True})["steering"]["features"] == []
     schema = client.get("/openapi.json").json()["components"]["schemas"]
     opts = schema["SteeringOptions"]["properties"]

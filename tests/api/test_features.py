@@ -102,7 +102,7 @@ def _write_catalogue(folder, tokenizer, labelled=None):
     import numpy as np
     from safetensors.numpy import save_file
 
-    from tests.conftest import SPECIAL_TOKENS
+    from steering.evaluation.random_models import SPECIAL_TOKENS
 
     vocab = [s.encode() for s in SPECIAL_TOKENS] + [bytes([b]) for b in range(256)]
     assert len(vocab) == len(tokenizer)

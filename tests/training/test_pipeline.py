@@ -37,9 +37,9 @@ def _documents(n: int = 60) -> list[Document]:
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer():
-    from tests.conftest import build_tiny_tokenizer
+    from steering.evaluation.random_models import byte_tokenizer
 
-    return build_tiny_tokenizer()
+    return byte_tokenizer()
 
 
 def _model(tiny_tokenizer):
