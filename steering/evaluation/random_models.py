@@ -141,8 +141,9 @@ def byte_tokenizer() -> Any:
 def random_steered_model(arch: str, size: str = "tiny", d_sae: int | None = None, device: str = "auto",
                          dtype: str = "auto", seed: int = 0) -> "SteeredModel":
     """A random `arch` model of `size` with the byte tokenizer and a random JumpReLU SAE at the middle layer's
-    resid_post (`d_sae` features: 16,384 for "real", 1,024 for "tiny"), its max activations measured on the
-    package's sample text: what `python -m steering bench --random` measures where no real weights exist."""
+    resid_post (`d_sae` features: 16,384 for "real", 1,024 for "tiny"; thresholds such that each fires on ~2% of
+    the package's sample text), its max activations measured on that text: what `python -m steering bench --random` measures where no real weights exist."""
+    from steering.hooks import activations_at
     from steering.models import LoadedModel, resolve_device, resolve_dtype
     from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
     from steering.sae.estimated_stats import measure_stats, sample_texts
@@ -159,7 +160,14 @@ def random_steered_model(arch: str, size: str = "tiny", d_sae: int | None = None
     sae_cfg = SAEConfig(d_in=hidden, d_sae=d_sae or (16384 if size == "real" else 1024), architecture="jumprelu",
                         hook_layer=layers // 2, hook_site="resid_post", model_name=f"random-{arch}-{size}")
     sae = SparseAutoencoder.random(sae_cfg, seed=seed).to(where, precision).requires_grad_(False)
-    max_activation, frequency, _ = measure_stats(model, tokenizer, sae, sample_texts(), max_tokens=2048)
+    texts = sample_texts()
+    rows = [tokenizer(t)["input_ids"][:256] for t in texts[:64]]
+    with torch.inference_mode():
+        sites = torch.cat([acts[1:] for _, acts in activations_at(model, sae_cfg.hook_layer, "resid_post", rows)])
+        pre = sae.pre_activations(sae.normalize(sites.to(precision))[0]).float()
+        # Thresholds at each feature's 98th percentile on the sample: ~2% of tokens fire each feature.
+        sae.threshold.copy_(pre.quantile(0.98, dim=0).clamp(min=1e-6).to(sae.threshold))
+    max_activation, frequency, _ = measure_stats(model, tokenizer, sae, texts, max_tokens=2048)
     sae.set_feature_stats(max_activation.to(where), frequency.to(where))
     loaded = LoadedModel(model=model, tokenizer=tokenizer, model_id=f"random-{arch}-{size}", device=where,
                          dtype=precision, path=None)
