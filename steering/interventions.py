@@ -331,7 +331,7 @@ def _clamped_activations(sae: SparseAutoencoder, plan: BatchPlan, x_n: Tensor) -
         pre = sae._pre_input(x_n) @ plan.W_enc + plan.b_enc
         if plan.encoder == "relu":
             return torch.relu(pre)
-        return pre * (pre > plan.threshold).to(pre.dtype)
+        return torch.where(pre > plan.threshold, pre, 0.0)
     # TopK: a feature's activation depends on every other pre-activation.
     return sae.activate(sae.pre_activations(x_n))[..., plan.features]
 
@@ -351,18 +351,21 @@ def apply_plan(
     """
     if plan.is_empty:
         return x
-    xs = x.index_select(0, plan.rows).to(sae.W_dec.dtype)  # [R, T, d]
+    # Rows are increasing batch indices: as many as the batch has means every row, in order.
+    every_row = plan.rows.numel() == x.shape[0]
+    xs = (x if every_row else x.index_select(0, plan.rows)).to(sae.W_dec.dtype)  # [R, T, d]
     x_n, info = sae.normalize(xs)
-    coeff = plan.b[:, None, :].expand(xs.shape[0], xs.shape[1], -1)  # [R, T, m]
-    if plan.needs_encode:
-        coeff = coeff + plan.a[:, None, :] * _clamped_activations(sae, plan, x_n)
+    if plan.needs_encode:  # one fused op: b + a * f  [R, T, m]
+        coeff = torch.addcmul(plan.b[:, None, :], plan.a[:, None, :], _clamped_activations(sae, plan, x_n))
+    else:
+        coeff = plan.b[:, None, :].expand(xs.shape[0], xs.shape[1], -1)
     if plan.needs_positions:
         if positions is None:
             pos = torch.arange(x.shape[1], device=x.device).expand(xs.shape[0], -1)
         else:
-            pos = positions.index_select(0, plan.rows)
+            pos = positions if every_row else positions.index_select(0, plan.rows)
         active = (pos[:, :, None] >= plan.start[:, None, :]) & (pos[:, :, None] < plan.end[:, None, :])  # [R, T, m]
         coeff = coeff * active.to(coeff.dtype)
-    delta = sae.denormalize_delta(coeff @ plan.W_dec, info)  # [R, T, d]
-    return x.index_add(0, plan.rows, delta.to(x.dtype))
+    delta = sae.denormalize_delta(coeff @ plan.W_dec, info).to(x.dtype)  # [R, T, d]
+    return x + delta if every_row else x.index_add(0, plan.rows, delta)
 

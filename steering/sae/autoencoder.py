@@ -206,6 +206,8 @@ class SparseAutoencoder(nn.Module):
     @staticmethod
     def denormalize_delta(delta_n: Tensor, info: NormInfo) -> Tensor:
         """A difference of normalised vectors back in input space (the shift cancels)."""
+        if isinstance(info.scale, float) and info.scale == 1.0:
+            return delta_n  # no normalisation: skip a division by one on the per-step path
         return delta_n / info.scale
 
     # ------------------------------------------------------------ encode
