@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sae", help="SAE folder or file, 'default' or 'none' (env STEERING_SAE)")
     p.add_argument("--dtype", help="auto, float32, bfloat16 or float16 (env STEERING_DTYPE)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (env STEERING_DEVICE)")
+    p.add_argument("--device-map", help="spread a model larger than one GPU over several: auto, balanced or "
+                   "sequential (env STEERING_DEVICE_MAP; default: one device)")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (env STEERING_THREADS)")
     p.add_argument("--presets-dir", type=Path, help="folder of preset JSON files (env STEERING_PRESETS_DIR; default ./presets)")
     p.add_argument("--max-queue", type=_positive_int, help="requests waiting before 429 (env STEERING_MAX_QUEUE; default 64)")

@@ -40,7 +40,8 @@ log = logging.getLogger("api")
 
 
 def _load(settings: Settings) -> SteeredModel:
-    return SteeredModel.load(settings.model, settings.sae, device=settings.device, dtype=settings.dtype)
+    return SteeredModel.load(settings.model, settings.sae, device=settings.device, dtype=settings.dtype,
+                             device_map=settings.device_map)
 
 
 def create_app(

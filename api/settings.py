@@ -7,6 +7,7 @@
     --sae           STEERING_SAE            the shipped SAE for the model ("none": no steering)
     --dtype         STEERING_DTYPE          auto
     --device        STEERING_DEVICE         auto
+    --device-map    STEERING_DEVICE_MAP     none (auto/balanced/sequential: one model over several GPUs)
     --threads       STEERING_THREADS        torch's choice
     --presets-dir   STEERING_PRESETS_DIR    ./presets
     --max-queue     STEERING_MAX_QUEUE      64
@@ -45,6 +46,8 @@ class Settings:
     sae: str | None = None
     dtype: str = "auto"
     device: str = "auto"
+    # Spread a model larger than one GPU over several (accelerate's "auto", "balanced", "sequential").
+    device_map: str | None = None
     threads: int | None = None
     presets_dir: Path = DEFAULT_PRESETS_DIR
     max_queue: int = 64
@@ -79,6 +82,7 @@ ENV = {
     "sae": "STEERING_SAE",
     "dtype": "STEERING_DTYPE",
     "device": "STEERING_DEVICE",
+    "device_map": "STEERING_DEVICE_MAP",
     "threads": "STEERING_THREADS",
     "presets_dir": "STEERING_PRESETS_DIR",
     "max_queue": "STEERING_MAX_QUEUE",

@@ -47,6 +47,13 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers  # type: ignore[return-value]
 
 
+def layer_device(model: nn.Module, layer: int) -> torch.device:
+    """Where decoder layer `layer` runs (with a `device_map`, layers may sit on different devices)."""
+    block = decoder_layers(model)[layer]
+    param = next(block.parameters(), None)
+    return param.device if param is not None else next(model.parameters()).device
+
+
 def _replace_hidden(value: object, new_hidden: Tensor) -> object:
     if isinstance(value, Tensor):
         return new_hidden

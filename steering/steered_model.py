@@ -25,6 +25,7 @@ from typing import Iterator, Sequence
 from steering.chat_template import render_chat
 from steering.engine.generation import SequenceRequest, TokenEvent, generate_batch
 from steering.engine.sampling import SamplingParams
+from steering.hooks import layer_device
 from steering.interventions import SteeringSpec
 from steering.models import DEFAULT_MODEL, LoadedModel, load_model
 from steering.sae.estimated_stats import ensure_max_activations, measure_stats
@@ -80,7 +81,7 @@ def placeholder_sae(loaded: LoadedModel, seed: int = PLACEHOLDER_SEED) -> Sparse
         model_name=loaded.model_id,
         metadata={"placeholder": True, "seed": seed},
     )
-    sae = SparseAutoencoder.random(cfg, seed=seed).requires_grad_(False).to(loaded.device)
+    sae = SparseAutoencoder.random(cfg, seed=seed).requires_grad_(False).to(layer_device(loaded.model, cfg.hook_layer))
     max_activation, frequency, _ = measure_stats(loaded.model, loaded.tokenizer, sae, [_CALIBRATION_TEXT])
     sae.set_feature_stats(max_activation.nan_to_num(1e-3).clamp(min=1e-3), frequency)  # every feature gets a scale
     return sae
@@ -119,16 +120,20 @@ class SteeredModel:
         *,
         device: str = "auto",
         dtype: str = "auto",
+        device_map: str | None = None,
     ) -> "SteeredModel":
         """Load a model and an SAE.
 
         sae: None or "default" (the shipped SAE for this model, else the random
-        placeholder), "none" (no SAE: steering is unavailable), or a path any
-        `steering.sae.formats.load_sae` format accepts.
+        placeholder), "none" (no SAE: steering is unavailable), a path any
+        `steering.sae.formats.load_sae` format accepts, or a Hugging Face name
+        `org/repo/path` cached locally (`steering.sae.hub`). device_map (e.g.
+        "auto") spreads a model larger than one GPU over several; the SAE goes
+        to its hook layer's device.
         """
         from steering.sae.formats import load_sae
 
-        loaded = load_model(model, device=device, dtype=dtype)
+        loaded = load_model(model, device=device, dtype=dtype, device_map=device_map)
         if sae == "none":
             return cls(loaded, None, "none", "no SAE loaded: steering is unavailable")
         if sae in (None, "default"):
@@ -144,6 +149,7 @@ class SteeredModel:
             sae_path = sae
         sae_path = resolve_sae_path(sae_path)
         module = load_sae(sae_path, device=loaded.device).eval().requires_grad_(False)
+        module = module.to(layer_device(loaded.model, module.cfg.hook_layer))
         folder = Path(sae_path)
         folder = folder.parent if folder.is_file() else folder  # a cfg.json or .npz path: its folder
         estimated = ensure_max_activations(loaded.model, loaded.tokenizer, module, folder, loaded.model_id)

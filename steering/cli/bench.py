@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
             arch, _, size = args.random.partition(":")
             sm = compute.run(lambda: random_steered_model(arch, size or "tiny", args.d_sae, args.device, args.dtype))
         else:
-            sm = compute.run(lambda: SteeredModel.load(args.model, args.sae, device=args.device, dtype=args.dtype))
+            sm = compute.run(lambda: SteeredModel.load(args.model, args.sae, device=args.device, dtype=args.dtype,
+                                                       device_map=args.device_map))
         result = run_bench(sm, threads, args.reps, args.max_tokens, args.consistency, compute)
     finally:
         compute.close()

@@ -1,6 +1,6 @@
 """What every command shares: model arguments, loading, clamp and window arguments, errors.
 
-    add_model_arguments(parser)      --model --sae --dtype --device --threads
+    add_model_arguments(parser)      --model --sae --dtype --device --device-map --threads
     add_window_arguments(parser)     --positions --generated-limit (choices from the library)
     load_steered(args)               threads set, SteeredModel loaded, its SAE note printed
     load_language_model(args)        the same without an SAE (training commands)
@@ -56,6 +56,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sae", default=None, help="SAE folder or file (default: the shipped SAE for the model)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device-map", default=None, help="spread a model larger than one GPU over several: auto, "
+                        "balanced or sequential (default: one device)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -80,7 +82,8 @@ def load_steered(args: argparse.Namespace) -> "SteeredModel":
     from steering.steered_model import SteeredModel
 
     set_threads(args)
-    sm = SteeredModel.load(args.model, args.sae, device=args.device, dtype=args.dtype)
+    sm = SteeredModel.load(args.model, args.sae, device=args.device, dtype=args.dtype,
+                           device_map=getattr(args, "device_map", None))
     if sm.sae_note:
         print(f"note: {sm.sae_note}", file=sys.stderr)
     return sm
@@ -91,7 +94,7 @@ def load_language_model(args: argparse.Namespace) -> "LoadedModel":
     from steering.models import load_model
 
     set_threads(args)
-    return load_model(args.model, device=args.device, dtype=args.dtype)
+    return load_model(args.model, device=args.device, dtype=args.dtype, device_map=getattr(args, "device_map", None))
 
 
 def report(exc: ParameterError) -> int:

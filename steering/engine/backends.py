@@ -99,7 +99,8 @@ class PooledBackend:
     def remember_prefix(self, slot: int, prompt: Sequence[int], variant: object) -> None:
         length = self.prefix_cache.wants(prompt, variant) if self.prefix_cache is not None else 0
         if length:
-            self.prefix_cache.store(prompt, variant, torch.stack([t[slot, :length] for t in self.pool.kv]))
+            self.prefix_cache.store(prompt, variant,
+                                    torch.stack([t[slot, :length].to(self.pool.device) for t in self.pool.kv]))
 
 
 class FastBackend(PooledBackend):

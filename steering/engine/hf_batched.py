@@ -2,7 +2,8 @@
 
 The model's forward runs once per step for all rows of the call, with its
 keys and values kept in a `KVPool` (the same slot layout as the Llama fast
-path: slot s holds its sequence's K/V at absolute positions 0..length-1).
+path: slot s holds its sequence's K/V at absolute positions 0..length-1;
+each layer's on that layer's device when a `device_map` spread the model).
 Three things make the model's own forward do that:
 
     cache      a transformers `Cache` whose layers (`PoolLayer`) write the
@@ -43,7 +44,7 @@ from torch import Tensor, nn
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from steering.engine.kv_cache import KVPool
-from steering.hooks import capture, steering
+from steering.hooks import capture, layer_device, steering
 from steering.interventions import BatchPlan
 from steering.sae.autoencoder import SparseAutoencoder
 
@@ -118,8 +119,9 @@ class _Step:
             keep.extend(r * queries + j for j in range(n))
             dest.extend((slot0 + r) * pool.capacity + c + j for j in range(n))
         self.all_real = len(keep) == rows * queries
-        self.keep = torch.tensor(keep, dtype=torch.long, device=pool.device)
-        self.dest = torch.tensor(dest, dtype=torch.long, device=pool.device)
+        self.keep = torch.tensor(keep, dtype=torch.long)
+        self.dest = torch.tensor(dest, dtype=torch.long)
+        self._on: dict[torch.device, tuple[Tensor, Tensor]] = {}  # (keep, dest) on each layer's device
 
     def write(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         store = self.pool.kv[layer]  # [slots, capacity, 2 * kv_heads, head_dim]
@@ -127,10 +129,13 @@ class _Step:
         if 2 * heads != store.shape[2] or keys.shape[-1] != store.shape[3]:
             raise ValueError(f"layer {layer} has keys of shape {tuple(keys.shape)}, not the config's "
                              f"{store.shape[2] // 2} heads x {store.shape[3]}")
+        if store.device not in self._on:
+            self._on[store.device] = (self.keep.to(store.device), self.dest.to(store.device))
+        keep, dest = self._on[store.device]
         new = torch.cat((keys, values), dim=1).transpose(1, 2).reshape(-1, 2 * heads, keys.shape[-1])
         if not self.all_real:
-            new = new.index_select(0, self.keep)
-        store.view(-1, 2 * heads, keys.shape[-1]).index_copy_(0, self.dest, new.to(store.dtype))
+            new = new.index_select(0, keep)
+        store.view(-1, 2 * heads, keys.shape[-1]).index_copy_(0, dest, new.to(store.dtype))
         window = store[self.slot0 : self.slot0 + self.rows, : self.width]  # [R, W, 2h, d]
         return window[:, :, :heads].transpose(1, 2), window[:, :, heads:].transpose(1, 2)
 
@@ -173,7 +178,8 @@ class HFBatchRunner:
         self.config = model.config
         self.n_layers, self.n_kv_heads, self.head_dim = kv_shape(model.config)
         param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        self.device, self.dtype = model.get_input_embeddings().weight.device, param.dtype
+        self.layer_devices = [layer_device(model, i) for i in range(self.n_layers)]
         self.max_length = int(getattr(model.config, "max_position_embeddings", None)
                               or getattr(model.config, "n_positions", 2048))
         # transformers renamed the forward's cache argument (past_key_values -> cache) during 5.x.
@@ -182,7 +188,8 @@ class HFBatchRunner:
     def new_pool(self, slots: int, keep: int = 0, max_length: int | None = None) -> KVPool:
         # Zeroed: attention multiplies masked positions' values by 0, and 0 x (uninitialised NaN) is NaN.
         return KVPool(self.n_layers, self.n_kv_heads, self.head_dim, slots, self.dtype, self.device,
-                      min(max_length or self.max_length, self.max_length), keep=keep, zero_fill=True)
+                      min(max_length or self.max_length, self.max_length), keep=keep, zero_fill=True,
+                      layer_devices=self.layer_devices)
 
     def position_bytes(self) -> int:
         return KVPool.bytes_per_position(self.n_layers, self.n_kv_heads, self.head_dim, self.dtype)

@@ -55,6 +55,7 @@ class KVPool:
         block: int = BLOCK,
         keep: int = 0,
         zero_fill: bool = True,
+        layer_devices: Sequence[torch.device] | None = None,
     ):
         if slots <= 0:
             raise ValueError(f"slots must be positive, got {slots}")
@@ -66,6 +67,8 @@ class KVPool:
         # False: new storage is left uninitialised (for readers that never look past a row's length;
         # zeroing costs a page fault per 4 KiB at once, a stall of every running stream).
         self.zero_fill = zero_fill
+        # Where each layer's K/V live: its own device when `device_map` spread the model over several.
+        self.layer_devices = list(layer_devices) if layer_devices is not None else [device] * n_layers
         self.capacity = 0
         self.kv: list[Tensor] = []
 
@@ -105,7 +108,7 @@ class KVPool:
     def _allocate(self, capacity: int) -> list[Tensor]:
         shape = (self.slots, capacity, 2 * self.n_kv_heads, self.head_dim)
         make = torch.zeros if self.zero_fill else torch.empty
-        return [make(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
+        return [make(shape, dtype=self.dtype, device=d) for d in self.layer_devices]
 
     @property
     def nbytes(self) -> int:

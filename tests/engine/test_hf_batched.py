@@ -163,3 +163,21 @@ def test_models_without_a_key_value_cache_are_refused_clearly(tiny_tokenizer):
     with pytest.raises(SteeringError, match="linear_attention"):
         make_backend(model, None, 2, fast=False)
     assert isinstance(make_backend(random_model("gpt2"), None, 2), HFBackend)
+
+
+def test_a_model_placed_by_a_device_map_runs_batched_with_its_sae_at_the_hook_layer(tmp_path, tiny_tokenizer):
+    """Only the plumbing on this machine (one device): a per-module map is handed to accelerate, the pool
+    records each layer's device and the SAE goes to its layer's; several GPUs are not tested here."""
+    from steering.steered_model import SteeredModel
+
+    model = random_model("gemma2", vocab_size=len(tiny_tokenizer))
+    model.save_pretrained(tmp_path / "m")
+    tiny_tokenizer.save_pretrained(tmp_path / "m")
+    placement = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
+                 **{f"model.layers.{i}": "cpu" for i in range(4)}}
+    mapped = SteeredModel.load(str(tmp_path / "m"), None, device="cpu", dtype="float32", device_map=placement)
+    assert mapped.sae is not None and mapped.sae.W_dec.device == torch.device("cpu")
+    backend = make_backend(mapped.loaded.model, mapped.sae, 2)
+    assert isinstance(backend, HFBackend) and backend.pool.layer_devices == [torch.device("cpu")] * 4
+    request = SequenceRequest(tuple(range(10, 25)), greedy(8))
+    assert tokens_of(mapped.loaded.model, tiny_tokenizer, None, [request]) == [hf_generate(model, request.prompt_ids, 8)]

@@ -60,6 +60,8 @@ def unsupported_reason(model: nn.Module) -> str | None:
         return f"activation {cfg.hidden_act}"
     if getattr(cfg, "pretraining_tp", 1) not in (1, None):
         return "pretraining_tp > 1"
+    if len(set(str(d) for d in (getattr(model, "hf_device_map", None) or {}).values())) > 1:
+        return "spread over several devices (device_map)"
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "rotary_emb") or not hasattr(model, "lm_head"):
         return "unexpected module layout"
