@@ -3,7 +3,8 @@
     build-corpus     offline text -> packed token rows (train / eval split)
     harvest          token rows -> activations at one site, on disk (float16)
     train-sae        activations -> BatchTopK SAE (saved as JumpReLU, fp16) + report
-    eval-sae         held-out L0, variance explained, delta CE, dead/dense (JSON)
+    eval-sae         held-out L0, variance explained, delta CE, dead/dense (JSON); harvests the
+                     held-out activations it needs first when they are missing (as build-catalogue does)
     build-catalogue  per-feature contexts, logit effects, labels, neighbours
     layer-sweep      a small SAE per candidate layer: reconstruction and concept scores
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,30 @@ def _acts_dir(args: argparse.Namespace, layer: int | None = None) -> Path:
     if args.acts:
         return Path(args.acts)
     return training_dir("acts", f"default-l{args.layer if args.layer is not None else layer}")
+
+
+EVAL_TOKENS = 130_000  # held-out activations a harvest stores by default (and eval-sae fetches when missing)
+
+
+def _held_out(args: argparse.Namespace, lm: Any, layer: int, site: str) -> Path:
+    """The folder of held-out activations at (layer, site): harvested here first when it holds none (the
+    corpus built first when missing), with a progress bar, so that the evaluation commands work as typed
+    on a fresh machine. Later calls reuse it (and a stopped harvest resumes)."""
+    from steering.training.corpus import build_corpus, load_rows
+    from steering.training.harvest import harvest
+
+    folder = _acts_dir(args, layer) / "eval"
+    if (folder / "meta.json").exists():
+        return folder
+    corpus = Path(args.corpus) if args.corpus else training_dir("corpus", "default")
+    if not (corpus / "eval.npy").exists():
+        print(f"no training corpus in {corpus}: building it once (python -m steering build-corpus)", file=sys.stderr)
+        build_corpus(lm.tokenizer, corpus)
+    print(f"no held-out activations at layer {layer} in {folder}: harvesting {EVAL_TOKENS} tokens once "
+          "(python -m steering harvest --split eval)", file=sys.stderr)
+    harvest(lm.model, load_rows(corpus, "eval"), folder, layer=layer, site=site, max_tokens=EVAL_TOKENS,
+            meta={"model_id": lm.model_id, "corpus": str(corpus), "split": "eval"}, progress=True)
+    return folder
 
 
 # ------------------------------------------------------------------ handlers
@@ -127,7 +153,7 @@ def _eval_sae(args: argparse.Namespace) -> int:
 
     sae = load_sae(args.sae or SHIPPED_SAE_DIR)
     lm = load_language_model(args)
-    store = ActivationStore(_acts_dir(args, sae.cfg.hook_layer) / "eval", max_tokens=args.tokens)
+    store = ActivationStore(_held_out(args, lm, sae.cfg.hook_layer, sae.cfg.hook_site), max_tokens=args.tokens)
     acc = activation_metrics(sae, store.slices(2048))
     result = acc.result()
     mean = None
@@ -164,7 +190,7 @@ def _build_catalogue(args: argparse.Namespace) -> int:
     sae_dir = Path(args.sae or SHIPPED_SAE_DIR)
     sae = load_sae(sae_dir)
     lm = load_language_model(args)
-    store = ActivationStore(_acts_dir(args, sae.cfg.hook_layer) / "eval", max_tokens=args.tokens)
+    store = ActivationStore(_held_out(args, lm, sae.cfg.hook_layer, sae.cfg.hook_site), max_tokens=args.tokens)
     corpus = Path(args.corpus) if args.corpus else Path(store.meta.get("corpus", training_dir("corpus", "default")))
     meta = build_catalogue(sae, store, load_rows(corpus, "eval"), lm.tokenizer, unembedding(lm.model),
                            Path(args.out) if args.out else sae_dir, n_contexts=args.contexts,
@@ -196,7 +222,7 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--site", default="resid_post")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=5_300_000, help="train activations to store")
-    p.add_argument("--eval-tokens", type=int, default=130_000, help="held-out activations to store")
+    p.add_argument("--eval-tokens", type=int, default=EVAL_TOKENS, help="held-out activations to store")
     p.add_argument("--outlier-factor", type=float, default=10.0)
     add_model_arguments(p)
     p.set_defaults(handler=_harvest)

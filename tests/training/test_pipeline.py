@@ -231,3 +231,26 @@ def test_layer_sweep_measures_every_layer_with_one_harvest(pipeline, tiny_llama,
         assert set(r["concepts"]) == {"dogs", "music"}
         scores = [c["score"] for c in r["concepts"].values()]
         assert r["concept_score"] == pytest.approx(sum(scores) / 2, abs=1e-4)
+
+
+def test_eval_sae_harvests_the_held_out_activations_it_needs_once(pipeline, tiny_tokenizer, tmp_path, capsys):
+    from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
+    from steering.sae.formats import save_sae
+
+    _, corpus, _, _ = pipeline
+    model_dir = tmp_path / "tiny-llama"
+    _model(tiny_tokenizer).save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    sae_dir = save_sae(SparseAutoencoder.random(SAEConfig(d_in=64, d_sae=96, architecture="relu", hook_layer=2)),
+                       tmp_path / "sae")
+    fresh = tmp_path / "acts-never-harvested"
+    argv = ["eval-sae", "--sae", str(sae_dir), "--acts", str(fresh), "--corpus", str(corpus), "--model",
+            str(model_dir), "--ce-tokens", "64", "--batch-size", "2", "--json"]
+    assert training_main(argv) == 0
+    out = capsys.readouterr()
+    assert "harvesting" in out.err and (fresh / "eval" / "meta.json").exists()
+    first = json.loads(out.out.strip().splitlines()[-1])
+    assert first["hook_layer"] == 2 and 0 < first["l0"] and np.isfinite(first["delta_ce"])
+    assert training_main(argv) == 0  # the second run reads what the first stored
+    again = capsys.readouterr()
+    assert "harvesting" not in again.err and json.loads(again.out.strip().splitlines()[-1])["l0"] == first["l0"]
