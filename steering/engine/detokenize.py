@@ -4,7 +4,9 @@ Tokens do not map one-to-one onto characters: a character may span several
 byte-level tokens, and a tokenizer may change how a token's text looks once
 the next one arrives. `TextStream` decodes a small window of recent tokens
 (the prefix/read offsets used by TGI and vLLM) and releases text only in whole
-UTF-8 characters (never a trailing U+FFFD from a half-decoded character).
+UTF-8 characters (never a trailing U+FFFD from a half-decoded character;
+bytes that cannot become a character within `MAX_PENDING_TOKENS` tokens are
+invalid and released as U+FFFD, so the window stays small).
 
 Stop strings: released text never contains any part of a stop string. Text
 that could still grow into a stop string is held back until it cannot; when
@@ -16,6 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 REPLACEMENT = "\ufffd"
+# A UTF-8 character is at most 4 bytes and a byte-level token carries at least one: text still ending in a
+# half character after this many more tokens is invalid, not incomplete, and is released as it decodes
+# (U+FFFD included) instead of being re-decoded from a window that would grow with every token.
+MAX_PENDING_TOKENS = 4
 
 
 @dataclass
@@ -41,7 +47,8 @@ class TextStream:
         self.token_ids.append(token_id)
         prefix = self._decode(self.token_ids[self.prefix_offset : self.read_offset])
         full = self._decode(self.token_ids[self.prefix_offset :])
-        if len(full) > len(prefix) and not full.endswith(REPLACEMENT):
+        stuck = len(self.token_ids) - self.read_offset > MAX_PENDING_TOKENS
+        if len(full) > len(prefix) and (not full.endswith(REPLACEMENT) or stuck):
             self.pending += full[len(prefix) :]
             self.prefix_offset = self.read_offset
             self.read_offset = len(self.token_ids)

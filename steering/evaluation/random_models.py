@@ -32,7 +32,7 @@ class Architecture:
 
 
 _TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=256)
+             num_key_value_heads=2, max_position_embeddings=1024)
 
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture("LlamaConfig", "LlamaForCausalLM", dict(_TINY), dict(  # Llama-3.2-1B
@@ -61,7 +61,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "phi3": Architecture("Phi3Config", "Phi3ForCausalLM", dict(_TINY, sliding_window=6), dict(  # Phi-3-mini
         hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
         num_key_value_heads=32, vocab_size=32064, sliding_window=2047, max_position_embeddings=4096)),
-    "gpt2": Architecture("GPT2Config", "GPT2LMHeadModel", dict(n_embd=64, n_layer=4, n_head=4, n_positions=256),
+    "gpt2": Architecture("GPT2Config", "GPT2LMHeadModel", dict(n_embd=64, n_layer=4, n_head=4, n_positions=1024),
                          dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257)),  # GPT-2 small
 }
 

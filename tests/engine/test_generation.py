@@ -152,6 +152,18 @@ def test_text_stream_never_splits_a_character_nor_leaks_a_stop_string(tiny_token
     assert "".join(pieces) + held.flush() == text  # "END" was held back, then released
 
 
+def test_invalid_bytes_are_released_as_replacement_characters_and_the_window_stays_small(tiny_tokenizer):
+    lead = tiny_tokenizer.convert_tokens_to_ids(tiny_tokenizer.convert_ids_to_tokens([3 + 0xE2]))[0]  # 0xE2: a 3-byte lead
+    stream = TextStream(tiny_tokenizer)
+    pieces = [stream.push(lead) for _ in range(200)]  # lead bytes that never get their continuation bytes
+    assert stream.read_offset >= 200 - 5 and stream.prefix_offset >= 200 - 10  # the window did not grow
+    out = "".join(pieces) + stream.flush()
+    assert set(out) == {"\ufffd"} and len(out) >= 190
+    ok = TextStream(tiny_tokenizer)  # a real 4-byte character still comes out whole
+    emoji = tiny_tokenizer("🙂", add_special_tokens=False).input_ids
+    assert len(emoji) == 4 and "".join(ok.push(i) for i in emoji) == "🙂"
+
+
 def test_engine_runs_groups_and_bounds_its_queue(tiny_llama, tiny_tokenizer):
     engine = Engine(tiny_llama, tiny_tokenizer, make_sae(layer=2), EngineConfig(max_queue=1, max_batch=1))
     try:
