@@ -6,6 +6,7 @@
     eval-sae         held-out L0, variance explained, delta CE, dead/dense (JSON); harvests the
                      held-out activations it needs first when they are missing (as build-catalogue does)
     build-catalogue  per-feature contexts, logit effects, labels, neighbours
+    relabel-catalogue  the labels again from a stored catalogue (steering.training.labels)
     layer-sweep      a small SAE per candidate layer: reconstruction and concept scores
 
 Defaults chain together: build-corpus writes <cache>/training/corpus/default,
@@ -201,9 +202,17 @@ def _build_catalogue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _relabel(args: argparse.Namespace) -> int:
+    from steering.training.catalogue_builder import relabel
+
+    folder = Path(args.sae or SHIPPED_SAE_DIR)
+    print(json.dumps({"sae": str(folder), "kinds": relabel(folder)}))
+    return 0
+
+
 # ------------------------------------------------------------------ parsers
 def add_parsers(subparsers: Any) -> None:
-    """Register build-corpus, harvest, train-sae, eval-sae, build-catalogue and layer-sweep."""
+    """Register build-corpus, harvest, train-sae, eval-sae, build-catalogue, relabel-catalogue and layer-sweep."""
     p = subparsers.add_parser("build-corpus", help="assemble the offline training text into token rows")
     p.add_argument("--out", default=None, help="corpus folder (default <cache>/training/corpus/default)")
     p.add_argument("--model", default=None, help="model whose tokenizer and chat template to use")
@@ -281,6 +290,11 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--no-stats", action="store_true", help="do not rewrite the SAE's feature statistics")
     add_model_arguments(p)
     p.set_defaults(handler=_build_catalogue)
+
+    p = subparsers.add_parser("relabel-catalogue", help="recompute an SAE's feature labels from its stored "
+                              "catalogue (no model, no activations)")
+    p.add_argument("--sae", default=None, help="SAE folder with a catalogue (default: the shipped SAE)")
+    p.set_defaults(handler=_relabel)
 
     p = subparsers.add_parser("layer-sweep", help="a small SAE per candidate layer: reconstruction and concept scores")
     p.add_argument("--layers", type=int, nargs="+", required=True)

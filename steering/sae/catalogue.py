@@ -6,7 +6,9 @@ and stored next to the SAE's weights as two files:
     catalogue.json           {"format": "steering-catalogue", "version": 1,
                               "d_sae", "n_contexts", "window": [before, after],
                               "n_tokens" (held-out tokens scanned), "source",
-                              "labels": [str] * d_sae}
+                              "labels": [str] * d_sae,
+                              "label_kinds": ["concept" | "token" | "unclear"] * d_sae
+                              (optional; `steering.training.labels`)}
     catalogue.safetensors    arrays, S = d_sae, C = n_contexts, W = before+1+after
         max_activation       float32 [S]     max over the scanned tokens
         firing_frequency     float32 [S]     fraction of scanned tokens where f > 0
@@ -82,10 +84,12 @@ class FeatureInfo:
     promoted: tuple[tuple[str, float], ...]
     suppressed: tuple[tuple[str, float], ...]
     neighbours: tuple[tuple[int, float], ...]
+    label_kind: str = "token"  # concept | token | unclear (steering.training.labels)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "index": self.index, "label": self.label, "max_activation": self.max_activation,
+            "index": self.index, "label": self.label, "label_kind": self.label_kind,
+            "max_activation": self.max_activation,
             "firing_frequency": self.firing_frequency,
             "contexts": [{"text": c.text, "token": c.token, "activation": c.activation} for c in self.contexts],
             "promoted": [{"token": t, "value": v} for t, v in self.promoted],
@@ -103,6 +107,8 @@ class Catalogue:
         self.meta = meta
         self.arrays = arrays
         self.labels: list[str] = list(meta["labels"])
+        # concept / token / unclear per feature (catalogues built before label kinds: all "token")
+        self.label_kinds: list[str] = list(meta.get("label_kinds") or ["token"] * len(self.labels))
         self.before = int(meta["window"][0])
         offsets = arrays["vocab_offsets"]
         blob = arrays["vocab_bytes"].tobytes()
@@ -182,6 +188,7 @@ class Catalogue:
             promoted=pairs(a["promoted_ids"][i], a["promoted_values"][i]),
             suppressed=pairs(a["suppressed_ids"][i], a["suppressed_values"][i]),
             neighbours=tuple((int(j), float(c)) for j, c in zip(a["neighbour_ids"][i], a["neighbour_cosine"][i])),
+            label_kind=self.label_kinds[i],
         )
 
     # ------------------------------------------------------------ search
@@ -201,7 +208,9 @@ class Catalogue:
         Per word of the query: +1 per top context whose peak token is the word
         (weighted by the context's activation / the feature's best), +0.2 per
         context containing it elsewhere, +1 when it is a top promoted token, +2
-        when the label contains it. Word scores are summed.
+        when the label contains it, and +100 when it is a concept label (what
+        the contexts share, not the token they peak on), so that concept
+        features come first. Word scores are summed.
         """
         a = self.arrays
         scores = np.zeros(len(self), dtype=np.float64)
@@ -209,6 +218,7 @@ class Catalogue:
         act = a["context_activation"].astype(np.float64)
         weight = act / np.maximum(act[:, :1], 1e-9)
         labels = [label.lower() for label in self.labels]
+        concept = np.array([kind == "concept" for kind in self.label_kinds])
         for word in query.lower().split():
             ids = self._matching_tokens(word)
             if ids.size:
@@ -216,7 +226,8 @@ class Catalogue:
                 anywhere = np.isin(ctx, ids).any(-1) & ~peak
                 scores += (peak * weight).sum(-1) + 0.2 * (anywhere * weight).sum(-1)
                 scores += np.isin(a["promoted_ids"], ids).any(-1)
-            scores += 2.0 * np.fromiter((word in label for label in labels), dtype=bool, count=len(labels))
+            in_label = np.fromiter((word in label for label in labels), dtype=bool, count=len(labels))
+            scores += 2.0 * in_label + 100.0 * (in_label & concept)
         return scores
 
     def matches(self, query: str, limit: int = 10) -> list[tuple[int, float]]:

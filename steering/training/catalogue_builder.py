@@ -11,10 +11,9 @@ index of each token) and the corpus rows they came from:
     * logit effects: W_dec[i] @ (W_U * g).T, the top 10 and bottom 10 tokens
       (W_U the unembedding [V, d], g the final norm's weight when it has one);
     * neighbours: the 10 other features of highest decoder cosine;
-    * labels: the most frequent peak tokens of the top contexts (weighted by
-      activation), then the top promoted token when it differs, e.g.
-      "Paris / London -> French"; features without contexts get
-      "(no contexts) -> <top promoted>".
+    * labels: what the top contexts share (`steering.training.labels`): words
+      distinctive against all contexts, e.g. "dogs, puppy · at 'the'" (kind
+      concept), else the peak token ('token "of"'), else "unclear".
 
 Dense [S, V] and [S, S] products are computed in blocks of features, so memory
 stays near block x V floats.
@@ -23,7 +22,6 @@ stays near block x V floats.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from tqdm.auto import tqdm
 from steering.sae.autoencoder import SparseAutoencoder
 from steering.sae.catalogue import CATALOGUE_ARRAYS, CATALOGUE_JSON, FORMAT
 from steering.tokens import vocabulary_bytes
+from steering.training.labels import make_labels
 from steering.training.store import ActivationStore
 
 
@@ -119,19 +118,6 @@ def neighbours(W_dec: Tensor, n: int = 10, block: int = 1024) -> tuple[Tensor, T
     return torch.cat(ids), torch.cat(cos)
 
 
-def make_label(peak_tokens: list[tuple[str, float]], promoted: str | None, width: int = 40) -> str:
-    """A short name from the peak tokens (weighted by activation) and the top promoted token."""
-    weights: Counter[str] = Counter()
-    for tok, act in peak_tokens:
-        t = tok.strip() or repr(tok)
-        weights[t] += act
-    parts = [t for t, _ in weights.most_common(3)]
-    head = " / ".join(parts) if parts else "(no contexts)"
-    p = (promoted or "").strip()
-    label = f"{head} -> {p}" if p and p not in parts else head
-    return label if len(label) <= width else label[: width - 1] + "…"
-
-
 def build_catalogue(
     sae: SparseAutoencoder,
     store: ActivationStore,
@@ -158,10 +144,7 @@ def build_catalogue(
     nb_i, nb_c = neighbours(W_dec, n_neighbours)
     vocab = vocabulary_bytes(tokenizer)
     text = [b.decode("utf-8", errors="replace") for b in vocab]
-    labels = []
-    for j in range(S):
-        peaks = [(text[int(w[before])], float(a)) for w, a in zip(windows[j], acts[j]) if a > 0 and w[before] >= 0]
-        labels.append(make_label(peaks, text[int(top_i[j, 0])]))
+    labels = make_labels(windows, acts, top_i.numpy(), nb_i.numpy(), text, before)
     small = len(vocab) < np.iinfo(np.uint16).max
     ctx = np.where(windows < 0, np.iinfo(np.uint16).max, windows).astype(np.uint16) if small else windows.astype(np.int32)
     offsets = np.concatenate([[0], np.cumsum([len(b) for b in vocab])]).astype(np.int64)
@@ -183,6 +166,22 @@ def build_catalogue(
     out.mkdir(parents=True, exist_ok=True)
     save_file(arrays, str(out / CATALOGUE_ARRAYS))
     meta = {"format": FORMAT, "version": 1, "d_sae": S, "n_contexts": n_contexts, "window": [before, after],
-            "n_tokens": len(store), "source": source, "labels": labels}
+            "n_tokens": len(store), "source": source, "labels": [lab.text for lab in labels],
+            "label_kinds": [lab.kind for lab in labels]}
     (out / CATALOGUE_JSON).write_text(json.dumps(meta, ensure_ascii=False))
-    return {k: v for k, v in meta.items() if k != "labels"}
+    return {k: v for k, v in meta.items() if k not in ("labels", "label_kinds")}
+
+
+def relabel(folder: str | Path) -> dict[str, Any]:
+    """Recompute the labels of the catalogue stored in `folder` from its own arrays (no model, no activations)
+    and rewrite its catalogue.json; returns how many features got each kind."""
+    from steering.sae.catalogue import Catalogue
+
+    catalogue = Catalogue.load(folder)
+    a = catalogue.arrays
+    texts = [catalogue.token(t) for t in range(len(a["vocab_offsets"]) - 1)]
+    labels = make_labels(a["context_tokens"], a["context_activation"], a["promoted_ids"], a["neighbour_ids"], texts,
+                         catalogue.before)
+    meta = {**catalogue.meta, "labels": [lab.text for lab in labels], "label_kinds": [lab.kind for lab in labels]}
+    (Path(folder) / CATALOGUE_JSON).write_text(json.dumps(meta, ensure_ascii=False))
+    return {kind: sum(lab.kind == kind for lab in labels) for kind in ("concept", "token", "unclear")}
