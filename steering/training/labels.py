@@ -21,8 +21,11 @@ and a feature's label is one of three kinds:
               (a promoted token that is such a word counts twice as much), e.g.
               "dogs, puppy, breed"; the dominant peak word, when there is one and it
               is not among them, follows as a detail: "dogs, puppy · at 'the'"
-    token     no such words, but one peak word (or token) in >= PEAK_SHARE of the weighted
-              contexts: 'token "of"', with the top promoted word when it is a word: 'token "of" -> the'
+    token     no such words, but one peak word (or peak token) in >= PEAK_SHARE of the weighted
+              contexts: 'token "of"' (with the next peak words holding >= 10%: 'token "northwest"
+              (east, eastern)'), with the top promoted token when it starts a word the contexts
+              hold too: 'token "dog" -> puppy'; or one word family (peak words sharing their first 5 letters):
+              'word "commi…" (committed, commit, commitment)'
     unclear   neither: "unclear", or "unclear (neighbours: X)" when at least 3 of its 10
               decoder neighbours have concept labels naming the same word X
 
@@ -44,6 +47,8 @@ MIN_LIFT = 4.0
 PEAK_SHARE = 0.5
 KINDS = ("concept", "token", "unclear")
 _WORD = re.compile(r"[a-z][a-z']+[a-z]|[a-z]{3,}")
+_SPECIAL = re.compile(r"<\|[^|<>]{1,40}\|>")
+STEM = 5  # peak words sharing their first STEM letters are one word family (commit, committed, commitment)
 STOPWORDS = frozenset("""
 a about above after again against all also am an and any are aren't as at be because been before being below
 between both but by can can't cannot could couldn't did didn't do does doesn't doing don't down during each few
@@ -70,24 +75,34 @@ def words_of(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if w not in STOPWORDS}
 
 
-def _window(tokens: Sequence[int], texts: Sequence[str], before: int) -> tuple[set[str], str]:
-    """(words of the window around the peak word, the peak word or the stripped peak token) for one context."""
-    pieces, peak_span, at = [], (0, 0), 0
+def token_name(piece: str) -> str:
+    """A peak token as a label names it: lower-cased and stripped, whitespace by name."""
+    stripped = piece.strip().lower()
+    if stripped:
+        return stripped
+    return {"\n": "newline", " ": "space", "\t": "tab"}.get(piece, "newlines" if "\n" in piece else "spaces")
+
+
+def _window(tokens: Sequence[int], texts: Sequence[str], before: int) -> tuple[set[str], str, str]:
+    """(words of the window around the peak word, the peak word or the stripped peak token, the peak token's
+    name) for one context."""
+    pieces, peak_span, at, peak_token = [], (0, 0), 0, ""
     for k, t in enumerate(tokens):
         if t < 0 or t >= len(texts):
             continue
         piece = texts[t]
         if k == before:
-            peak_span = (at, at + len(piece))
+            peak_span, peak_token = (at, at + len(piece)), token_name(piece)
         pieces.append(piece)
         at += len(piece)
-    text = "".join(pieces)
+    # Special tokens (<|im_start|> ...) are markup, not words: blanked to the same length (spans stay put).
+    text = _SPECIAL.sub(lambda m: " " * len(m.group()), "".join(pieces))
     peak, around = text[peak_span[0] : peak_span[1]].strip().lower(), text
     for m in re.finditer(r"[A-Za-z']+", text):  # the word holding the peak token's first letter
         if m.start() < peak_span[1] and m.end() > peak_span[0]:
             peak, around = m.group().lower(), text[: m.start()] + " " + text[m.end() :]
             break
-    return words_of(around), peak
+    return words_of(around), peak, peak_token
 
 
 def _contexts(context_tokens: np.ndarray, texts: Sequence[str], before: int, n_tokens_valid: int) -> list:
@@ -107,7 +122,7 @@ def make_labels(context_tokens: np.ndarray, context_activation: np.ndarray, prom
     background: Counter[str] = Counter()
     n_windows = 0
     for i in range(S):
-        for k, (words, _) in enumerate(parsed[i]):
+        for k, (words, _, _) in enumerate(parsed[i]):
             if acts[i, k] > 0:
                 background.update(words)
                 n_windows += 1
@@ -126,13 +141,15 @@ def _label(live: list, background: Counter, n_windows: int, promoted: np.ndarray
     total = sum(a for _, a in live)
     share: Counter[str] = Counter()
     peaks: Counter[str] = Counter()
-    for (words, peak), a in live:
+    peak_tokens: Counter[str] = Counter()
+    for (words, peak, token), a in live:
         for w in words:
             share[w] += a / total
         if peak:
             peaks[peak] += a / total
+        peak_tokens[token] += a / total
     top_peak, peak_share = peaks.most_common(1)[0] if peaks else ("", 0.0)
-    for (words, peak), a in live:  # peak words count too, but not the dominant one
+    for (words, peak, _), a in live:  # peak words count too, but not the dominant one
         if peak and peak not in words and peak not in STOPWORDS and len(peak) >= 3 and peak != top_peak:
             share[peak] += a / total
     if top_peak and peak_share < PEAK_SHARE and top_peak not in STOPWORDS and len(top_peak) >= 3:
@@ -149,9 +166,26 @@ def _label(live: list, background: Counter, n_windows: int, promoted: np.ndarray
         if peak_share >= PEAK_SHARE and top_peak and top_peak not in words:
             text += f" · at '{top_peak}'"
         return Label(text, "concept", words)
+    # The top promoted token, only when it starts a word that the contexts themselves hold (promoted word
+    # pieces such as "strugg" or "ful", and words unrelated to the contexts, say nothing to a reader).
+    starts = [texts[int(t)].startswith(" ") for t in promoted if 0 <= int(t) < len(texts)]
+    first = next((w for w, s in zip(promoted_words, starts) if s and w.isalpha() and share[w] >= 0.1), "")
+    promotes = f" -> {first}" if first and first != top_peak else ""
     if peak_share >= PEAK_SHARE and top_peak:
-        first = next((w for w in promoted_words if w.isalpha() and len(w) >= 2), "")
-        return Label(f'token "{top_peak}"' + (f" -> {first}" if first and first != top_peak else ""), "token")
+        others = [p for p, w in peaks.most_common(3)[1:] if w >= 0.1]  # runners-up: east, eastern after northwest
+        return Label(f'token "{top_peak}"' + (f" ({', '.join(others)})" if others else "") + promotes, "token")
+    top_token, token_share = peak_tokens.most_common(1)[0]
+    if token_share >= PEAK_SHARE and top_token:  # one token inside different words ("nt" of didnt, isnt)
+        return Label(f'token "{top_token}"{promotes}', "token")
+    families: Counter[str] = Counter()
+    for peak, weight in peaks.items():
+        if len(peak) >= STEM:
+            families[peak[:STEM]] += weight
+    if families:
+        stem, family_share = families.most_common(1)[0]
+        if family_share >= PEAK_SHARE:
+            members = [p for p, _ in peaks.most_common() if p.startswith(stem)][:3]
+            return Label(f'word "{stem}…" ({", ".join(members)}){promotes}', "token")
     return Label("unclear", "unclear")
 
 
