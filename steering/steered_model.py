@@ -28,7 +28,7 @@ from steering.engine.sampling import SamplingParams
 from steering.hooks import layer_device
 from steering.interventions import SteeringSpec
 from steering.models import DEFAULT_MODEL, LoadedModel, load_model
-from steering.sae.estimated_stats import ensure_max_activations, measure_stats
+from steering.feature_stats import ensure_max_activations, measure_stats
 from steering.sae.hub import resolve_sae_path
 from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
 from steering.sae.catalogue import Catalogue
@@ -103,7 +103,7 @@ class SteeredModel:
     sae_dir: Path | None = None
     catalogue: Catalogue | None = field(default=None, repr=False)
     # Where a clamp's `max` unit gets its scale: "sae" (the SAE's own statistics) or the estimate
-    # `steering.sae.estimated_stats` made for an SAE that ships none.
+    # `steering.feature_stats` made for an SAE that ships none.
     max_unit_source: str = "sae"
     # The SAEs attribution graphs run through (`steering.attribution.graph_layers` fills it at first use).
     graph_saes: list | None = field(default=None, repr=False)

@@ -35,8 +35,8 @@ from typing import Protocol, Sequence
 import torch
 from torch import Tensor, nn
 
-from steering.engine.hf_batched import HFBatchRunner, kv_shape, unbatchable_reason
-from steering.engine.kv_cache import BLOCK, KVPool, PrefixCache, positions_within
+from steering.engine.hf_batched import HFBatchRunner, unbatchable_reason
+from steering.engine.kv_cache import BLOCK, PrefixCache, positions_within
 from steering.engine.llama.runner import LlamaRunner, unsupported_reason
 from steering.errors import SteeringError
 from steering.interventions import BatchPlan

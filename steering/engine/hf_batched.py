@@ -158,7 +158,7 @@ def attention_masks(config: object, past: Sequence[int], counts: Sequence[int], 
     kinds = getattr(config, "layer_types", None)
     window = getattr(config, "sliding_window", None)
     if kinds is not None:
-        if not any(k in SLIDING_KINDS for k in kinds):
+        if window is None or not any(k in SLIDING_KINDS for k in kinds):
             return additive(causal)
         sliding = causal & (k_pos > q_pos[:, :, None] - int(window))
         return {"full_attention": additive(causal), "sliding_attention": additive(sliding)}
@@ -215,7 +215,8 @@ class HFBatchRunner:
             store = (hooks.enter_context(capture(self.model, sae.cfg.hook_layer, sae.cfg.hook_site))
                      if read and sae is not None else None)
             if plan is not None and not plan.is_empty and sae is not None:
-                hooks.enter_context(steering(self.model, sae, plan, pos))
+                # With a device_map the SAE sits on its layer's device, which may not be the embedding's.
+                hooks.enter_context(steering(self.model, sae, plan, pos.to(sae.W_dec.device)))
             out = self.model(input_ids=ids, attention_mask=masks, position_ids=pos, use_cache=True,
                              logits_to_keep=keep, **{self.cache_arg: cache})
         sites = [store[0][r, : counts[r]] for r in read] if store else []

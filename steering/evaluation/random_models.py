@@ -146,7 +146,7 @@ def random_steered_model(arch: str, size: str = "tiny", d_sae: int | None = None
     from steering.hooks import activations_at
     from steering.models import LoadedModel, resolve_device, resolve_dtype
     from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
-    from steering.sae.estimated_stats import measure_stats, sample_texts
+    from steering.feature_stats import measure_stats, sample_texts
     from steering.steered_model import SteeredModel
 
     where = resolve_device(device)

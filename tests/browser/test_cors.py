@@ -6,7 +6,6 @@ import functools
 import http.server
 import tempfile
 import threading
-from pathlib import Path
 
 import httpx
 import pytest

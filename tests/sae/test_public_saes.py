@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from steering.evaluation.random_models import byte_tokenizer, random_model
-from steering.sae.estimated_stats import STATS_CACHE_FILE, ensure_max_activations
+from steering.feature_stats import STATS_CACHE_FILE, ensure_max_activations
 from steering.sae.formats import load_sae
 from steering.sae.hub import SAENotCachedError, resolve_sae_path
 from tests.servers import start_api

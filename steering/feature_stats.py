@@ -15,7 +15,11 @@ The result is cached in `estimated_feature_stats.safetensors` next to the
 SAE (or, where that folder is read-only, under the user cache keyed by the
 folder's path), with the number of tokens and the model in its metadata, so
 the measurement runs once per SAE and model. A feature that never fired on
-the sample keeps no max, and a `max` clamp on it is refused with that reason.
+the sample keeps no max, and a `max` clamp on it is refused (use `raw`).
+
+This runs a model, so it lives beside `steering.steered_model` (which calls
+it when it attaches an SAE), not in `steering.sae`, which only moves SAEs
+between files and modules.
 """
 
 from __future__ import annotations
@@ -120,7 +124,7 @@ def ensure_max_activations(model: nn.Module, tokenizer: Any, sae: SparseAutoenco
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({"max_activation": max_act.contiguous(), "firing_frequency": freq.contiguous()}, str(tmp),
-              metadata={"model": model_id, "tokens": str(tokens), "source": "steering.sae.estimated_stats"})
+              metadata={"model": model_id, "tokens": str(tokens), "source": "steering.feature_stats"})
     tmp.replace(path)
     return EstimatedStats(tokens, int(torch.isfinite(max_act).sum()), path, False)
 
