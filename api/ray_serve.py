@@ -25,8 +25,10 @@ State that differs between replicas: none that a client can see. Presets are
 read from the presets folder every replica is given (the same files);
 auto-steer's concept cache lives in each replica and is recomputed there,
 deterministically (the same SAE, catalogue and probe seeds choose the same
-features), so only the first request for a concept on each replica pays the
-search. /metrics reports the replica that answered it.
+features; bit for bit on the Llama path, whose kernels are batch-invariant,
+up to float rounding in a near tie on other models), so only the first
+request for a concept on each replica pays the search; estimated max units
+are cached next to the SAE. /metrics reports the replica that answered it.
 """
 
 from __future__ import annotations
