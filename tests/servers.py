@@ -2,12 +2,14 @@
 
     with served(app) as (url, server): ...          the app in a thread (uvicorn), in this process
     proc, url = start_api(["--drain-timeout", "5"], log)   `python -m api` as a process, once /ready is 200
+    proc, url = start_scale_out(2, 1, log_path)             `python -m api.scale_out`, once its replicas are ready
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -70,3 +72,34 @@ def start_api(args: Sequence[str], log: IO[str]) -> tuple[subprocess.Popen, str]
             proc.kill()
             pytest.fail("the server was not ready in time")
         time.sleep(0.5)
+
+
+def start_scale_out(replicas: int, threads: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """`python -m api.scale_out` (a local Ray cluster of this machine's CPUs) on a free loopback port, once it
+    printed that every replica is ready; raises RuntimeError with the log's tail if it exits or is not ready."""
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "api.scale_out", "--replicas", str(replicas), "--threads",
+                                 str(threads), "--num-cpus", str(os.cpu_count() or 2), "--port", str(port),
+                                 "--drain-timeout", "5"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while f"ready: {replicas} replicas" not in log_path.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_scale_out(proc)
+            raise RuntimeError(f"scale_out did not become ready:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop_scale_out(proc: subprocess.Popen) -> None:
+    """SIGTERM (Ray Serve drains, then the cluster stops); SIGKILL to its process group after 90 s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -21,47 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
-import time
+from pathlib import Path
 
 from steering.evaluation.loadtest import soak, start_server, stop_server
-from tests.servers import ROOT, free_port
-
-
-def _scale_out(replicas: int, threads: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    log = open(f"/tmp/scale_out_{port}.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "api.scale_out", "--replicas", str(replicas), "--threads",
-                             str(threads), "--num-cpus", str(os.cpu_count()), "--port", str(port),
-                             "--drain-timeout", "5"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    deadline = time.monotonic() + 300
-    while "ready:" not in open(log.name).read():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"scale_out did not start: {open(log.name).read()[-2000:]}")
-        time.sleep(0.5)
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+from tests.servers import start_scale_out, stop_scale_out
 
 
 def measure(seconds: float, clients: int, reps: int) -> dict:
     cores = os.cpu_count() or 2
     setups = {
         "single": lambda: start_server(["--threads", str(cores)]),
-        "ray_1": lambda: _scale_out(1, cores),
-        "ray_2": lambda: _scale_out(2, max(1, cores // 2)),
+        "ray_1": lambda: start_scale_out(1, cores, Path(f"/tmp/scale_out_ray_1_{os.getpid()}.log")),
+        "ray_2": lambda: start_scale_out(2, max(1, cores // 2), Path(f"/tmp/scale_out_ray_2_{os.getpid()}.log")),
     }
     runs: dict[str, list[dict]] = {name: [] for name in setups}
     for rep in range(reps):
@@ -71,7 +44,7 @@ def measure(seconds: float, clients: int, reps: int) -> dict:
                 soak(url, clients=clients, seconds=5, max_tokens=24)  # warm-up: first compiles, KV slots
                 runs[name].append(soak(url, clients=clients, seconds=seconds, max_tokens=24).to_dict())
             finally:
-                stop_server(proc) if name == "single" else _stop(proc)
+                stop_server(proc) if name == "single" else stop_scale_out(proc)
 
     def med(name: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[name])

@@ -1,6 +1,7 @@
 """Scale-out on a local Ray cluster: `python -m api.scale_out` with 2 CPU replicas of the default model.
 
-Checks, through the official client on 127.0.0.1: 16 concurrent clients are
+ray[serve] comes with `make test`'s install (the `scale` extra). Checks,
+through the official client on 127.0.0.1: 16 concurrent clients are
 spread over both replicas; streams running on a replica that is killed
 (SIGKILL, a real crash) end with an OpenAI-shaped error, while streams on the
 other replica finish; requests after the kill are answered by the survivor;
@@ -11,46 +12,27 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.servers import ROOT, free_port
+from tests.servers import start_scale_out, stop_scale_out
 
-pytest.importorskip("ray.serve", reason="ray[serve] is part of `make test`'s install (the `scale` extra)")
-
-START_TIMEOUT_S = 300
 MODEL = "SmolLM2-135M-Instruct"
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    port = free_port()
-    log = open(tmp_path / "scale_out.log", "w+")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "api.scale_out", "--replicas", "2", "--threads", "1",
-                             "--num-cpus", "2", "--port", str(port), "--drain-timeout", "5"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + START_TIMEOUT_S
     try:
-        while "ready: 2 replicas" not in (tmp_path / "scale_out.log").read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("scale_out did not become ready:\n" + (tmp_path / "scale_out.log").read_text()[-3000:])
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", proc
+        proc, url = start_scale_out(2, 1, tmp_path / "scale_out.log")
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield f"{url}/v1", proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
+        stop_scale_out(proc)
 
 
 def test_two_replicas_share_the_load_and_a_crash_fails_cleanly(cluster):
@@ -111,3 +93,5 @@ def test_two_replicas_share_the_load_and_a_crash_fails_cleanly(cluster):
     after = [ask(100 + i) for i in range(4)]  # new requests go to the survivor
     assert victim not in after and set(after) <= set(served_by)
     assert proc.poll() is None
+    stop_scale_out(proc)  # SIGTERM: Ray Serve shuts down, then the cluster
+    assert proc.returncode == 0
