@@ -75,12 +75,16 @@ class FeatureService:
     def label(self, index: int) -> str | None:
         return self.catalogue.labels[index] if self.catalogue is not None else None
 
+    def label_kind(self, index: int) -> str | None:
+        return self.catalogue.label_kinds[index] if self.catalogue is not None else None
+
     def summary(self, index: int, entry: FeatureInfo | None = None) -> FeatureSummary:
         """Statistics from the catalogue when it has one (measured on held-out text), else the SAE's buffers."""
         if entry is not None:
-            return FeatureSummary(index=index, label=entry.label, max_activation=_finite(entry.max_activation),
+            return FeatureSummary(index=index, label=entry.label, label_kind=entry.label_kind,
+                                  max_activation=_finite(entry.max_activation),
                                   firing_frequency=_finite(entry.firing_frequency))
-        return FeatureSummary(index=index, label=self.label(index),
+        return FeatureSummary(index=index, label=self.label(index), label_kind=self.label_kind(index),
                               max_activation=_finite(self.sae.max_activation[index]),
                               firing_frequency=_finite(self.sae.firing_frequency[index]))
 
@@ -136,7 +140,7 @@ class FeatureService:
         """The catalogue's best label matches (none without a catalogue); numpy only, no model."""
         if self.catalogue is None:
             return []
-        return [FeatureMatch(index=i, label=self.label(i), match="label", score=score)
+        return [FeatureMatch(index=i, label=self.label(i), label_kind=self.label_kind(i), match="label", score=score)
                 for i, score in self.catalogue.matches(query, limit)]
 
     @torch.no_grad()
@@ -162,14 +166,16 @@ class FeatureService:
         k = min(limit, int((peak > 0).sum()))
         if k == 0:
             return []
-        return [FeatureMatch(index=i, label=self.label(i), match="activation", activation=float(peak[i]),
+        return [FeatureMatch(index=i, label=self.label(i), label_kind=self.label_kind(i), match="activation",
+                             activation=float(peak[i]),
                              relative_activation=_finite(relative[i]),
                              token=self.tokenizer.decode([ids[int(where[i])]]))
                 for i in score.topk(k).indices.tolist()]
 
     def concept_match(self, c: ConceptCandidate) -> FeatureMatch:
         scores = ConceptScores(**{k: v for k, v in c.to_dict().items() if k != "index"})
-        return FeatureMatch(index=c.index, label=self.label(c.index), match="concept", score=c.score, concept=scores)
+        return FeatureMatch(index=c.index, label=self.label(c.index), label_kind=self.label_kind(c.index),
+                            match="concept", score=c.score, concept=scores)
 
     def concept_matches(self, concept: str, limit: int, extra: list[int] | tuple[int, ...] = ()) -> list[FeatureMatch]:
         """Features for `concept`, ranked by specificity x logit effect. Caller holds the gate.

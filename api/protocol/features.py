@@ -28,6 +28,9 @@ class FeatureSummary(BaseModel):
     object: Literal["feature"] = "feature"
     index: int
     label: str | None = Field(None, description="Automatic label from the catalogue; null without one.")
+    label_kind: Literal["concept", "token", "unclear"] | None = Field(
+        None, description="concept: words the feature's contexts share; token: the token (or word family) it peaks "
+        "on; unclear: neither. Null without a catalogue.")
     max_activation: float | None
     firing_frequency: float | None
 
@@ -71,6 +74,7 @@ class FeatureList(BaseModel):
 class FeatureMatch(BaseModel):
     index: int
     label: str | None
+    label_kind: Literal["concept", "token", "unclear"] | None = None
     match: Literal["label", "activation", "concept"]
     activation: float | None = Field(None, description="Largest activation on the query text (activation matches).")
     relative_activation: float | None = Field(None, description="activation / the feature's max activation.")

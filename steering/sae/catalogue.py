@@ -84,7 +84,7 @@ class FeatureInfo:
     promoted: tuple[tuple[str, float], ...]
     suppressed: tuple[tuple[str, float], ...]
     neighbours: tuple[tuple[int, float], ...]
-    label_kind: str = "token"  # concept | token | unclear (steering.training.labels)
+    label_kind: str | None = None  # concept | token | unclear (steering.training.labels); None: not recorded
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -107,8 +107,8 @@ class Catalogue:
         self.meta = meta
         self.arrays = arrays
         self.labels: list[str] = list(meta["labels"])
-        # concept / token / unclear per feature (catalogues built before label kinds: all "token")
-        self.label_kinds: list[str] = list(meta.get("label_kinds") or ["token"] * len(self.labels))
+        # concept / token / unclear per feature (None for catalogues built before label kinds)
+        self.label_kinds: list[str | None] = list(meta.get("label_kinds") or [None] * len(self.labels))
         self.before = int(meta["window"][0])
         offsets = arrays["vocab_offsets"]
         blob = arrays["vocab_bytes"].tobytes()

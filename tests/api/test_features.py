@@ -127,8 +127,10 @@ def _write_catalogue(folder, tokenizer, labelled=None):
     labels = [f"feature {i}" for i in range(S)]
     for i, label in (labelled or {4: "bridge things"}).items():
         labels[i] = label
+    kinds = ["unclear"] * S
+    kinds[4] = "concept"
     meta = {"format": "steering-catalogue", "version": 1, "d_sae": S, "n_contexts": C, "window": [2, 1],
-            "n_tokens": 1000, "source": "test", "labels": labels}
+            "n_tokens": 1000, "source": "test", "labels": labels, "label_kinds": kinds}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "catalogue.json").write_text(json.dumps(meta))
     save_file(arrays, str(folder / "catalogue.safetensors"))
@@ -152,9 +154,9 @@ def test_the_real_catalogue_next_to_the_sae(sm, tiny_tokenizer, tmp_path):
         assert [n["index"] for n in d["neighbours"]] == list(range(20, 30))
         assert d["max_activation"] == pytest.approx(1 + 4 / (D_SAE - 1), rel=1e-5)
         page = c.get("/v1/features", params={"offset": 3, "limit": 2}).json()["data"]
-        assert [f["label"] for f in page] == ["feature 3", "bridge things"]
+        assert [(f["label"], f["label_kind"]) for f in page] == [("feature 3", "unclear"), ("bridge things", "concept")]
         found = c.get("/v1/features/search", params={"q": "bridge", "limit": 3}).json()["data"]
-        assert [(m["index"], m["match"], m["score"]) for m in found if m["match"] == "label"] == [(4, "label", 2.0)]
+        assert [(m["index"], m["match"], m["label_kind"]) for m in found if m["match"] == "label"] == [(4, "label", "concept")]
         assert any(m["match"] == "activation" for m in found)
     # Without the files: no catalogue, and the server still starts.
     with TestClient(create_app(Settings(presets_dir=None), with_catalogue(sm, tmp_path / "empty"))) as c:
