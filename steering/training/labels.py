@@ -105,20 +105,14 @@ def _window(tokens: Sequence[int], texts: Sequence[str], before: int) -> tuple[s
     return words_of(around), peak, peak_token
 
 
-def _contexts(context_tokens: np.ndarray, texts: Sequence[str], before: int, n_tokens_valid: int) -> list:
-    out = []
-    for windows in context_tokens:
-        out.append([_window([int(t) if t < n_tokens_valid else -1 for t in w], texts, before) for w in windows])
-    return out
-
-
 def make_labels(context_tokens: np.ndarray, context_activation: np.ndarray, promoted_ids: np.ndarray,
                 neighbour_ids: np.ndarray, token_texts: Sequence[str], before: int) -> list[Label]:
     """One Label per feature (see the module docstring). context_tokens [S, C, W] (ids >= len(token_texts)
     or < 0 are padding), context_activation [S, C] (0: no context), promoted_ids [S, P], neighbour_ids [S, N]."""
     S = context_tokens.shape[0]
     acts = context_activation.astype(np.float64)
-    parsed = _contexts(context_tokens.astype(np.int64), token_texts, before, len(token_texts))
+    # _window skips padding ids (< 0 or past the vocabulary).
+    parsed = [[_window(w.tolist(), token_texts, before) for w in windows] for windows in context_tokens.astype(np.int64)]
     background: Counter[str] = Counter()
     n_windows = 0
     for i in range(S):
@@ -194,9 +188,9 @@ def _from_neighbours(label: Label, neighbours: np.ndarray, labels: Sequence[Labe
     for j in neighbours:
         j = int(j)
         if 0 <= j < len(labels) and labels[j].kind == "concept":
-            votes.update(set(labels[j].words))
+            votes.update(labels[j].words)  # concept words are distinct within a label
     if votes:
-        word, n = votes.most_common(1)[0]
+        word, n = min(votes.items(), key=lambda wn: (-wn[1], wn[0]))  # ties by word: the same on every run
         if n >= 3:
             return Label(f"unclear (neighbours: {word})", "unclear", ())
     return label
