@@ -8,6 +8,10 @@ and what it is for:
     features [{index, value, mode, unit, label}], positions, generated_limit
     system_prompt                        prepended when a chat has none
     concept_words, concept_features      how the evaluation judges its answers
+    goal, prompt_set, compare_prompt     what the evaluation expects: `steer` (bring the concept into
+                                         answers to neutral prompts) or `suppress` (keep it out of
+                                         answers to prompts about it, prompt set `NAME`); the system
+                                         prompt that asks for the same in words (the prompting baseline)
     monitors [{index, threshold, unit, action, name}]   features watched while it generates
     efficacy                             the measured record (free-form JSON)
     notes                                what it does and why, for people
@@ -65,7 +69,9 @@ EFFICACY_RATES = frozenset({"concept_rate", "baseline_concept_rate", "word_rate"
                             "feature_rate", "baseline_feature_rate", "repeated_4gram", "baseline_repeated_4gram",
                             "unchanged_rate", "triggered_rate"})
 _FIELDS = ("name", "description", "model", "sae", "features", "positions", "generated_limit", "system_prompt",
-           "concept_words", "concept_features", "monitors", "efficacy", "notes")
+           "concept_words", "concept_features", "goal", "prompt_set", "compare_prompt", "monitors", "efficacy",
+           "notes")
+GOALS = ("steer", "suppress")  # bring the concept into answers / keep it out of answers about it
 _MONITOR_FIELDS = ("index", "threshold", "unit", "action", "name", "clamps", "duration")
 _FEATURE_FIELDS = ("index", "value", "mode", "unit", "label")
 _DRAFT_OPTIONAL = ("description", "model", "sae")
@@ -106,6 +112,9 @@ class Preset:
     system_prompt: str | None = None
     concept_words: tuple[str, ...] = ()
     concept_features: tuple[int, ...] | None = None
+    goal: str = "steer"
+    prompt_set: str = "neutral"
+    compare_prompt: str | None = None
     monitors: tuple[Monitor, ...] = ()
     efficacy: dict[str, Any] | None = None
     notes: str | None = None
@@ -258,6 +267,11 @@ def _parse(data: dict, path: Path, draft: bool) -> Preset:
         for k, index in enumerate(cf):
             if not _is_int(index) or index < 0:
                 raise _Invalid(f"concept_features[{k}]", "must be an integer >= 0")
+    goal, prompt_set = data.get("goal", "steer"), data.get("prompt_set", "neutral")
+    if not isinstance(goal, str) or goal not in GOALS:
+        raise _Invalid("goal", f"must be one of {', '.join(GOALS)}")
+    if not isinstance(prompt_set, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", prompt_set):
+        raise _Invalid("prompt_set", "must be a prompt set name (lower-case letters, digits, '_', '-')")
     monitors = data.get("monitors", [])
     if not isinstance(monitors, list) or len(monitors) > MAX_MONITORS:
         raise _Invalid("monitors", f"must be a list of at most {MAX_MONITORS} monitors")
@@ -265,7 +279,8 @@ def _parse(data: dict, path: Path, draft: bool) -> Preset:
         name=name, features=clamps, positions=positions, generated_limit=limit,
         monitors=tuple(_monitor(item, f"monitors[{k}]") for k, item in enumerate(monitors)),
         system_prompt=_text(data, "system_prompt", required=False), concept_words=tuple(words),
-        concept_features=tuple(cf) if cf is not None else None, efficacy=_efficacy(data.get("efficacy")),
+        concept_features=tuple(cf) if cf is not None else None, goal=goal, prompt_set=prompt_set,
+        compare_prompt=_text(data, "compare_prompt", required=False), efficacy=_efficacy(data.get("efficacy")),
         notes=_text(data, "notes", required=False), path=path, **strings,
     )
 

@@ -62,6 +62,10 @@ def test_missing_folder_means_no_presets(tmp_path, sae):
         ({"efficacy": {"concept_rate": "high"}}, "efficacy"),
         ({"efficacy": {"delta_loss": float("nan")}}, "efficacy.delta_loss"),
         ({"efficacy": {"sweep": [{"x": float("inf")}]}}, "efficacy.sweep"),
+        ({"goal": "amplify"}, "goal"),
+        ({"prompt_set": "../dogs"}, "prompt_set"),
+        ({"prompt_set": 3}, "prompt_set"),
+        ({"compare_prompt": ["Talk about dogs."]}, "compare_prompt"),
     ],
 )
 def test_broken_preset_names_file_and_field(tmp_path, sae, fields, field):
@@ -112,10 +116,19 @@ def test_shipped_presets_parse_and_their_efficacy_verdict_follows_the_numbers(pa
         assert eff["meets_targets"] is meets and eff["n_on"] >= 40 and eff["n_off"] >= 40
         assert eff["flag_rate_on"] == eff["flagged_on"] / eff["n_on"]
         return
-    for eff in (preset.efficacy, preset.efficacy.get("holdout") or preset.efficacy):
-        meets = (eff["concept_rate"] >= 0.8 and eff["baseline_concept_rate"] <= 0.05
-                 and eff["repeated_4gram"] <= 0.2 and eff["delta_loss"] <= 1.0)
-        assert eff["meets_targets"] is meets and eff["n_prompts"] >= 30
+    top = preset.efficacy  # what `eval-steering --preset all` measures: the check half, on fresh seeds
+    assert top["half"] == "check" and top["prompt_set"] == preset.prompt_set and top["goal"] == preset.goal
+    assert top["n_answers"] >= (80 if conditional else 90) and top["seed"] >= 1000
+    if preset.compare_prompt:
+        assert top["prompted"]["system_prompt"] == preset.compare_prompt
+    selection = top.get("selection")
+    for eff in [top] + ([selection] if selection else []):
+        if preset.goal == "suppress":  # on prompts about the concept: it leaves the answers
+            rates = eff["concept_rate"] <= 0.2 and eff["baseline_concept_rate"] >= 0.8
+        else:
+            rates = eff["concept_rate"] >= 0.8 and eff["baseline_concept_rate"] <= 0.05
+        meets = rates and eff["repeated_4gram"] <= 0.2 and eff["delta_loss"] <= 1.0
+        assert eff["meets_targets"] is meets and eff["n_prompts"] >= 20
     if conditional:  # measured on on-topic prompts, and on off-topic ones where it should leave answers alone
         off = preset.efficacy["off_topic"]
         assert preset.efficacy["n_prompts"] >= 40 and off["n_prompts"] >= 40
@@ -130,11 +143,15 @@ def test_a_draft_preset_by_name_or_path(tmp_path):
         "name": "dog", "model": "m", "sae": "s", "positions": "generated", "generated_limit": 4,
         "features": [{"index": 5, "value": 2.5, "label": "dogs"}, {"index": 9, "value": 1, "mode": "add", "unit": "raw"}],
         "concept_words": ["dog", "puppy"], "concept_features": [5], "system_prompt": "Hi", "efficacy": {"x": 1},
+        "goal": "suppress", "prompt_set": "dogs", "compare_prompt": "Never mention dogs.",
     }))
     p = find_preset("dog", presets_dir=tmp_path)
     assert p.spec == SteeringSpec((FeatureClamp(5, 2.5), FeatureClamp(9, 1.0, "add", "raw")), "generated", 4)
     assert p.concept_words == ("dog", "puppy") and p.concept_features == (5,)
     assert (p.system_prompt, p.model, p.sae) == ("Hi", "m", "s")
+    assert (p.goal, p.prompt_set, p.compare_prompt) == ("suppress", "dogs", "Never mention dogs.")
+    assert read_preset(write_preset(tmp_path, "plain")).goal == "steer"  # the defaults
+    assert read_preset(tmp_path / "plain.json").prompt_set == "neutral"
     assert find_preset(path).name == "dog"
     with pytest.raises(SteeringError) as err:
         find_preset("missing", presets_dir=tmp_path)

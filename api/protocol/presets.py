@@ -39,6 +39,14 @@ class Preset(BaseModel):
     concept_features: list[int] | None = Field(
         None, description="Features whose firing on an answer marks it as on the concept (evaluation); null: the "
         "preset's own clamps that push a feature up.")
+    goal: Literal["steer", "suppress"] = Field(
+        "steer", description="steer: brings the concept into answers to neutral prompts; suppress: keeps it out of "
+        "answers to prompts about it (evaluation).")
+    prompt_set: str = Field("neutral", description="The prompt set its efficacy is measured on (neutral, or a topic "
+                            "set such as dogs for a suppression preset).")
+    compare_prompt: str | None = Field(
+        None, description="A system prompt asking for the same in words: the prompting baseline its efficacy record "
+        "compares steering with (efficacy.prompted).")
     monitors: list[MonitorOptions] = Field(default_factory=list, description="Features watched while it generates "
                                            "(merged before a request's own `steering.monitors`).")
     efficacy: dict[str, JsonValue] | None = Field(

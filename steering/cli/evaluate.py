@@ -18,8 +18,9 @@ from steering.evaluation import evaluate_targets, markdown_table
 
 def run(args: argparse.Namespace) -> int:
     sm = load_steered(args)
-    targets, settings, prompts = resolve_targets(args, sm)
-    results = evaluate_targets(sm, targets, prompts, settings)
+    results = []
+    for group in resolve_targets(args, sm):
+        results += evaluate_targets(sm, group.targets, group.prompts, group.settings)
     if args.json:
         out = [r.to_dict() for r in results]
         print(json.dumps(out[0] if len(out) == 1 and args.preset != "all" else out, indent=2))
@@ -27,11 +28,11 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         print(markdown_table(results))
         return 0
-    first = results[0]
-    print(f"{len(prompts)} prompts x {settings.max_tokens} tokens, {first.seconds:.1f} s "
-          f"(generation {first.generate_seconds:.1f} s, scoring {first.score_seconds:.1f} s)")
     for r in results:
-        print(f"\n{r.summary()}\n  rule: {r.concept_rule}; targets {'met' if r.meets() else 'not met'}")
+        print(f"\n{r.n_prompts} prompts ({r.settings['prompt_set'] or 'given'} {r.settings['half'] or ''}) x "
+              f"{r.settings['samples']} samples x {r.settings['max_tokens']} tokens, {r.seconds:.1f} s "
+              f"(generation {r.generate_seconds:.1f} s, scoring {r.score_seconds:.1f} s)")
+        print(f"{r.summary()}\n  rule: {r.concept_rule}; targets {'met' if r.meets() else 'not met'}")
         for ex in r.examples:
             print(f"  > {ex['prompt']}\n    steered:  {ex['steered'].strip()!r}\n    baseline: {ex['baseline'].strip()!r}")
     return 0
@@ -39,6 +40,6 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("eval-steering", help="concept rate and fluency of presets or clamps on neutral prompts")
-    add_target_arguments(p, several=True)
+    add_target_arguments(p, several=True, report=True)
     p.add_argument("--markdown", action="store_true", help="print a table row per preset (for the README)")
     p.set_defaults(handler=run)

@@ -27,10 +27,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise CommandError(f"bad list {args.multipliers!r}", "multipliers") from None
     sm = load_steered(args)
-    targets, settings, prompts = resolve_targets(args, sm)
-    if len(targets) != 1:
+    groups = resolve_targets(args, sm)
+    if len(groups) != 1 or len(groups[0].targets) != 1:
         raise SteeringError("give one preset", "preset")
-    target = targets[0]
+    prompts, settings, target = groups[0].prompts, groups[0].settings, groups[0].targets[0]
     settings = dataclasses.replace(settings, system_prompt=target.system_prompt)
     bounds = Bounds(args.target_concept_rate, args.max_baseline_concept_rate, args.max_repeated_4gram,
                     args.max_delta_loss)

@@ -2,11 +2,17 @@
 
     --preset NAME_OR_PATH[,NAME...] | --preset all | --feature I=V[:MODE[:UNIT]]... | --concept TEXT [--strength S]
     [--positions P] [--generated-limit N] [--concept-words w1,w2] [--concept-features i,j] [--fire-fraction F]
-    [--presets-dir DIR] [--prompts FILE] [--limit-prompts N] [--max-tokens N] [--temperature T] [--seed S]
-    [--samples K] [--batch-size B] [--json]
+    [--presets-dir DIR] [--prompt-set NAME] [--half select|check] [--prompts FILE] [--limit-prompts N]
+    [--max-tokens N] [--temperature T] [--seed S] [--samples K] [--batch-size B] [--json]
 
 Several presets (or `all`: every presets/*.json made for the loaded model
-and SAE) are evaluated together against one shared baseline. `--concept`
+and SAE) are evaluated together, one shared baseline per prompt set: each
+preset is answered on its own `prompt_set` (neutral, or the topic set of a
+suppression preset), the half given by `--half`. eval-steering reports on
+the check half with fresh seeds (1000 on, 2 answers a prompt), sweep and
+screens choose on the selection half (seed 0), so a setting is never
+reported on the prompts and seeds it was chosen on
+(`steering.evaluation.prompts`). `--concept`
 measures auto-steer: the target is the spec `AutoSteerer.steer` picks for
 TEXT (what a chat request with `"steering": {"concept": TEXT, "strength": S}`
 uses), judged by the features it picked and by the concept words (default:
@@ -18,13 +24,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from steering.cli.common import CLAMP_FORM, add_model_arguments, add_window_arguments, parse_clamp
 from steering.concepts import AutoSteerer, number_forms
 from steering.errors import SteeringError
-from steering.evaluation import Concept, EvalSettings, EvalTarget, load_prompts
+from steering.evaluation import Concept, EvalSettings, EvalTarget, load_prompts, prompt_set_path
+from steering.evaluation.prompts import HALVES
 from steering.interventions import SteeringSpec
 from steering.presets import Preset, find_preset, read_preset, unavailable_reason
 
@@ -32,8 +40,11 @@ if TYPE_CHECKING:
     from steering.steered_model import SteeredModel
 
 
-def add_target_arguments(p: argparse.ArgumentParser, several: bool = False) -> None:
-    """Arguments shared by eval-steering and sweep: what to steer, how to judge, how to sample."""
+def add_target_arguments(p: argparse.ArgumentParser, several: bool = False, report: bool = False) -> None:
+    """Arguments shared by eval-steering and sweep: what to steer, how to judge, how to sample.
+
+    `report`: the defaults of a report (check half, seeds from 1000, 2 samples) instead of a selection's
+    (selection half, seed 0, 1 sample)."""
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--preset", help="preset name (presets/NAME.json) or path to a preset file"
                       + ("; several comma-separated, or `all`" if several else ""))
@@ -47,12 +58,16 @@ def add_target_arguments(p: argparse.ArgumentParser, several: bool = False) -> N
                    help="comma-separated feature indices judged on the answers (default: the preset's, else its positive clamps)")
     p.add_argument("--fire-fraction", type=float, default=0.2, help="a concept feature fires at >= this x its max")
     p.add_argument("--presets-dir", default="presets")
-    p.add_argument("--prompts", default=None, help="prompt file, one a line (default: the shipped neutral prompts)")
+    p.add_argument("--prompt-set", default=None, metavar="NAME",
+                   help="a shipped prompt set: neutral or a topic set (default: each preset's own, else neutral)")
+    p.add_argument("--half", choices=HALVES, default="check" if report else "select",
+                   help="which half of the prompt set: select (choose settings) or check (report them)")
+    p.add_argument("--prompts", default=None, help="prompt file, one a line (instead of a prompt set)")
     p.add_argument("--limit-prompts", type=int, default=None, help="use only the first N prompts")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--temperature", type=float, default=0.7, help="0 for greedy")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--samples", type=int, default=1,
+    p.add_argument("--seed", type=int, default=1000 if report else 0)
+    p.add_argument("--samples", type=int, default=2 if report else 1,
                    help="answers per prompt (sample k of prompt j of n is seeded SEED + k*n + j); rates over all of them")
     p.add_argument("--batch-size", type=int, default=64, help="rows per generation batch")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -89,7 +104,8 @@ def _target(args: argparse.Namespace, preset: Preset | None, sm: "SteeredModel")
     if feats is None and preset.concept_features is not None:
         feats = list(preset.concept_features)
     concept = Concept.for_spec(spec, words, feats, args.fire_fraction, preset.monitors)
-    return EvalTarget(preset.name, spec, concept, preset.system_prompt, preset.monitors)
+    return EvalTarget(preset.name, spec, concept, preset.system_prompt, preset.monitors, preset.goal,
+                      preset.compare_prompt)
 
 
 def _why_not(preset: Preset, sm: "SteeredModel") -> str | None:
@@ -99,10 +115,19 @@ def _why_not(preset: Preset, sm: "SteeredModel") -> str | None:
     return None if why is None else f"preset {preset.name!r} {why}"
 
 
-def resolve_targets(args: argparse.Namespace, sm: "SteeredModel") -> tuple[list[EvalTarget], EvalSettings, list[str]]:
-    """(targets, settings, prompts) from the arguments; a preset for another model or SAE is an error
-    (skipped with a note under `--preset all`)."""
-    targets: list[EvalTarget] = []
+@dataclass
+class TargetGroup:
+    """Targets answered on the same prompts against one shared baseline."""
+
+    prompts: list[str]
+    targets: list[EvalTarget]
+    settings: EvalSettings
+
+
+def resolve_targets(args: argparse.Namespace, sm: "SteeredModel") -> list[TargetGroup]:
+    """Targets from the arguments, grouped by the prompts they are answered on (see the module docstring);
+    a preset for another model or SAE is an error (skipped with a note under `--preset all`)."""
+    found: list[tuple[EvalTarget, str]] = []  # (target, its prompt set)
     if args.preset == "all":
         for path in sorted(Path(args.presets_dir).glob("*.json")):
             preset = read_preset(path, draft=True)
@@ -110,8 +135,8 @@ def resolve_targets(args: argparse.Namespace, sm: "SteeredModel") -> tuple[list[
             if why:
                 print(f"note: skipped: {why}", file=sys.stderr)
             else:
-                targets.append(_target(args, preset, sm))
-        if not targets:
+                found.append((_target(args, preset, sm), preset.prompt_set))
+        if not found:
             raise SteeringError(f"no preset in {args.presets_dir} is made for the loaded model and SAE", "preset")
     elif args.preset:
         for name in args.preset.split(","):
@@ -119,10 +144,17 @@ def resolve_targets(args: argparse.Namespace, sm: "SteeredModel") -> tuple[list[
             why = _why_not(preset, sm)
             if why:
                 raise SteeringError(why, "preset")
-            targets.append(_target(args, preset, sm))
+            found.append((_target(args, preset, sm), preset.prompt_set))
     else:
-        targets.append(_target(args, None, sm))
-    settings = EvalSettings(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
-                            samples=args.samples, batch_size=args.batch_size)
-    prompts = load_prompts(args.prompts)[: args.limit_prompts]
-    return targets, settings, prompts
+        found.append((_target(args, None, sm), "neutral"))
+    groups: dict[str, TargetGroup] = {}
+    for target, own_set in found:
+        name = "given" if args.prompts else args.prompt_set or own_set
+        if name not in groups:
+            path = args.prompts or prompt_set_path(name, args.half)
+            settings = EvalSettings(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+                                    samples=args.samples, batch_size=args.batch_size,
+                                    prompt_set=None if args.prompts else name, half=None if args.prompts else args.half)
+            groups[name] = TargetGroup(load_prompts(path)[: args.limit_prompts], [], settings)
+        groups[name].targets.append(target)
+    return list(groups.values())

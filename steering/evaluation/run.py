@@ -23,6 +23,9 @@ Reported per target (answers with no tokens count for rates, not for losses):
     repeated_4gram  mean over answers of the repeated 4-gram share (`metrics`)
     delta_loss      mean loss of the steered answers minus that of the
                     baselines, in nats (> 0: the plain model finds them less likely)
+    prompted        with a compare_prompt: the same rates and delta loss for answers
+                    to the prompts with that system prompt and no clamps (the
+                    prompting baseline steering is held against)
     unchanged_rate  share of steered answers token for token equal to their
                     baseline (a conditional preset should leave what it does
                     not trigger on alone)
@@ -164,14 +167,23 @@ def evaluate_targets(
     params = [SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature,
                              top_p=settings.top_p, seed=settings.seed + j) for j in range(n)]
     requests = [SequenceRequest(base_ids[j], params[j], None) for j in range(n)]
+
+    def rows_for(system_prompt: str | None, spec: SteeringSpec | None, monitors: tuple = ()) -> list[SequenceRequest]:
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        return [SequenceRequest(sm.prompt_ids(system + [{"role": "user", "content": prompts[j]}]) if system
+                                else base_ids[j], params[j], spec, None, monitors) for j in range(n)]
+
     for t in targets:
-        system = [{"role": "system", "content": t.system_prompt}] if t.system_prompt else []
-        requests += [SequenceRequest(sm.prompt_ids(system + [{"role": "user", "content": prompts[j]}]) if system
-                                     else base_ids[j], params[j], t.spec, None, t.monitors) for j in range(n)]
+        requests += rows_for(t.system_prompt, t.spec, t.monitors)
+    # The prompting baselines: the target's compare_prompt as the system prompt, no clamps.
+    compared = [s for s, t in enumerate(targets) if t.compare_prompt]
+    for s in compared:
+        requests += rows_for(targets[s].compare_prompt, None)
+    prompted_at = {s: n * (len(targets) + 1 + k) for k, s in enumerate(compared)}
     answers = runner.generate(requests) if runner.generate is not None else _generate(sm, requests, settings.batch_size)
     t_gen = time.perf_counter()
-    losses, peaks = _score(sm, runner, base_ids * (len(targets) + 1), [a.ids for a in answers], features,
-                           settings.score_batch_size)
+    losses, peaks = _score(sm, runner, base_ids * (len(targets) + 1 + len(compared)), [a.ids for a in answers],
+                           features, settings.score_batch_size)
     t_score = time.perf_counter()
     columns = {f: c for c, f in enumerate(features)}
     results: list[EvalResult] = []
@@ -192,6 +204,16 @@ def evaluate_targets(
                 steered_loss=losses[k], baseline_loss=losses[j],
                 steered_tokens=len(answers[k].ids), baseline_tokens=len(answers[j].ids)))
         loss, base_loss = mean(r.steered_loss for r in rows), mean(r.baseline_loss for r in rows)
+        prompted = None
+        if s in prompted_at:
+            at = range(prompted_at[s], prompted_at[s] + n)
+            marks = [judge(answers[k], peaks[k]) for k in at]
+            p_loss = mean(losses[k] for k in at)
+            prompted = {"system_prompt": t.compare_prompt, "concept_rate": rate(x[2] for x in marks),
+                        "word_rate": rate(x[0] for x in marks), "feature_rate": rate(x[1] for x in marks),
+                        "repeated_4gram": mean(repeated_ngram_share(answers[k].text) for k in at) or 0.0,
+                        "delta_loss": None if p_loss is None or base_loss is None else p_loss - base_loss,
+                        "examples": [answers[k].text for k in at][: settings.n_examples]}
         results.append(EvalResult(
             label=t.label, spec=t.spec.to_dict(), n_prompts=n_prompts, n_answers=n,
             concept_words=list(t.concept.words), concept_features=list(t.concept.features),
@@ -205,6 +227,7 @@ def evaluate_targets(
             delta_loss=None if loss is None or base_loss is None else loss - base_loss,
             unchanged_rate=rate(answers[n * (s + 1) + j].ids == answers[j].ids for j in range(n)),
             triggered_rate=rate(answers[n * (s + 1) + j].crossed for j in range(n)) if t.monitors else None,
+            goal=t.goal, prompted=prompted,
             settings={**dataclasses.asdict(settings), "system_prompt": t.system_prompt,
                       "fire_fraction": t.concept.fire_fraction},
             seconds=0.0,

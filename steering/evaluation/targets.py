@@ -2,7 +2,10 @@
 
 An `EvalTarget` is a spec, the `Concept` its answers should carry (concept
 words, concept features firing at >= fire_fraction x their max, or either),
-the system prompt of its steered rows (a preset's, if any) and the monitors
+the system prompt of its steered rows (a preset's, if any), its goal (steer
+the concept in, or suppress it), the system prompt of its prompting baseline
+(rows with that system prompt and no clamps, the comparison AxBench holds
+steering against), and the monitors
 its steered rows carry (a conditional preset's `steer` monitors: its clamps
 start only where the monitor fires). `Bounds` are
 the project's efficacy targets; `EvalSettings` the sampling and batch sizes
@@ -60,6 +63,10 @@ class EvalSettings:
     batch_size: int = 64  # rows per generate_batch call
     score_batch_size: int = 8  # rows per scoring forward (full logits: keep small)
     n_examples: int = 4
+    # Which prompts were answered, recorded with the results (steering.evaluation.prompts): a named set and
+    # its half, or None for prompts given directly.
+    prompt_set: str | None = None
+    half: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,10 @@ class Bounds:
     baseline_concept_rate: float = 0.05
     repeated_4gram: float = 0.2
     delta_loss: float = 1.0
+    # A suppression preset (goal "suppress"), on prompts about its concept: the plain answers carry it
+    # at least this often, the steered ones at most this often.
+    topic_baseline_rate: float = 0.8
+    suppressed_rate: float = 0.2
 
 
 
@@ -82,10 +93,13 @@ class EvalTarget:
     concept: Concept
     system_prompt: str | None = None
     monitors: tuple[Monitor, ...] = ()
+    goal: str = "steer"  # or "suppress" (steering.presets.GOALS)
+    compare_prompt: str | None = None  # the prompting baseline: this system prompt, no clamps
 
     @classmethod
     def from_preset(cls, preset: Preset) -> "EvalTarget":
         concept = Concept.for_spec(preset.spec, preset.concept_words, preset.concept_features,
                                    monitors=preset.monitors)
-        return cls(preset.name, preset.spec, concept, preset.system_prompt, preset.monitors)
+        return cls(preset.name, preset.spec, concept, preset.system_prompt, preset.monitors, preset.goal,
+                   preset.compare_prompt)
 

@@ -50,17 +50,21 @@ EFFICACY = {"n_prompts": 30, "concept_rule": "concept word OR concept feature fi
 
 
 def test_concept_fields_and_efficacy_are_listed(tmp_path, tiny_llama, tiny_tokenizer):
-    write_preset(tmp_path, "calm", concept_words=["calm", "peace"], concept_features=[3, 7], efficacy=EFFICACY)
+    write_preset(tmp_path, "calm", concept_words=["calm", "peace"], concept_features=[3, 7], efficacy=EFFICACY,
+                 goal="suppress", prompt_set="calm", compare_prompt="Never be calm.")
     write_preset(tmp_path, "plain")
     with TestClient(create_app(Settings(presets_dir=tmp_path), tiny_steered_model(tiny_llama, tiny_tokenizer))) as c:
         one = c.get("/v1/presets/calm").json()
         assert one["concept_words"] == ["calm", "peace"] and one["concept_features"] == [3, 7]
         assert one["efficacy"] == EFFICACY
+        assert (one["goal"], one["prompt_set"], one["compare_prompt"]) == ("suppress", "calm", "Never be calm.")
         listed = {p["name"]: p for p in c.get("/v1/presets").json()["data"]}
         assert listed["calm"]["efficacy"]["concept_rate"] == 0.9
         # Absent: no words, null features (the evaluation then judges by the preset's own clamps), no record.
         assert (listed["plain"]["concept_words"], listed["plain"]["concept_features"], listed["plain"]["efficacy"]) == \
             ([], None, None)
+        assert (listed["plain"]["goal"], listed["plain"]["prompt_set"], listed["plain"]["compare_prompt"]) == \
+            ("steer", "neutral", None)
         # Never applied: the same answer as the same clamps without the fields.
         body = chat_body(steering={"preset": "calm"})
         same = chat_body(steering={"preset": "plain"})

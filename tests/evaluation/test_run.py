@@ -306,6 +306,12 @@ def test_meets_checks_all_four_targets():
                 dict(repeated_4gram=0.25), dict(delta_loss=1.2), dict(delta_loss=None)):
         assert not result(**bad).meets()
     assert result(concept_rate=0.7).meets(Bounds(concept_rate=0.6))
+    # A suppression preset: the plain answers to prompts about the concept carry it, the steered ones seldom.
+    assert result(goal="suppress", concept_rate=0.1, baseline_concept_rate=0.9).meets()
+    for bad in (dict(concept_rate=0.3), dict(baseline_concept_rate=0.7), dict(concept_rate=None),
+                dict(delta_loss=1.2), dict(repeated_4gram=0.25)):
+        assert not result(**{"goal": "suppress", "concept_rate": 0.1, "baseline_concept_rate": 0.9, **bad}).meets()
+    assert not result(goal="suppress").meets()  # 90% of steered answers on the concept: not suppressed
 
 
 def test_bad_spec_fails_before_generating(tiny_llama, tiny_tokenizer):
@@ -374,3 +380,77 @@ def test_cli_eval_steering_json(tiny_model_dir, tiny_tokenizer, tmp_path, capsys
     bad.write_text(json.dumps({"name": "o", "sae": "another-sae", "features": [{"index": 3, "value": 5.0}]}))
     assert main(["eval-steering", "--preset", str(bad), "--model", str(tiny_model_dir), "--sae", str(sae_dir)]) == 2
     assert "another-sae" in capsys.readouterr().err
+
+
+def test_prompting_baseline_rows_have_the_compare_prompt_and_no_clamps(tiny_llama, tiny_tokenizer, monkeypatch):
+    """A target's compare_prompt adds rows answered with it as the system prompt and no clamps; they are judged
+    and scored like the steered ones and reported as `prompted` (a target without one gets None)."""
+    sm = tiny_sm(tiny_llama, tiny_tokenizer)
+    seen = []
+
+    def fake_generate(sm_, requests, batch_size):
+        seen.extend(requests)
+        # plain rows say nothing of the concept, steered rows half the time, prompted rows always
+        texts = ["plain"] * 3 + ["x", "no", "x"] + ["y"] * 3 + ["x"] * 3
+        return [scoring.Answer(t, (10 + k % 3,)) for k, t in enumerate(texts)]
+
+    monkeypatch.setattr(evaluation_run, "_generate", fake_generate)
+    spec = SteeringSpec((FeatureClamp(2, 1.0),))
+    asked = EvalTarget("asked", spec, Concept(words=("x",)), compare_prompt="Talk about x.")
+    other = EvalTarget("other", spec, Concept(words=("y",)))
+    r_asked, r_other = evaluate_targets(sm, [asked, other], PROMPTS, FAST)
+    texts = [tiny_tokenizer.decode(list(req.prompt_ids)) for req in seen]
+    assert len(seen) == 12 and [("Talk about x." in t) for t in texts] == [False] * 9 + [True] * 3
+    assert [req.steering is not None for req in seen] == [False] * 3 + [True] * 6 + [False] * 3
+    assert r_asked.concept_rate == pytest.approx(2 / 3) and r_asked.prompted["concept_rate"] == 1.0
+    assert r_asked.prompted["system_prompt"] == "Talk about x." and r_asked.prompted["delta_loss"] is not None
+    assert r_asked.efficacy()["prompted"]["word_rate"] == 1.0 and r_other.prompted is None
+    assert "prompting instead: concept 100%" in r_asked.summary()
+
+
+def test_prompt_sets_have_a_selection_and_a_check_half():
+    from steering.evaluation import prompt_set_path
+
+    select, check = load_prompts(prompt_set_path("neutral", "select")), load_prompts(prompt_set_path("neutral"))
+    assert len(select) == len(check) == 46 and not {p.lower() for p in select} & {p.lower() for p in check}
+    dogs_select, dogs_check = (load_prompts(prompt_set_path("dogs", h)) for h in ("select", "check"))
+    assert len(dogs_check) >= 45 and not set(dogs_select) & set(dogs_check)
+    assert all("dog" in p.lower() or "pupp" in p.lower() for p in dogs_select + dogs_check)
+    assert prompt_set_path("food", "check").name == "food_eval.txt"  # the monitors' sets: check half named eval
+    assert prompt_set_path("self", "check").name == "self_check.txt"
+    for name, half, param in (("cats", "check", "prompt_set"), ("../x", "check", "prompt_set"),
+                              ("neutral", "both", "half")):
+        with pytest.raises(SteeringError) as err:
+            prompt_set_path(name, half)
+        assert err.value.param == param
+
+
+def test_cli_eval_steering_groups_presets_by_prompt_set(tiny_model_dir, tiny_tokenizer, tmp_path, capsys):
+    """`--preset all` answers each preset on its own prompt set's half (a suppression preset on its topic set),
+    the report's defaults are the check half with seeds from 1000; the table says where each row was measured."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, local_files_only=True).eval()
+    sae_dir = save_sae(tiny_sm(model, tiny_tokenizer).sae, tmp_path / "sae")
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "more.json").write_text(json.dumps(
+        {"name": "more", "features": [{"index": 3, "value": 2.0}], "concept_words": ["e"],
+         "compare_prompt": "Say e."}))
+    (tmp_path / "presets" / "less.json").write_text(json.dumps(
+        {"name": "less", "features": [{"index": 4, "value": 0.0}], "concept_words": ["dog"], "goal": "suppress",
+         "prompt_set": "dogs"}))
+    common = ["--model", str(tiny_model_dir), "--sae", str(sae_dir), "--max-tokens", "3", "--limit-prompts", "2",
+              "--presets-dir", str(tmp_path / "presets"), "--samples", "1", "--threads", "1"]
+    assert main(["eval-steering", "--preset", "all", "--json", *common]) == 0
+    less, more = json.loads(capsys.readouterr().out)
+    assert (less["goal"], less["settings"]["prompt_set"], less["settings"]["half"]) == ("suppress", "dogs", "check")
+    assert (more["goal"], more["settings"]["prompt_set"], more["settings"]["seed"]) == ("steer", "neutral", 1000)
+    from steering.evaluation import prompt_set_path
+
+    dog_check = load_prompts(prompt_set_path("dogs", "check"))
+    assert [row["prompt"] for row in less["rows"]] == dog_check[:2]
+    assert less["prompted"] is None and more["prompted"]["system_prompt"] == "Say e."
+    assert main(["eval-steering", "--preset", "all", "--markdown", "--half", "select", *common]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[2:]
+    assert rows[0].startswith("| less (suppress) | dogs select, 2 answers |")
+    assert rows[1].startswith("| more | neutral select, 2 answers |")
