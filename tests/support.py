@@ -92,3 +92,13 @@ def plant_feature(sm: SteeredModel, index: int, texts: list[str], char: str = "z
         sae.W_dec[index] = w / w.norm()
         sae.max_activation[index] = float((P @ u).max()) - tau
     return token
+
+
+def autosteer_multiplier(sm, index: int, concept: str, candidates=None) -> float:
+    """The calibrated multiplier auto-steer gives feature `index` for `concept` (the formula is tested by hand in
+    tests/concepts/test_autosteer.py); `candidates`: the search's pool if it was replaced in a test."""
+    from steering.concepts import autosteer
+
+    pool = candidates if candidates is not None else autosteer.concept_candidates(sm, concept)
+    cand = next(c for c in pool if c.index == index)
+    return autosteer.calibrated_multiplier(sm, cand, autosteer.residual_scale(autosteer.neutral_bank_stats(sm)))

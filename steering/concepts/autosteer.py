@@ -61,7 +61,9 @@ from steering.interventions import FeatureClamp, SteeringSpec
 if TYPE_CHECKING:
     from steering.steered_model import SteeredModel
 
-DEFAULT_MULTIPLIER = 1.75
+DEFAULT_MULTIPLIER = 1.75  # without a residual scale (no neutral bank read): the fixed multiplier
+PUSH_FRACTION = 0.05
+MULTIPLIER_RANGE = (0.5, 3.0)
 DEFAULT_WINDOW = 12
 DEFAULT_PROBE = ProbeSettings()
 SEARCH_CANDIDATES = 4
@@ -136,6 +138,7 @@ class _Choice:
     candidates: tuple[ConceptCandidate, ...]
     probes: tuple[ProbeResult, ...]
     labelled: tuple[int, ...] = ()  # the `extra` (label-matched) features, best match first
+    multipliers: dict[int, float] = field(default_factory=dict)  # calibrated value (x max) per candidate
 
 
 def concept_candidates(sm: "SteeredModel", concept: str, extra: Sequence[int] = (), neutral: TextStats | None = None,
@@ -243,11 +246,13 @@ class AutoSteerer:
         sm = self.sm
         self.prepare(runner)
         candidates = tuple(concept_candidates(sm, concept, extra, neutral=self._neutral, runner=runner))
+        scale = residual_scale(self._neutral)
+        multipliers = {c.index: calibrated_multiplier(sm, c, scale) for c in candidates}
         probes: tuple[ProbeResult, ...] = ()
         if self.probe is not None and candidates:
-            specs = [(c.index, _spec(sm, [c], DEFAULT_MULTIPLIER)[1]) for c in candidates]
+            specs = [(c.index, _spec(sm, [c], [multipliers[c.index]])[1]) for c in candidates]
             probes = tuple(probe_specs(sm, concept, specs, self.probe, runner))
-        choice = _Choice(candidates, probes, extra)
+        choice = _Choice(candidates, probes, extra, multipliers)
         with self._lock:
             self._cache[key] = choice
             self._cache.move_to_end(key)
@@ -264,8 +269,38 @@ def _use(sm: "SteeredModel", c: ConceptCandidate, value: float) -> UsedFeature:
                        c.promoted_tokens)
 
 
-def _spec(sm: "SteeredModel", chosen: Sequence[ConceptCandidate], value: float) -> tuple[tuple[UsedFeature, ...], SteeringSpec]:
-    used = tuple(_use(sm, c, value) for c in chosen)
+def residual_scale(neutral: "TextStats | None") -> float | None:
+    """The median over the unrelated bank's texts of their median residual norm at the hook site (None unread)."""
+    if neutral is None or neutral.resid_norm.numel() == 0:
+        return None
+    return float(neutral.resid_norm.median())
+
+
+def calibrated_multiplier(sm: "SteeredModel", c: ConceptCandidate, scale: float | None) -> float:
+    """The clamp value, in multiples of feature i's max activation, that pushes the residual by PUSH_FRACTION
+    of its typical norm:
+
+        m_i = PUSH_FRACTION * scale / (max_i * |W_dec[i]|),   clipped to MULTIPLIER_RANGE
+
+    (max_i: the catalogue's max activation, else the largest seen in the search). A clamp to m x max moves
+    the hook site's vector by up to m * max_i * |W_dec[i]|, so features whose decoder rows are long or whose
+    activations run high get lower multipliers. DEFAULT_MULTIPLIER without a scale.
+    """
+    if scale is None:
+        return DEFAULT_MULTIPLIER
+    mx = float(sm.sae.max_activation[c.index])
+    mx = mx if math.isfinite(mx) and mx > 0 else float(c.max_activation)
+    push = mx * float(sm.sae.W_dec[c.index].detach().float().norm())
+    if not push > 0:
+        return DEFAULT_MULTIPLIER
+    low, high = MULTIPLIER_RANGE
+    return round(min(high, max(low, PUSH_FRACTION * scale / push)), 3)
+
+
+def _spec(sm: "SteeredModel", chosen: Sequence[ConceptCandidate],
+          values: Sequence[float]) -> tuple[tuple[UsedFeature, ...], SteeringSpec]:
+    """Clamps of `chosen`, feature k at values[k] x its max, for the first DEFAULT_WINDOW generated tokens."""
+    used = tuple(_use(sm, c, v) for c, v in zip(chosen, values))
     spec = SteeringSpec(tuple(FeatureClamp(u.index, u.value, u.mode, u.unit) for u in used), "all", DEFAULT_WINDOW)
     return used, spec
 
@@ -304,11 +339,14 @@ def _result(sm: "SteeredModel", concept: str, strength: float, max_features: int
         raise SteeringError(f"no feature of this SAE fires more on text about {concept!r} than on unrelated text",
                             "steering.concept")
     chosen, best = _pick(choice, max_features)
-    value = DEFAULT_MULTIPLIER * strength / len(chosen)
-    used, spec = _spec(sm, chosen, value)
+    multipliers = [choice.multipliers.get(c.index, DEFAULT_MULTIPLIER) for c in chosen]
+    values = [m * strength / len(chosen) for m in multipliers]
+    used, spec = _spec(sm, chosen, values)
     spec.validate(sm.sae)
     top = chosen[0]
-    clamp = (f"clamped to {value:g} x max activation ({DEFAULT_MULTIPLIER:g} x strength {strength:g}"
+    how = ("calibrated: a push of " f"{100 * PUSH_FRACTION:g}% of the residual's typical norm"
+           if choice.multipliers else "fixed")
+    clamp = (f"clamped to {values[0]:.3g} x max activation ({multipliers[0]:.3g}, {how}, x strength {strength:g}"
              + (f", split over {len(chosen)} features" if len(chosen) > 1 else "")
              + f") for the first {DEFAULT_WINDOW} generated tokens")
     search = (f"specificity {top.specificity:.3f} (fires on {100 * top.concept_fire_rate:.0f}% of texts about "

@@ -145,12 +145,15 @@ def neutral_texts(concept: str = "") -> list[str]:
 
 @dataclass(frozen=True)
 class TextStats:
-    """Per-text, per-feature aggregates: mean, max and activation on concept-word tokens [n_texts, d_sae]."""
+    """Per-text, per-feature aggregates: mean, max and activation on concept-word tokens [n_texts, d_sae];
+    the median norm of the text's residual vectors at the hook site [n_texts] (the scale a clamp's push is
+    measured against: auto-steer's strength calibration)."""
 
     mean: Tensor
     max: Tensor
     on_word: Tensor
     total: Tensor
+    resid_norm: Tensor
 
     def rows(self, keep: Sequence[int]) -> "TextStats":
         index = torch.tensor(list(keep), dtype=torch.long)
@@ -183,6 +186,7 @@ def _batch_stats(sm: "SteeredModel", texts: Sequence[str], concept: str) -> Text
     plain = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     masks = [[False, *_word_mask(tok, t, ids, pattern)] for t, ids in zip(texts, plain)]
     out = {k: torch.zeros(len(texts), sae.d_sae) for k in ("mean", "max", "on_word", "total")}
+    out["resid_norm"] = torch.zeros(len(texts))
     rows = [[sink, *ids] for ids in plain]
     for t, hidden in activations_at(model, sae.cfg.hook_layer, sae.cfg.hook_site, rows, len(rows)):
         if len(rows[t]) < 2:  # an empty text: all zeros
@@ -192,6 +196,7 @@ def _batch_stats(sm: "SteeredModel", texts: Sequence[str], concept: str) -> Text
         on = torch.tensor(masks[t][1:], dtype=torch.float32)
         out["mean"][t], out["max"][t] = a.mean(0), a.amax(0)
         out["on_word"][t], out["total"][t] = on @ a, a.sum(0)
+        out["resid_norm"][t] = hidden[1:].float().norm(dim=-1).median().cpu()
     return TextStats(**out)
 
 
@@ -206,7 +211,7 @@ def text_stats(sm: "SteeredModel", texts: Sequence[str], concept: str = "", batc
     texts = list(texts)
     parts = [runner.run(_batch_stats, sm, texts[s : s + batch_size], concept) for s in range(0, len(texts), batch_size)]
     if not parts:
-        return TextStats(*(torch.zeros(0, sm.sae.d_sae) for _ in range(4)))
+        return TextStats(*(torch.zeros(0, sm.sae.d_sae) for _ in range(4)), torch.zeros(0))
     return TextStats.concat(parts)
 
 

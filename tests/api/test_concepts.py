@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.settings import Settings
 from steering.concepts import autosteer, search
-from steering.concepts.autosteer import DEFAULT_MULTIPLIER, DEFAULT_WINDOW
+from steering.concepts.autosteer import DEFAULT_WINDOW
 from steering.concepts.probe import ProbeResult, ProbeSettings
 from steering.concepts.search import concept_texts, neutral_texts
 from tests.api.support import chat_body, sse_events, tiny_steered_model, write_preset
-from tests.support import plant_feature
+from tests.support import autosteer_multiplier as multiplier, plant_feature
 
 CONCEPT = "zzzz zzzz zzzz zzzz zzzz"
 PLANTED = 17
@@ -56,10 +56,11 @@ def complete(client, **body):
     return r.json()
 
 
-def test_concept_picks_the_planted_feature_and_reports_it(client):
+def test_concept_picks_the_planted_feature_and_reports_it(client, sm):
     out = complete(client, max_tokens=10, steering={"concept": CONCEPT, "strength": 1.5})
     report = out["steering"]
-    assert report["features"] == [{"index": PLANTED, "value": DEFAULT_MULTIPLIER * 1.5, "mode": "clamp", "unit": "max"}]
+    assert report["features"] == [{"index": PLANTED, "value": pytest.approx(multiplier(sm, PLANTED, CONCEPT) * 1.5),
+                                   "mode": "clamp", "unit": "max"}]
     assert (report["positions"], report["generated_limit"], report["preset"]) == ("all", DEFAULT_WINDOW, None)
     concept = report["concept"]
     assert concept["concept"] == CONCEPT and concept["strength"] == 1.5 and concept["features"] == [PLANTED]
@@ -107,7 +108,7 @@ def test_streamed_first_chunk_carries_the_report_and_text_matches(client):
     assert [c["steered"] for c in full["choices"]] == [True, False]
 
 
-def test_merge_order_preset_then_concept_then_request(client):
+def test_merge_order_preset_then_concept_then_request(client, sm):
     # The preset adds to 17 and clamps 5; the concept clamps 17; the request's own clamp on 5 wins over the preset.
     out = complete(client, steering={"preset": "mix", "concept": CONCEPT,
                                      "features": [{"index": 5, "value": 2.0, "unit": "raw"}]})
@@ -118,7 +119,8 @@ def test_merge_order_preset_then_concept_then_request(client):
     assert (windowed["positions"], windowed["generated_limit"]) == ("prompt", None)
     assert complete(client, steering={"preset": "mix"})["steering"]["positions"] == "generated"
     by_index = {f["index"]: f for f in report["features"]}
-    assert by_index[PLANTED] == {"index": PLANTED, "value": DEFAULT_MULTIPLIER, "mode": "clamp", "unit": "max"}
+    assert by_index[PLANTED] == {"index": PLANTED, "value": pytest.approx(multiplier(sm, PLANTED, CONCEPT)), "mode": "clamp",
+                                 "unit": "max"}
     assert by_index[5] == {"index": 5, "value": 2.0, "mode": "clamp", "unit": "raw"}
     # The request's features also win over the concept's.
     own = complete(client, steering={"concept": CONCEPT, "features": [{"index": PLANTED, "value": 0.25}]})
@@ -289,6 +291,8 @@ def test_raw_values_past_the_request_bound_are_reported_as_used(client, sm, monk
     big = dataclasses.replace(best, max_activation=500.0)
     monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, concept, extra=(), **_: [big])
     out = complete(client, steering={"concept": CONCEPT, "strength": 5})
-    assert out["steering"]["features"] == [{"index": PLANTED, "value": DEFAULT_MULTIPLIER * 5 * 500.0,
+    m = multiplier(sm, PLANTED, CONCEPT, candidates=[big])
+    assert out["steering"]["features"] == [{"index": PLANTED, "value": pytest.approx(m * 5 * 500.0),
                                             "mode": "clamp", "unit": "raw"}]
+    assert m * 5 * 500.0 > 1000  # past a request's bound
     assert out["steering"]["concept"]["candidates"][0]["concept"]["max_activation"] == 500.0

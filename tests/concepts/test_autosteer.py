@@ -9,12 +9,12 @@ import torch
 
 from steering.cli import main
 from steering.concepts import autosteer
-from steering.concepts.autosteer import DEFAULT_MULTIPLIER, DEFAULT_WINDOW, AutoSteerer, auto_steer
+from steering.concepts.autosteer import DEFAULT_MULTIPLIER, DEFAULT_WINDOW, MULTIPLIER_RANGE, PUSH_FRACTION, AutoSteerer, auto_steer
 from steering.concepts.probe import PROBE_PROMPTS, ProbeResult, ProbeSettings, best_probe, probe_specs
 from steering.concepts.search import concept_texts, neutral_texts
 from steering.errors import SteeringError
 from steering.sae.formats import save_sae
-from tests.support import plant_feature, tiny_sm
+from tests.support import autosteer_multiplier, plant_feature, tiny_sm
 
 CONCEPT = "zzzz zzzz zzzz zzzz zzzz"
 
@@ -26,9 +26,38 @@ def planted(tiny_llama, tiny_tokenizer):
     return sm
 
 
+def multiplier(sm, index: int, candidates=None) -> float:
+    return autosteer_multiplier(sm, index, CONCEPT, candidates)
+
+
+def test_calibrated_multiplier_by_hand(planted):
+    """m_i = PUSH_FRACTION * scale / (max_i * |W_dec[i]|), clipped; the search's max without a known one;
+    the fixed multiplier without a residual scale."""
+    (cand,) = autosteer.concept_candidates(planted, CONCEPT)[:1]
+    sae = planted.sae
+    with torch.no_grad():
+        sae.W_dec[cand.index] = sae.W_dec[cand.index] / sae.W_dec[cand.index].norm() * 2.0  # |d| = 2
+    sae.max_activation[cand.index] = 4.0  # a push of 8 per unit of max
+    low, high = MULTIPLIER_RANGE
+    scale = 1.5 / PUSH_FRACTION * 8.0  # wants m = 1.5
+    assert autosteer.calibrated_multiplier(planted, cand, scale) == pytest.approx(1.5)
+    assert autosteer.calibrated_multiplier(planted, cand, scale * 100) == high
+    assert autosteer.calibrated_multiplier(planted, cand, scale / 100) == low
+    assert autosteer.calibrated_multiplier(planted, cand, None) == DEFAULT_MULTIPLIER
+    sae.max_activation[cand.index] = float("nan")  # the search's max instead
+    wanted = PUSH_FRACTION * scale / (cand.max_activation * 2.0)
+    assert autosteer.calibrated_multiplier(planted, cand, scale) == pytest.approx(min(high, max(low, wanted)), abs=1e-3)
+    stats = autosteer.neutral_bank_stats(planted)
+    assert stats.resid_norm.shape == (stats.mean.shape[0],) and bool((stats.resid_norm > 0).all())
+    assert autosteer.residual_scale(stats) == pytest.approx(float(stats.resid_norm.median()))
+    assert autosteer.residual_scale(None) is None
+
+
 def test_auto_steer_returns_a_valid_spec_with_the_planted_feature(planted):
+    m = multiplier(planted, 17)
     result = auto_steer(planted, CONCEPT, strength=1.5, probe=None)  # by the search's score alone
-    assert [(c.index, c.value, c.mode, c.unit) for c in result.spec.features] == [(17, DEFAULT_MULTIPLIER * 1.5, "clamp", "max")]
+    assert [(c.index, c.mode, c.unit) for c in result.spec.features] == [(17, "clamp", "max")]
+    assert result.spec.features[0].value == pytest.approx(m * 1.5)
     assert (result.spec.positions, result.spec.generated_limit) == ("all", DEFAULT_WINDOW)
     assert result.probes == ()
     result.spec.validate(planted.sae)
@@ -36,7 +65,9 @@ def test_auto_steer_returns_a_valid_spec_with_the_planted_feature(planted):
     assert "feature 17" in result.rationale and "strength 1.5" in result.rationale
     d = result.to_dict()
     json.dumps(d)
-    assert d["features"][0] == {**d["features"][0], "index": 17, "value": DEFAULT_MULTIPLIER * 1.5, "mode": "clamp", "unit": "max"}
+    assert d["features"][0] == {**d["features"][0], "index": 17, "value": result.spec.features[0].value, "mode": "clamp",
+                                "unit": "max"}
+    assert "calibrated" in result.rationale
     texts = planted.chat([{"role": "user", "content": "Hi"}], result.spec, max_tokens=4, compare=True)
     assert len(texts) == 2
 
@@ -81,7 +112,8 @@ def test_second_feature_splits_the_strength(planted, monkeypatch):
     close = [cands[0], type(cands[1])(**{**cands[1].to_dict(), "score": cands[0].score * 0.9})]
     monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, c, extra=(), **_: close)
     r = auto_steer(planted, CONCEPT, 1.0, max_features=2, probe=None)
-    assert [c.value for c in r.spec.features] == [DEFAULT_MULTIPLIER / 2] * 2
+    assert [c.value for c in r.spec.features] == pytest.approx([multiplier(planted, c.index, candidates=close) / 2
+                                                                for c in close])
     assert "split over 2 features" in r.rationale
     far = [cands[0], type(cands[1])(**{**cands[1].to_dict(), "score": cands[0].score * 0.5})]
     monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, c, extra=(), **_: far)
@@ -102,8 +134,8 @@ def _fake_probe(lifts: dict[int, tuple[float, float]], calls: list[int]):
 
     def fake(sm, concept, specs, settings=ProbeSettings(), runner=None):
         calls.append(len(specs))
-        for _, spec in specs:  # probed at the value and window auto-steer will use at strength 1
-            assert [(c.value, c.unit) for c in spec.features] == [(DEFAULT_MULTIPLIER, "max")]
+        for i, spec in specs:  # probed at the value and window auto-steer will use at strength 1
+            assert [(c.value, c.unit) for c in spec.features] == [(pytest.approx(multiplier(sm, i)), "max")]
             assert spec.generated_limit == DEFAULT_WINDOW
         out = []
         for i, _ in specs:
@@ -122,7 +154,8 @@ def test_probe_picks_the_largest_lift_then_the_smaller_loss(planted, monkeypatch
     steerer = AutoSteerer(planted)
     r = steerer.steer(CONCEPT, 2.0)
     # equal lift: the smaller delta loss wins over the search's order
-    assert [c.index for c in r.spec.features] == [third] and r.spec.features[0].value == DEFAULT_MULTIPLIER * 2
+    assert [c.index for c in r.spec.features] == [third]
+    assert r.spec.features[0].value == pytest.approx(multiplier(planted, third) * 2)
     assert calls == [len(pool)] and len(r.probes) == len(pool)
     assert f"feature {third}:" in r.rationale and "3/4 answers carried the concept" in r.rationale
     assert r.to_dict()["probe"][2] == {**r.probes[2].to_dict(), "index": third, "lift": 0.75}
@@ -200,7 +233,8 @@ def test_unknown_max_activation_falls_back_to_raw_units(planted):
     planted.sae.max_activation[17] = float("nan")
     r = auto_steer(planted, CONCEPT, 1.0, probe=None)
     (clamp,) = r.spec.features
-    assert clamp.unit == "raw" and clamp.value == pytest.approx(DEFAULT_MULTIPLIER * r.candidates[0].max_activation)
+    m = multiplier(planted, 17)  # from the search's max: the catalogue's is unknown
+    assert clamp.unit == "raw" and clamp.value == pytest.approx(m * r.candidates[0].max_activation)
 
 
 @pytest.mark.parametrize(
@@ -259,7 +293,7 @@ def test_cli_concept_search_with_try(tiny_model_dir, tiny_tokenizer, tmp_path, c
 
 
 def test_cli_eval_steering_measures_auto_steer(tiny_model_dir, tiny_tokenizer, tmp_path, capsys):
-    _, sae_dir = _saved_planted(tiny_model_dir, tiny_tokenizer, tmp_path)
+    sm, sae_dir = _saved_planted(tiny_model_dir, tiny_tokenizer, tmp_path)
     args = ["eval-steering", "--concept", CONCEPT, "--strength", "2", "--model", str(tiny_model_dir),
             "--sae", str(sae_dir), "--max-tokens", "3", "--limit-prompts", "2", "--json", "--threads", "1"]
     assert main(args) == 0
@@ -268,7 +302,8 @@ def test_cli_eval_steering_measures_auto_steer(tiny_model_dir, tiny_tokenizer, t
     # the target is auto-steer's spec, judged by its feature and by the concept text as the word
     (clamp,) = out["spec"]["features"]
     assert out["label"] == f"concept:{CONCEPT}" and out["concept_features"] == [clamp["index"]]
-    assert clamp == {"index": clamp["index"], "value": DEFAULT_MULTIPLIER * 2, "mode": "clamp", "unit": "max"}
+    assert clamp == {"index": clamp["index"], "value": pytest.approx(multiplier(sm, clamp["index"]) * 2),
+                     "mode": "clamp", "unit": "max"}
     assert out["spec"]["generated_limit"] == DEFAULT_WINDOW and out["concept_words"] == [CONCEPT]
     assert f"auto-steer: feature {clamp['index']}:" in captured.err
     # a window and words from the command line replace auto-steer's defaults

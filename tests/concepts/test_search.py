@@ -32,7 +32,8 @@ def _stats(per_text: list[list[list[float]]]) -> TextStats:
     acts = [torch.tensor(t) for t in per_text]
     mean = torch.stack([a.mean(0) for a in acts])
     mx = torch.stack([a.amax(0) for a in acts])
-    return TextStats(mean=mean, max=mx, on_word=torch.zeros_like(mean), total=torch.stack([a.sum(0) for a in acts]))
+    return TextStats(mean=mean, max=mx, on_word=torch.zeros_like(mean), total=torch.stack([a.sum(0) for a in acts]),
+                     resid_norm=torch.ones(len(acts)))
 
 
 def test_specificity_prefers_dense_concept_firing_over_a_token_feature():
