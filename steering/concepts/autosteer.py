@@ -20,17 +20,24 @@ answers is too broad to judge and is passed over. If none lifts the concept, the
 the label matches (in `extra`'s order), then the search's order, is used
 alone; with `probe=None`, the search's top. Value and window:
 
-    value = DEFAULT_MULTIPLIER * strength   (unit `max`, mode `clamp`,
-            all positions, generated_limit DEFAULT_WINDOW)
+    value_i = m_i * strength   (unit `max`, mode `clamp`, all positions,
+                                generated_limit DEFAULT_WINDOW = 12)
+    m_i = PUSH_FRACTION * scale / (max_i * |W_dec[i]|), clipped to MULTIPLIER_RANGE
 
-DEFAULT_MULTIPLIER = 1.75 for the first DEFAULT_WINDOW = 12 tokens follows
-the shipped presets, whose single-feature knees with a 12-token window were
-1.55x (mountains) and 1.7x (cooking): a short nudge costs less fluency than a
-clamp held over the whole answer for the same concept rate (presets/*.json
-notes); the probe runs at this value and window. A second feature is added
+so every feature moves the hook site's vector by the same share of its
+typical norm (`calibrated_multiplier`; scale: the median residual norm over
+the unrelated bank's texts, read once per SAE). PUSH_FRACTION is where the
+shipped single-feature presets, chosen on the selection half of the neutral
+prompts, sit (docs/research/steering.md); a fixed multiple of max pushed
+features with long decoder rows or high activations too hard and others too
+little. Without a scale (no bank read)
+the multiplier is DEFAULT_MULTIPLIER = 1.75. The probe runs each candidate at
+its own value and the window: a short nudge costs less fluency than a clamp
+held over the whole answer for the same concept rate (presets/*.json notes).
+A second feature is added
 only when `max_features` > 1 and its probe lift (or, unprobed, its score) is
-at least SECOND_FEATURE_RATIO of the first's, and then the multiplier is
-split between the two (two features at full strength broke every concept in
+at least SECOND_FEATURE_RATIO of the first's, and then each one's value is
+halved (two features at full strength broke every concept in
 the prototype probe).
 
 An `AutoSteerer` keeps each concept's search and probe (keyed by the concept
@@ -61,7 +68,7 @@ from steering.interventions import FeatureClamp, SteeringSpec
 if TYPE_CHECKING:
     from steering.steered_model import SteeredModel
 
-DEFAULT_MULTIPLIER = 1.75  # without a residual scale (no neutral bank read): the fixed multiplier
+DEFAULT_MULTIPLIER = 1.75  # without a residual scale (no neutral bank read)
 PUSH_FRACTION = 0.05
 MULTIPLIER_RANGE = (0.5, 3.0)
 DEFAULT_WINDOW = 12

@@ -212,10 +212,11 @@ def test_probe_of_an_empty_spec_equals_its_baseline(planted):
 
 
 def test_probe_prompts_are_distinct_and_outside_the_evaluation_set():
-    from steering.evaluation.prompts import load_prompts
+    from steering.evaluation.prompts import load_prompts, prompt_set_path
 
     assert len(set(PROBE_PROMPTS)) == len(PROBE_PROMPTS) >= 4
-    assert not {p.lower() for p in PROBE_PROMPTS} & {p.lower() for p in load_prompts()}
+    for half in ("select", "check"):
+        assert not {p.lower() for p in PROBE_PROMPTS} & {p.lower() for p in load_prompts(prompt_set_path("neutral", half))}
 
 
 def test_best_probe_needs_a_positive_lift():
