@@ -30,15 +30,13 @@ the unrelated bank's texts, read once per SAE). PUSH_FRACTION is where the
 shipped single-feature presets, chosen on the selection half of the neutral
 prompts, sit (docs/research/steering.md); a fixed multiple of max pushed
 features with long decoder rows or high activations too hard and others too
-little. Without a scale (no bank read)
-the multiplier is DEFAULT_MULTIPLIER = 1.75. The probe runs each candidate at
-its own value and the window: a short nudge costs less fluency than a clamp
-held over the whole answer for the same concept rate (presets/*.json notes).
-A second feature is added
-only when `max_features` > 1 and its probe lift (or, unprobed, its score) is
-at least SECOND_FEATURE_RATIO of the first's, and then each one's value is
-halved (two features at full strength broke every concept in
-the prototype probe).
+little. Without a scale (no bank read) the multiplier is DEFAULT_MULTIPLIER.
+The probe runs each candidate at its own value and the window: a short nudge
+costs less fluency than a clamp held over the whole answer for the same
+concept rate (presets/*.json notes). A second feature is added only when
+`max_features` > 1 and its probe lift (or, unprobed, its score) is at least
+SECOND_FEATURE_RATIO of the first's, and then each one's value is halved
+(two features at full strength broke every concept in the prototype probe).
 
 An `AutoSteerer` keeps each concept's search and probe (keyed by the concept
 lowercased with whitespace collapsed, and the extra features) for the
@@ -145,7 +143,8 @@ class _Choice:
     candidates: tuple[ConceptCandidate, ...]
     probes: tuple[ProbeResult, ...]
     labelled: tuple[int, ...] = ()  # the `extra` (label-matched) features, best match first
-    multipliers: dict[int, float] = field(default_factory=dict)  # calibrated value (x max) per candidate
+    multipliers: dict[int, float] = field(default_factory=dict)  # value (x max) per candidate at strength 1
+    scale: float | None = None  # the residual scale they were calibrated on; None: DEFAULT_MULTIPLIER
 
 
 def concept_candidates(sm: "SteeredModel", concept: str, extra: Sequence[int] = (), neutral: TextStats | None = None,
@@ -259,7 +258,7 @@ class AutoSteerer:
         if self.probe is not None and candidates:
             specs = [(c.index, _spec(sm, [c], [multipliers[c.index]])[1]) for c in candidates]
             probes = tuple(probe_specs(sm, concept, specs, self.probe, runner))
-        choice = _Choice(candidates, probes, extra, multipliers)
+        choice = _Choice(candidates, probes, extra, multipliers, scale)
         with self._lock:
             self._cache[key] = choice
             self._cache.move_to_end(key)
@@ -351,8 +350,8 @@ def _result(sm: "SteeredModel", concept: str, strength: float, max_features: int
     used, spec = _spec(sm, chosen, values)
     spec.validate(sm.sae)
     top = chosen[0]
-    how = ("calibrated: a push of " f"{100 * PUSH_FRACTION:g}% of the residual's typical norm"
-           if choice.multipliers else "fixed")
+    how = (f"calibrated: a push of {100 * PUSH_FRACTION:g}% of the residual's typical norm {choice.scale:.3g}"
+           if choice.scale is not None else "fixed")
     clamp = (f"clamped to {values[0]:.3g} x max activation ({multipliers[0]:.3g}, {how}, x strength {strength:g}"
              + (f", split over {len(chosen)} features" if len(chosen) > 1 else "")
              + f") for the first {DEFAULT_WINDOW} generated tokens")
