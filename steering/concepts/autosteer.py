@@ -143,8 +143,7 @@ class _Choice:
     candidates: tuple[ConceptCandidate, ...]
     probes: tuple[ProbeResult, ...]
     labelled: tuple[int, ...] = ()  # the `extra` (label-matched) features, best match first
-    multipliers: dict[int, float] = field(default_factory=dict)  # value (x max) per candidate at strength 1
-    scale: float | None = None  # the residual scale they were calibrated on; None: DEFAULT_MULTIPLIER
+    scale: float | None = None  # the residual scale the values are calibrated on (`calibrated_multiplier`)
 
 
 def concept_candidates(sm: "SteeredModel", concept: str, extra: Sequence[int] = (), neutral: TextStats | None = None,
@@ -253,12 +252,11 @@ class AutoSteerer:
         self.prepare(runner)
         candidates = tuple(concept_candidates(sm, concept, extra, neutral=self._neutral, runner=runner))
         scale = residual_scale(self._neutral)
-        multipliers = {c.index: calibrated_multiplier(sm, c, scale) for c in candidates}
         probes: tuple[ProbeResult, ...] = ()
         if self.probe is not None and candidates:
-            specs = [(c.index, _spec(sm, [c], [multipliers[c.index]])[1]) for c in candidates]
+            specs = [(c.index, _spec(sm, [c], [calibrated_multiplier(sm, c, scale)])[1]) for c in candidates]
             probes = tuple(probe_specs(sm, concept, specs, self.probe, runner))
-        choice = _Choice(candidates, probes, extra, multipliers, scale)
+        choice = _Choice(candidates, probes, extra, scale)
         with self._lock:
             self._cache[key] = choice
             self._cache.move_to_end(key)
@@ -345,7 +343,7 @@ def _result(sm: "SteeredModel", concept: str, strength: float, max_features: int
         raise SteeringError(f"no feature of this SAE fires more on text about {concept!r} than on unrelated text",
                             "steering.concept")
     chosen, best = _pick(choice, max_features)
-    multipliers = [choice.multipliers.get(c.index, DEFAULT_MULTIPLIER) for c in chosen]
+    multipliers = [calibrated_multiplier(sm, c, choice.scale) for c in chosen]
     values = [m * strength / len(chosen) for m in multipliers]
     used, spec = _spec(sm, chosen, values)
     spec.validate(sm.sae)

@@ -109,6 +109,7 @@ class Catalogue:
         self.labels: list[str] = list(meta["labels"])
         # concept / token / unclear per feature (None for catalogues built before label kinds)
         self.label_kinds: list[str | None] = list(meta.get("label_kinds") or [None] * len(self.labels))
+        self._concept_labels = np.array([kind == "concept" for kind in self.label_kinds], dtype=bool)
         self.before = int(meta["window"][0])
         offsets = arrays["vocab_offsets"]
         blob = arrays["vocab_bytes"].tobytes()
@@ -218,7 +219,6 @@ class Catalogue:
         act = a["context_activation"].astype(np.float64)
         weight = act / np.maximum(act[:, :1], 1e-9)
         labels = [label.lower() for label in self.labels]
-        concept = np.array([kind == "concept" for kind in self.label_kinds])
         for word in query.lower().split():
             ids = self._matching_tokens(word)
             if ids.size:
@@ -227,7 +227,7 @@ class Catalogue:
                 scores += (peak * weight).sum(-1) + 0.2 * (anywhere * weight).sum(-1)
                 scores += np.isin(a["promoted_ids"], ids).any(-1)
             in_label = np.fromiter((word in label for label in labels), dtype=bool, count=len(labels))
-            scores += 2.0 * in_label + 100.0 * (in_label & concept)
+            scores += 2.0 * in_label + 100.0 * (in_label & self._concept_labels)
         return scores
 
     def matches(self, query: str, limit: int = 10) -> list[tuple[int, float]]:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from steering.sae.autoencoder import SparseAutoencoder
 from steering.sae.catalogue import CATALOGUE_ARRAYS, CATALOGUE_JSON, FORMAT
 from steering.tokens import vocabulary_bytes
-from steering.training.labels import make_labels
+from steering.training.labels import KINDS, make_labels
 from steering.training.store import ActivationStore
 
 
@@ -184,4 +184,4 @@ def relabel(folder: str | Path) -> dict[str, Any]:
                          catalogue.before)
     meta = {**catalogue.meta, "labels": [lab.text for lab in labels], "label_kinds": [lab.kind for lab in labels]}
     (Path(folder) / CATALOGUE_JSON).write_text(json.dumps(meta, ensure_ascii=False))
-    return {kind: sum(lab.kind == kind for lab in labels) for kind in ("concept", "token", "unclear")}
+    return {kind: sum(lab.kind == kind for lab in labels) for kind in KINDS}

@@ -150,9 +150,9 @@ def _label(live: list, background: Counter, n_windows: int, promoted: np.ndarray
         share[top_peak] += peak_share
     promoted_words = [texts[int(t)].strip().lower() for t in promoted if 0 <= int(t) < len(texts)]
     scored = []
-    for w, s in share.items():
+    for w, s in share.items() if len(live) >= 3 else ():  # fewer contexts share nothing worth naming
         lift = s / max(background[w] / n_windows, 1e-9)
-        if s >= MIN_SHARE and lift >= MIN_LIFT and len(live) >= 3:
+        if s >= MIN_SHARE and lift >= MIN_LIFT:
             scored.append((s * math.log(lift) * (2.0 if w in promoted_words else 1.0), w))
     if scored:
         words = tuple(w for _, w in sorted(scored, reverse=True)[:3])
