@@ -328,7 +328,7 @@ def _encoder_kind(sae: SparseAutoencoder) -> str:
 def _clamped_activations(sae: SparseAutoencoder, plan: BatchPlan, x_n: Tensor) -> Tensor:
     """f[..., plan.features] for normalised x_n [R, T, d_in] -> [R, T, m]."""
     if plan.encoder != "full":
-        pre = sae._pre_input(x_n) @ plan.W_enc + plan.b_enc
+        pre = sae.encoder_input(x_n) @ plan.W_enc + plan.b_enc
         if plan.encoder == "relu":
             return torch.relu(pre)
         return torch.where(pre > plan.threshold, pre, 0.0)

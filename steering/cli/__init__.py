@@ -25,13 +25,15 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from steering.cli import attribute, bench, concept_search, evaluate, generate, inspect, loadtest, monitors, sweep, training
+from steering.cli import (attribute, bench, concept_search, evaluate, extension, generate, inspect, loadtest, monitors,
+                          sweep, training)
 from steering.cli.common import report
 from steering.errors import ParameterError
 
 # Every command, in the order `--help` lists them.
 REGISTRARS = (generate.add_parser, evaluate.add_parser, sweep.add_parser, concept_search.add_parser,
-              inspect.add_parser, attribute.add_parsers, monitors.add_parsers, bench.add_parser, loadtest.add_parser, training.add_parsers)
+              inspect.add_parser, attribute.add_parsers, monitors.add_parsers, bench.add_parser, loadtest.add_parser, training.add_parsers,
+              extension.add_parsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -122,7 +122,7 @@ class Readout:
         if not self._kernels:
             return sae.encode(x.to(sae.W_enc.dtype)).float()
         x_n, _ = sae.normalize(x.float())
-        pre = self._kernels.linear(sae._pre_input(x_n).contiguous(), self._w_enc_t) + sae.b_enc
+        pre = self._kernels.linear(sae.encoder_input(x_n).contiguous(), self._w_enc_t) + sae.b_enc
         return sae.activate(pre).float()
 
     def reader(self, request: SequenceRequest) -> RowReader | None:

