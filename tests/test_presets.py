@@ -128,7 +128,8 @@ def test_shipped_presets_parse_and_their_efficacy_verdict_follows_the_numbers(pa
         else:
             rates = eff["concept_rate"] >= 0.8 and eff["baseline_concept_rate"] <= 0.05
         meets = rates and eff["repeated_4gram"] <= 0.2 and eff["delta_loss"] <= 1.0
-        assert eff["meets_targets"] is meets and eff["n_prompts"] >= 20
+        # the self set is the ten self-description prompts a half (nine answers each); others >= 20
+        assert eff["meets_targets"] is meets and eff["n_prompts"] >= (10 if preset.prompt_set == "self" else 20)
     if conditional:  # measured on on-topic prompts, and on off-topic ones where it should leave answers alone
         off = preset.efficacy["off_topic"]
         assert preset.efficacy["n_prompts"] >= 40 and off["n_prompts"] >= 40

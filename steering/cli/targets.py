@@ -23,6 +23,7 @@ TEXT in simple singular and plural). Presets are read by `steering.presets`
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ from steering.evaluation.prompts import HALVES
 from steering.interventions import SteeringSpec
 from steering.presets import Preset, find_preset, read_preset, unavailable_reason
 
+# A report's answers: the issue's bound for a preset's efficacy (>= 90 answers).
+REPORT_ANSWERS = 90
+
 if TYPE_CHECKING:
     from steering.steered_model import SteeredModel
 
@@ -43,8 +47,8 @@ if TYPE_CHECKING:
 def add_target_arguments(p: argparse.ArgumentParser, several: bool = False, report: bool = False) -> None:
     """Arguments shared by eval-steering and sweep: what to steer, how to judge, how to sample.
 
-    `report`: the defaults of a report (check half, seeds from 1000, 2 samples) instead of a selection's
-    (selection half, seed 0, 1 sample)."""
+    `report`: the defaults of a report (check half, seeds from 1000, enough samples for REPORT_ANSWERS
+    answers and at least 2) instead of a selection's (selection half, seed 0, 1 sample)."""
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--preset", help="preset name (presets/NAME.json) or path to a preset file"
                       + ("; several comma-separated, or `all`" if several else ""))
@@ -67,8 +71,10 @@ def add_target_arguments(p: argparse.ArgumentParser, several: bool = False, repo
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--temperature", type=float, default=0.7, help="0 for greedy")
     p.add_argument("--seed", type=int, default=1000 if report else 0)
-    p.add_argument("--samples", type=int, default=2 if report else 1,
-                   help="answers per prompt (sample k of prompt j of n is seeded SEED + k*n + j); rates over all of them")
+    p.add_argument("--samples", type=int, default=None if report else 1,
+                   help="answers per prompt (sample k of prompt j of n is seeded SEED + k*n + j); rates over all of them"
+                   + (f" (default: enough for {REPORT_ANSWERS} answers, at least 2: 2 on 46 prompts, 9 on 10)"
+                      if report else ""))
     p.add_argument("--batch-size", type=int, default=64, help="rows per generation batch")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     add_model_arguments(p)
@@ -152,9 +158,11 @@ def resolve_targets(args: argparse.Namespace, sm: "SteeredModel") -> list[Target
         name = "given" if args.prompts else args.prompt_set or own_set
         if name not in groups:
             path = args.prompts or prompt_set_path(name, args.half)
+            prompts = load_prompts(path)[: args.limit_prompts]
+            samples = args.samples if args.samples is not None else max(2, math.ceil(REPORT_ANSWERS / max(len(prompts), 1)))
             settings = EvalSettings(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
-                                    samples=args.samples, batch_size=args.batch_size,
+                                    samples=samples, batch_size=args.batch_size,
                                     prompt_set=None if args.prompts else name, half=None if args.prompts else args.half)
-            groups[name] = TargetGroup(load_prompts(path)[: args.limit_prompts], [], settings)
+            groups[name] = TargetGroup(prompts, [], settings)
         groups[name].targets.append(target)
     return list(groups.values())
