@@ -13,6 +13,8 @@
     loadtest         soak a running (or started) server: errors, latency, memory (loadtest)
     build-corpus, harvest, train-sae, eval-sae, build-catalogue, layer-sweep
                      dictionary learning                                   (training)
+    write-topic-text, extend-sae
+                     corpus text the model writes; new features on a trained SAE (extension)
 
 Commands parse arguments and call the library; nothing in the library parses
 arguments. Shared pieces (model arguments, loading, the clamp form, the one
@@ -32,8 +34,8 @@ from steering.errors import ParameterError
 
 # Every command, in the order `--help` lists them.
 REGISTRARS = (generate.add_parser, evaluate.add_parser, sweep.add_parser, concept_search.add_parser,
-              inspect.add_parser, attribute.add_parsers, monitors.add_parsers, bench.add_parser, loadtest.add_parser, training.add_parsers,
-              extension.add_parsers)
+              inspect.add_parser, attribute.add_parsers, monitors.add_parsers, bench.add_parser, loadtest.add_parser,
+              training.add_parsers, extension.add_parsers)
 
 
 def build_parser() -> argparse.ArgumentParser:
