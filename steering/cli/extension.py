@@ -3,7 +3,7 @@
     write-topic-text  the model's own answers to questions about a topic, as corpus documents
     extend-sae        new features for a trained SAE, trained on what it leaves unexplained
 
-The shipped SAE's README gives the exact commands and their order.
+The commands behind the runs made so far: steering/data/corpus/README.md and docs/research/dictionary.md.
 """
 
 from __future__ import annotations

@@ -158,7 +158,11 @@ TOPIC_TEXT_DIR = Path(__file__).resolve().parent.parent / "data" / "corpus"
 
 def load_topics(seed: int, folder: Path = TOPIC_TEXT_DIR) -> Iterator[Document]:
     """Question -> answer chats from the JSON-lines files in `folder` (one document per answer)."""
-    for path in sorted(folder.glob("*.jsonl")):
+    paths = sorted(folder.glob("*.jsonl"))
+    if not paths:
+        raise FileNotFoundError(f"no topic text (*.jsonl) in {folder}: write it first with `python -m steering "
+                                "write-topic-text` (see steering/data/corpus/README.md)")
+    for path in paths:
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 item = json.loads(line)

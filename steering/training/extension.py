@@ -19,10 +19,11 @@ The new encoder reads the input as the old one does, so the grown SAE is an
 ordinary SAE of S + N features: W_enc = [W_enc | W_enc'], W_dec = [W_dec ; W_dec'],
 one JumpReLU threshold per feature (the base's, then theta' for the new ones,
 calibrated so that k' new features fire per token on average). Its
-reconstruction is the base's plus f' @ W_dec': it can only explain more.
+reconstruction is the base's plus f' @ W_dec'.
 
 Training reads every harvested token once to compute e (one base encode), then
-runs `epochs` passes of Adam over the (x_n - b_dec, e) pairs held in memory.
+takes epochs x T / batch_size Adam steps on batches drawn from the (x_n - b_dec,
+e) pairs held in memory (T tokens; 2 x T x d float32 values).
 """
 
 from __future__ import annotations

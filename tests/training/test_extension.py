@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from steering.cli import main
@@ -92,6 +93,8 @@ def test_topic_text_is_seeded_and_read_back_as_chats(tmp_path, tiny_model_dir, c
     assert len(docs) == 2 * len(items) and docs[0].doc_id.startswith("a/")
     assert docs[0].messages[0] == ("user", items[0]["question"]) and docs[0].messages[1][0] == "assistant"
     assert all(d.source == "topics" for d in docs)  # the system prompt stays out of the corpus
+    with pytest.raises(FileNotFoundError, match="write-topic-text"):
+        list(load_topics(0, tmp_path / "nothing-written"))
 
 
 def test_extend_sae_command_grows_a_trained_sae_and_its_catalogue(tmp_path, tiny_model_dir, tiny_tokenizer, capsys):
