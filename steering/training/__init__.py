@@ -11,11 +11,13 @@ The pipeline, one module per step:
     catalogue_builder  per-feature contexts, logit effects, labels, neighbours
     report             training report JSON and PNG plots
     layer_sweep        a small SAE per candidate layer, to choose the layer
+    topic_text         corpus text the model writes about what the offline text lacks
+    extension          new features for a trained SAE, trained on its error (the old ones unchanged)
 
 Big data (corpora, activations, checkpoints) lives under the cache directory
 (`steering.models.default_cache_dir()`: $STEERING_CACHE, else
 $XDG_CACHE_HOME/sae-steering, else ~/.cache/sae-steering), never in the
-repository. The commands are in `steering.cli.training`. Nothing here is
+repository. The commands are in `steering.cli.training` and `steering.cli.extension`. Nothing here is
 imported by the server; `steering.sae.catalogue` loads a built
 catalogue without torch models.
 """
