@@ -159,7 +159,9 @@ def resolve_targets(args: argparse.Namespace, sm: "SteeredModel") -> list[Target
         if name not in groups:
             path = args.prompts or prompt_set_path(name, args.half)
             prompts = load_prompts(path)[: args.limit_prompts]
-            samples = args.samples if args.samples is not None else max(2, math.ceil(REPORT_ANSWERS / max(len(prompts), 1)))
+            samples = args.samples
+            if samples is None:  # a report: enough answers for the bound, at least two per prompt
+                samples = max(2, math.ceil(REPORT_ANSWERS / max(len(prompts), 1)))
             settings = EvalSettings(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
                                     samples=samples, batch_size=args.batch_size,
                                     prompt_set=None if args.prompts else name, half=None if args.prompts else args.half)

@@ -216,7 +216,8 @@ def add_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser("build-corpus", help="assemble the offline training text into token rows")
     p.add_argument("--out", default=None, help="corpus folder (default <cache>/training/corpus/default)")
     p.add_argument("--model", default=None, help="model whose tokenizer and chat template to use")
-    p.add_argument("--sources", nargs="+", default=None, help="subset of: wiki chat news recipes code topics (default: all but topics)")
+    p.add_argument("--sources", nargs="+", default=None,
+                   help="subset of: wiki chat news recipes code topics (default: all but topics)")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-fraction", type=float, default=0.05)

@@ -231,7 +231,8 @@ def extend_catalogue(folder: str | Path, grown: SparseAutoencoder, start: int,
     nb_i, nb_c = neighbours(W_dec, old.arrays["neighbour_ids"].shape[1])
     a = old.arrays
     ctx_dtype = a["context_tokens"].dtype
-    new_ctx = (np.where(new_w < 0, np.iinfo(np.uint16).max, new_w) if ctx_dtype == np.uint16 else new_w).astype(ctx_dtype)
+    padded = np.where(new_w < 0, np.iinfo(np.uint16).max, new_w) if ctx_dtype == np.uint16 else new_w
+    new_ctx = padded.astype(ctx_dtype)
     arrays = dict(a)
     arrays.update({
         "max_activation": np.concatenate([a["max_activation"], max_act.numpy().astype(np.float32)]),

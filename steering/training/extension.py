@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from steering.errors import ParameterError
 from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
 from steering.training.store import ActivationStore
 
@@ -50,6 +51,13 @@ class ExtensionConfig:
     epochs: float = 8.0
     warmup_steps: int = 50
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_features", "k", "lr", "batch_size", "epochs", "warmup_steps"):
+            if not getattr(self, name) > 0:
+                raise ParameterError(f"{name} must be positive, got {getattr(self, name)}", name)
+        if self.k > self.n_features:
+            raise ParameterError(f"k ({self.k}) cannot exceed n_features ({self.n_features})", "k")
 
 
 def base_errors(base: SparseAutoencoder, stores: Iterable[ActivationStore], batch_size: int = 4096

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import torch
 
 from steering.chat_template import chat_text
+from steering.errors import ParameterError
 
 
 def read_questions(path: str | Path) -> list[str]:
@@ -49,8 +50,9 @@ def write_topic_answers(model: Any, tokenizer: Any, questions: list[str], out: s
     Shapes: each batch is [B, T] token ids, left-padded; answers are the new
     tokens up to the first end-of-turn token.
     """
-    if samples < 1 or max_tokens < 1 or batch_size < 1:
-        raise ValueError("samples, max_tokens and batch_size must be positive")
+    for name, value in (("samples", samples), ("max_tokens", max_tokens), ("batch_size", batch_size)):
+        if value < 1:
+            raise ParameterError(f"{name} must be positive, got {value}", name)
     jobs = [(q_i, s) for s in range(samples) for q_i in range(len(questions))]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     side = tokenizer.padding_side
@@ -64,9 +66,10 @@ def write_topic_answers(model: Any, tokenizer: Any, questions: list[str], out: s
                 head = [{"role": "system", "content": system}] if system else []
                 texts = [chat_text(tokenizer, head + [{"role": "user", "content": questions[q]}]) for q, _ in batch]
                 enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-                torch.manual_seed(seed + b)
-                gen = model.generate(**enc, do_sample=temperature > 0, temperature=temperature or None,
-                                     top_p=None, top_k=None, max_new_tokens=max_tokens, pad_token_id=pad)
+                with torch.random.fork_rng(devices=[]):  # seeded per batch, the caller's generator untouched
+                    torch.manual_seed(seed + b)
+                    gen = model.generate(**enc, do_sample=temperature > 0, temperature=temperature or None,
+                                         top_p=None, top_k=None, max_new_tokens=max_tokens, pad_token_id=pad)
                 new = gen[:, enc["input_ids"].shape[1]:]
                 for (q, s), ids in zip(batch, new):
                     answer = tokenizer.decode(ids, skip_special_tokens=True).strip()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from steering.cli import main
+from steering.errors import ParameterError
 from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
 from steering.sae.catalogue import Catalogue
 from steering.sae.formats import load_sae
@@ -53,6 +54,10 @@ def test_extension_finds_the_missing_direction_and_keeps_the_old_features(tmp_pa
     ext = train_extension(h, e, cfg, progress=False)
     cos = (ext["W_dec"] @ missing).abs()
     assert float(cos.max()) > 0.9, cos
+
+    with pytest.raises(ParameterError) as bad:
+        ExtensionConfig(n_features=8, k=9)
+    assert bad.value.param == "k"
 
     grown = grown_sae(base, ext, {"note": "test"})
     assert grown.d_sae == S + 8 and grown.cfg.metadata["note"] == "test"
