@@ -11,6 +11,8 @@ activation is unknown), or either when both are given (`Judge`).
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -46,6 +48,12 @@ def score_answers(
     for an empty answer). peaks: for each of `features`, the max over answer
     tokens of f_i / max_act_i (raw f_i where max_act_i is unknown); None when
     no features are given or the answer is empty.
+
+    Answers that share a context (an evaluation's targets all answer the same
+    prompts) are scored over one forward of that context: its K/V cache,
+    repeated for up to `batch_size` answers, and the logit at its last
+    position, which predicts each answer's first token. Only answer tokens
+    are computed again: (targets + 1) x prompt tokens fewer.
     """
     model, sae = sm.loaded.model, sm.sae
     device = next(model.parameters()).device
@@ -55,46 +63,55 @@ def score_answers(
     if use_sae:
         max_act = sae.max_activation[idx].float()
         scale = torch.where(torch.isfinite(max_act) & (max_act > 0), max_act, torch.ones_like(max_act))
-    losses: list[float | None] = []
-    peaks: list[list[float] | None] = []
-    for start in range(0, len(answers), batch_size):
-        ctx, ans = contexts[start : start + batch_size], answers[start : start + batch_size]
-        rows = [list(c) + list(a) for c, a in zip(ctx, ans)]
-        width = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for r, row in enumerate(rows):  # right-padded: positions 0..len-1 as in generation
-            ids[r, : len(row)] = torch.tensor(row)
-            mask[r, : len(row)] = 1
-        # Logits only where some row predicts an answer token: positions first..last-1.
-        first = min((len(c) for c, a in zip(ctx, ans) if a), default=1) - 1
-        keep = torch.arange(max(first, 0), width, device=device)
+    losses: list[float | None] = [None] * len(answers)
+    peaks: list[list[float] | None] = [None] * len(answers)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for r, (c, a) in enumerate(zip(contexts, answers)):
+        if a:  # an empty answer has neither loss nor peaks
+            groups.setdefault(tuple(c), []).append(r)
+    for context, rows in groups.items():
         with torch.inference_mode():
-            with capture(model, sae.cfg.hook_layer, sae.cfg.hook_site) if use_sae else nullcontext() as store:
-                logits = _forward_logits(model, ids.to(device), mask.to(device), keep)
-            if use_sae:
-                acts = sae.encode_features(store[0].to(sae.W_dec.dtype), idx) / scale  # [B, T, m]
-            for r, (c, a) in enumerate(zip(ctx, ans)):
-                if not a:
-                    losses.append(None)
-                    peaks.append(None)
-                    continue
-                lo, hi = len(c), len(c) + len(a)
-                logp = torch.log_softmax(logits[r, lo - 1 - int(keep[0]) : hi - 1 - int(keep[0])].float(), dim=-1)
-                target = torch.tensor(list(a), device=logp.device)
-                losses.append(float(-logp.gather(1, target[:, None]).mean()))
-                peaks.append(acts[r, lo:hi].amax(0).float().tolist() if use_sae else None)
+            ctx = torch.tensor([context], dtype=torch.long, device=device)
+            first_logits, context_cache = _context_forward(model, ctx)
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                width = max(len(answers[r]) for r in chunk)
+                ids = torch.zeros(len(chunk), width, dtype=torch.long)
+                mask = torch.zeros(len(chunk), len(context) + width, dtype=torch.long)
+                mask[:, : len(context)] = 1
+                for k, r in enumerate(chunk):  # right-padded after the shared context
+                    ids[k, : len(answers[r])] = torch.tensor(list(answers[r]))
+                    mask[k, len(context) : len(context) + len(answers[r])] = 1
+                cache = copy.deepcopy(context_cache)  # the forward below appends to it
+                cache.batch_repeat_interleave(len(chunk))
+                with capture(model, sae.cfg.hook_layer, sae.cfg.hook_site) if use_sae else nullcontext() as store:
+                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
+                                   **{_cache_argument(model): cache}).logits  # [G, width, V]
+                if use_sae:
+                    acts = sae.encode_features(store[0].to(sae.W_dec.dtype), idx) / scale  # [G, width, m]
+                for k, r in enumerate(chunk):
+                    a = list(answers[r])
+                    # token t of the answer is predicted at answer position t-1, token 0 by the context's last
+                    pred = torch.cat([first_logits[None], logits[k, : len(a) - 1]]).float()
+                    logp = torch.log_softmax(pred, dim=-1)
+                    target = torch.tensor(a, device=logp.device)
+                    losses[r] = float(-logp.gather(1, target[:, None]).mean())
+                    peaks[r] = acts[k, : len(a)].amax(0).float().tolist() if use_sae else None
     return losses, peaks
 
 
-def _forward_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Logits [B, len(keep), V] at positions `keep` (a contiguous range); the full forward where
-    the model takes no `logits_to_keep`."""
-    try:
-        return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
-    except TypeError:
-        return model(input_ids=ids, attention_mask=mask).logits[:, keep]
+def _cache_argument(model: Any) -> str:
+    """The forward's cache argument: transformers renamed past_key_values to cache during 5.x."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
+
+def _context_forward(model: Any, ctx: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """(logits [V] at the context's last position, its K/V cache) for ctx [1, L]."""
+    try:
+        out = model(input_ids=ctx, use_cache=True, logits_to_keep=1)
+    except TypeError:  # a model that takes no logits_to_keep
+        out = model(input_ids=ctx, use_cache=True)
+    return out.logits[0, -1], out["cache"] if "cache" in out else out["past_key_values"]
 
 
 class Judge:

@@ -356,3 +356,30 @@ def test_prompting_baseline_rows_have_the_compare_prompt_and_no_clamps(tiny_llam
     assert r_asked.prompted["system_prompt"] == "Talk about x." and r_asked.prompted["delta_loss"] is not None
     assert r_asked.efficacy()["prompted"]["word_rate"] == 1.0 and r_other.prompted is None
     assert "prompting instead: concept 100%" in r_asked.summary()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3", "qwen2", "qwen3", "mistral", "phi3", "gpt2"])
+def test_score_answers_over_a_shared_context_equals_full_forwards(arch):
+    """The context's K/V is computed once and repeated for the answers that share it; each answer's loss and
+    peaks equal a full forward of context + answer (sliding windows and soft-capping included)."""
+    from steering.evaluation.random_models import random_steered_model
+    from steering.hooks import activations_at
+
+    sm = random_steered_model(arch, d_sae=64)
+    model, sae = sm.loaded.model, sm.sae
+    ctx_a, ctx_b = list(range(40, 52)), list(range(60, 65))
+    answers = [[70, 71, 72, 73, 74, 75, 76, 77], [80, 81], [], [90, 91, 92, 93, 94], [100, 101, 102]]
+    contexts = [ctx_a, ctx_a, ctx_a, ctx_b, ctx_a]
+    losses, peaks = score_answers(sm, contexts, answers, features=[3, 9], batch_size=2)  # chunks of one context
+    assert losses[2] is None and peaks[2] is None
+    for ctx, ans, loss, peak in zip(contexts, answers, losses, peaks):
+        if not ans:
+            continue
+        ids = torch.tensor([ctx + ans])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+            _, acts = next(iter(activations_at(model, sae.cfg.hook_layer, "resid_post", [ctx + ans])))
+            f = sae.encode(acts[len(ctx):])[:, [3, 9]] / sae.max_activation[[3, 9]]
+        manual = -sum(float(lp[len(ctx) - 1 + t, ans[t]]) for t in range(len(ans))) / len(ans)
+        assert loss == pytest.approx(manual, abs=1e-4)
+        assert peak == pytest.approx(f.amax(0).tolist(), abs=1e-4)
