@@ -64,7 +64,7 @@ from steering.errors import SteeringError
 from steering.evaluation.metrics import mean, rate, repeated_ngram_share
 from steering.evaluation.prompts import load_prompts
 from steering.evaluation.results import AnswerRecord, EvalResult
-from steering.evaluation.scoring import Answer, Judge, score_answers
+from steering.evaluation.scoring import Answer, ContextCache, Judge, score_answers
 from steering.evaluation.targets import Concept, EvalSettings, EvalTarget
 from steering.interventions import SteeringSpec
 from steering.presets import Preset
@@ -125,14 +125,20 @@ def engine_runner(engine: Engine) -> Runner:
 
 def _score(sm: "SteeredModel", runner: Runner, contexts: list, answers: list, features: list[int],
            batch_size: int) -> tuple[list, list]:
-    """score_answers in chunks of `batch_size` rows, each one `runner` call (short calls between steps)."""
-    losses: list = []
-    peaks: list = []
-    for start in range(0, len(answers), batch_size):
-        lo, pe = runner.run(score_answers, sm, contexts[start : start + batch_size], answers[start : start + batch_size],
-                            features, batch_size)
-        losses += lo
-        peaks += pe
+    """score_answers in chunks of `batch_size` rows, each one `runner` call (short calls between steps).
+
+    Rows are taken context by context (every target answers the same prompts), and each context's
+    forward is kept across the calls (`ContextCache`), so it is computed once per evaluation."""
+    order = sorted(range(len(answers)), key=lambda r: (tuple(contexts[r]), r))
+    losses: list = [None] * len(answers)
+    peaks: list = [None] * len(answers)
+    cache = ContextCache()
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        lo, pe = runner.run(score_answers, sm, [contexts[r] for r in chunk], [answers[r] for r in chunk],
+                            features, batch_size, cache)
+        for r, loss, peak in zip(chunk, lo, pe):
+            losses[r], peaks[r] = loss, peak
     return losses, peaks
 
 

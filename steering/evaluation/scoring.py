@@ -38,9 +38,27 @@ class Answer:
 
 
 
+class ContextCache:
+    """Contexts' forwards kept between `score_answers` calls of one evaluation: context ids ->
+    (logits [V] at its last position, its K/V cache). Bounded by `max_contexts` (oldest dropped)."""
+
+    def __init__(self, max_contexts: int = 256):
+        self.max_contexts = max_contexts
+        self._items: dict[tuple[int, ...], tuple[torch.Tensor, Any]] = {}
+
+    def get(self, model: Any, context: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, Any]:
+        hit = self._items.get(context)
+        if hit is None:
+            hit = _context_forward(model, torch.tensor([context], dtype=torch.long, device=device))
+            self._items[context] = hit
+            while len(self._items) > self.max_contexts:
+                self._items.pop(next(iter(self._items)))
+        return hit
+
+
 def score_answers(
     sm: "SteeredModel", contexts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
-    features: Sequence[int] = (), batch_size: int = 8,
+    features: Sequence[int] = (), batch_size: int = 8, context_cache: ContextCache | None = None,
 ) -> tuple[list[float | None], list[list[float] | None]]:
     """(loss, peaks) per answer under the unsteered model, each answer after its context.
 
@@ -53,7 +71,9 @@ def score_answers(
     prompts) are scored over one forward of that context: its K/V cache,
     repeated for up to `batch_size` answers, and the logit at its last
     position, which predicts each answer's first token. Only answer tokens
-    are computed again: (targets + 1) x prompt tokens fewer.
+    are computed again: (targets + 1) x prompt tokens fewer. `context_cache`
+    keeps the contexts' forwards for later calls (an evaluation scores in
+    chunks); without one they are kept for this call only.
     """
     model, sae = sm.loaded.model, sm.sae
     device = next(model.parameters()).device
@@ -69,10 +89,10 @@ def score_answers(
     for r, (c, a) in enumerate(zip(contexts, answers)):
         if a:  # an empty answer has neither loss nor peaks
             groups.setdefault(tuple(c), []).append(r)
+    known = context_cache if context_cache is not None else ContextCache()
     for context, rows in groups.items():
         with torch.inference_mode():
-            ctx = torch.tensor([context], dtype=torch.long, device=device)
-            first_logits, context_cache = _context_forward(model, ctx)
+            first_logits, kv = known.get(model, context, device)
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
                 width = max(len(answers[r]) for r in chunk)
@@ -82,7 +102,7 @@ def score_answers(
                 for k, r in enumerate(chunk):  # right-padded after the shared context
                     ids[k, : len(answers[r])] = torch.tensor(list(answers[r]))
                     mask[k, len(context) : len(context) + len(answers[r])] = 1
-                cache = copy.deepcopy(context_cache)  # the forward below appends to it
+                cache = copy.deepcopy(kv)  # the forward below appends to it
                 cache.batch_repeat_interleave(len(chunk))
                 with capture(model, sae.cfg.hook_layer, sae.cfg.hook_site) if use_sae else nullcontext() as store:
                     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,

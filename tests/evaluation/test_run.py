@@ -383,3 +383,18 @@ def test_score_answers_over_a_shared_context_equals_full_forwards(arch):
         manual = -sum(float(lp[len(ctx) - 1 + t, ans[t]]) for t in range(len(ans))) / len(ans)
         assert loss == pytest.approx(manual, abs=1e-4)
         assert peak == pytest.approx(f.amax(0).tolist(), abs=1e-4)
+
+
+def test_a_context_cache_forwards_each_context_once_across_calls(tiny_llama, tiny_tokenizer, monkeypatch):
+    import steering.evaluation.scoring as scoring
+
+    sm = tiny_sm(tiny_llama, tiny_tokenizer)
+    calls = []
+    real = scoring._context_forward
+    monkeypatch.setattr(scoring, "_context_forward", lambda model, ctx: calls.append(ctx.shape[1]) or real(model, ctx))
+    cache = scoring.ContextCache()
+    ctx_a, ctx_b = [5, 6, 7, 8], [9, 10]
+    first = score_answers(sm, [ctx_a, ctx_b], [[20, 21], [22]], features=[1], context_cache=cache)
+    second = score_answers(sm, [ctx_b, ctx_a], [[22], [20, 21]], features=[1], context_cache=cache)
+    assert calls == [4, 2]  # the second call reused both contexts
+    assert second[0] == [first[0][1], first[0][0]] and second[1] == [first[1][1], first[1][0]]
