@@ -128,7 +128,7 @@ def _score(sm: "SteeredModel", runner: Runner, contexts: list, answers: list, fe
     """score_answers in chunks of `batch_size` rows, each one `runner` call (short calls between steps).
 
     Rows are taken context by context (every target answers the same prompts), and each context's
-    forward is kept across the calls (`ContextCache`), so it is computed once per evaluation."""
+    forward is kept into the next call (`ContextCache`), so it is computed once per evaluation."""
     order = sorted(range(len(answers)), key=lambda r: (tuple(contexts[r]), r))
     losses: list = [None] * len(answers)
     peaks: list = [None] * len(answers)

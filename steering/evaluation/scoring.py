@@ -40,9 +40,10 @@ class Answer:
 
 class ContextCache:
     """Contexts' forwards kept between `score_answers` calls of one evaluation: context ids ->
-    (logits [V] at its last position, its K/V cache). Bounded by `max_contexts` (oldest dropped)."""
+    (logits [V] at its last position, its K/V cache). Rows are scored context by context, so only the
+    latest `max_contexts` are kept (oldest dropped): a chunk of rows ends one context and starts the next."""
 
-    def __init__(self, max_contexts: int = 256):
+    def __init__(self, max_contexts: int = 2):
         self.max_contexts = max_contexts
         self._items: dict[tuple[int, ...], tuple[torch.Tensor, Any]] = {}
 
@@ -90,6 +91,7 @@ def score_answers(
         if a:  # an empty answer has neither loss nor peaks
             groups.setdefault(tuple(c), []).append(r)
     known = context_cache if context_cache is not None else ContextCache()
+    cache_arg = _cache_argument(model)
     for context, rows in groups.items():
         with torch.inference_mode():
             first_logits, kv = known.get(model, context, device)
@@ -106,7 +108,7 @@ def score_answers(
                 cache.batch_repeat_interleave(len(chunk))
                 with capture(model, sae.cfg.hook_layer, sae.cfg.hook_site) if use_sae else nullcontext() as store:
                     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
-                                   **{_cache_argument(model): cache}).logits  # [G, width, V]
+                                   **{cache_arg: cache}).logits  # [G, width, V]
                 if use_sae:
                     acts = sae.encode_features(store[0].to(sae.W_dec.dtype), idx) / scale  # [G, width, m]
                 for k, r in enumerate(chunk):

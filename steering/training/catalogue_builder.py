@@ -32,8 +32,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from steering.sae.autoencoder import SparseAutoencoder
-from steering.sae.catalogue import CATALOGUE_ARRAYS, CATALOGUE_JSON, FORMAT
+from steering.sae.catalogue import CATALOGUE_ARRAYS, CATALOGUE_JSON, FORMAT, Catalogue
 from steering.tokens import vocabulary_bytes
+from steering.training.extension import new_features_only
 from steering.training.labels import KINDS, make_labels
 from steering.training.store import ActivationStore
 
@@ -94,6 +95,14 @@ def top_contexts(store: ActivationStore, corpus_rows: np.ndarray, triples: tuple
     return windows, acts
 
 
+def _stored_windows(windows: np.ndarray, dtype: Any) -> np.ndarray:
+    """Token windows (int64, -1 pad) as the catalogue stores them: uint16 with its largest value as the pad
+    (vocabularies under 65,535 ids), else int32 with -1."""
+    if np.dtype(dtype) == np.uint16:
+        return np.where(windows < 0, np.iinfo(np.uint16).max, windows).astype(np.uint16)
+    return windows.astype(np.int32)
+
+
 def logit_effects(W_dec: Tensor, W_U: Tensor, n: int = 10, block: int = 1024) -> tuple[Tensor, ...]:
     """Top and bottom n tokens of W_dec @ W_U.T per feature: (top_ids, top_vals, bottom_ids, bottom_vals)."""
     outs: list[list[Tensor]] = [[], [], [], []]
@@ -145,8 +154,7 @@ def build_catalogue(
     vocab = vocabulary_bytes(tokenizer)
     text = [b.decode("utf-8", errors="replace") for b in vocab]
     labels = make_labels(windows, acts, top_i.numpy(), nb_i.numpy(), text, before)
-    small = len(vocab) < np.iinfo(np.uint16).max
-    ctx = np.where(windows < 0, np.iinfo(np.uint16).max, windows).astype(np.uint16) if small else windows.astype(np.int32)
+    ctx = _stored_windows(windows, np.uint16 if len(vocab) < np.iinfo(np.uint16).max else np.int32)
     offsets = np.concatenate([[0], np.cumsum([len(b) for b in vocab])]).astype(np.int64)
     arrays = {
         "max_activation": max_act.numpy().astype(np.float32),
@@ -175,8 +183,6 @@ def build_catalogue(
 def relabel(folder: str | Path) -> dict[str, Any]:
     """Recompute the labels of the catalogue stored in `folder` from its own arrays (no model, no activations)
     and rewrite its catalogue.json; returns how many features got each kind."""
-    from steering.sae.catalogue import Catalogue
-
     catalogue = Catalogue.load(folder)
     a = catalogue.arrays
     texts = [catalogue.token(t) for t in range(len(a["vocab_offsets"]) - 1)]
@@ -198,9 +204,6 @@ def extend_catalogue(folder: str | Path, grown: SparseAutoencoder, start: int,
     rows; neighbours and labels are recomputed for every feature (a new feature may be an old one's nearest).
     Sets the new features' statistics on `grown`; returns counts.
     """
-    from steering.sae.catalogue import Catalogue
-    from steering.training.extension import new_features_only
-
     old = Catalogue.load(folder)
     if old.meta["d_sae"] != start:
         raise ValueError(f"the catalogue in {folder} has {old.meta['d_sae']} features; the extension starts at {start}")
@@ -230,9 +233,7 @@ def extend_catalogue(folder: str | Path, grown: SparseAutoencoder, start: int,
     top_i, top_v, bot_i, bot_v = logit_effects(W_dec[start:], W_U.float(), old.arrays["promoted_ids"].shape[1])
     nb_i, nb_c = neighbours(W_dec, old.arrays["neighbour_ids"].shape[1])
     a = old.arrays
-    ctx_dtype = a["context_tokens"].dtype
-    padded = np.where(new_w < 0, np.iinfo(np.uint16).max, new_w) if ctx_dtype == np.uint16 else new_w
-    new_ctx = padded.astype(ctx_dtype)
+    new_ctx = _stored_windows(new_w, a["context_tokens"].dtype)
     arrays = dict(a)
     arrays.update({
         "max_activation": np.concatenate([a["max_activation"], max_act.numpy().astype(np.float32)]),
