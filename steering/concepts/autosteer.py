@@ -57,7 +57,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
-from steering.concepts.probe import ProbeResult, ProbeSettings, judged, probe_specs, ranked_probes
+from steering.concepts.probe import PlainAnswers, ProbeResult, ProbeSettings, judged, plain_answers, probe_specs, ranked_probes
 from steering.concepts.search import ConceptCandidate, TextStats, find_concept_features, neutral_bank_stats
 from steering.errors import SteeringError
 from steering.evaluation.run import INLINE, Runner
@@ -184,16 +184,23 @@ class AutoSteerer:
         self._cache: OrderedDict[tuple[Any, ...], _Choice] = OrderedDict()
         self._labels: OrderedDict[str, tuple[int, ...]] = OrderedDict()  # concept key -> its label matches
         self._neutral: TextStats | None = None  # the unrelated bank's statistics on this SAE (`prepare`)
+        self._plain: PlainAnswers | None = None  # the probe's plain answers, the same for every concept (`prepare`)
         self._lock = threading.Lock()
 
     def prepare(self, runner: Runner = INLINE) -> None:
         """Read the unrelated text bank once (`neutral_bank_stats`), so that a new concept's search runs
-        only its own few texts; done by the first uncached `steer` if not before (a server does it at
-        start-up)."""
-        if self._neutral is None and self.sm.sae is not None:
+        only its own few texts, and make the probe's plain answers (`plain_answers`), which no concept
+        changes; done by the first uncached `steer` if not before (a server does it at start-up)."""
+        if self.sm.sae is None:
+            return
+        if self._neutral is None:
             stats = neutral_bank_stats(self.sm, runner)
             with self._lock:
                 self._neutral = self._neutral or stats
+        if self.probe is not None and self._plain is None:
+            plain = plain_answers(self.sm, self.probe, runner)
+            with self._lock:
+                self._plain = self._plain or plain
 
     def _extra(self, concept: str, extra: Sequence[int] | None, compute: bool = True) -> tuple[int, ...] | None:
         """The extra candidates: `extra`, else the catalogue's label matches (remembered: a catalogue search
@@ -255,7 +262,7 @@ class AutoSteerer:
         probes: tuple[ProbeResult, ...] = ()
         if self.probe is not None and candidates:
             specs = [(c.index, _spec(sm, [c], [calibrated_multiplier(sm, c, scale)])[1]) for c in candidates]
-            probes = tuple(probe_specs(sm, concept, specs, self.probe, runner))
+            probes = tuple(probe_specs(sm, concept, specs, self.probe, runner, plain=self._plain))
         choice = _Choice(candidates, probes, extra, scale)
         with self._lock:
             self._cache[key] = choice

@@ -19,24 +19,47 @@ actually asks, by generation:
                        plain model minus the plain answers'
 
 It is the steering evaluation (`steering.evaluation.run.evaluate_targets`)
-on a small budget: all candidates and one shared baseline in one batch.
+on a small budget, with three shortcuts that leave every rate the same:
+
+- the plain answers depend on no concept: they are generated and read once
+  per SAE and settings (`PlainAnswers`, `plain_answers`; auto-steer makes
+  them when it reads the unrelated bank, at a server's start-up), with every
+  feature's peak, so any candidate's baseline judge is a look-up;
+- a steered answer's feature firing is read while it is generated (a
+  monitor on the candidate at fire_fraction x max, `Answer.crossed`): the
+  clamps act after the SAE's site, so the layers up to it, and the site's
+  value before the edit, are the plain model's reading of the same tokens;
+- delta_loss, the one figure that needs the plain model's full forward of a
+  steered answer, is only the pick's tie-break: with `losses="best"` it is
+  measured for the judged candidates at the best lift (None for the others),
+  with `losses="all"` for every candidate.
+
 PROBE_PROMPTS are neutral prompts kept apart from the evaluation's prompt
 set, so `eval-steering --concept` does not measure auto-steer on the
 prompts it was chosen on.
 
-Cost: (candidates + 1) x len(prompts) answers of `max_tokens` tokens, plus
-one scoring forward per answer (the shipped SmolLM2 and SAE on 2 CPU cores:
-auto-steer's search and probe of 5-8 candidates took 7-12 s with the defaults).
+Cost per concept: candidates x len(prompts) answers of `max_tokens` tokens
+(one batch), then a scoring forward of the best candidates' answers over the
+prompts' kept K/V.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+import torch
+
 from steering.concepts.search import number_forms
-from steering.evaluation.run import INLINE, Concept, EvalSettings, EvalTarget, Runner, evaluate_targets
+from steering.engine.requests import SequenceRequest
+from steering.engine.sampling import SamplingParams
+from steering.evaluation.metrics import concept_word_pattern, has_concept_words, mean, rate, repeated_ngram_share
+from steering.evaluation.run import INLINE, Runner, generate_answers, score_in_chunks
+from steering.evaluation.scoring import Answer, ContextCache
 from steering.interventions import SteeringSpec
+from steering.monitors import Monitor
 
 if TYPE_CHECKING:
     from steering.steered_model import SteeredModel
@@ -51,6 +74,12 @@ PROBE_PROMPTS: tuple[str, ...] = (
 
 # A candidate whose judge fires on more than this share of the plain answers is not judged (`judged`).
 MAX_BASELINE_RATE = 0.25
+# A feature fires in an answer when its peak reaches this share of its max activation (the evaluation's
+# `Concept.fire_fraction`); where the max is unknown, when it is above 0.
+FIRE_FRACTION = 0.2
+BATCH_SIZE = 64  # rows per generation call (INLINE)
+SCORE_BATCH_SIZE = 8  # rows per scoring forward
+LOSSES = ("best", "all")
 
 
 @dataclass(frozen=True)
@@ -84,22 +113,97 @@ class ProbeResult:
                 "n_answers": self.n_answers}
 
 
+@dataclass(frozen=True)
+class PlainAnswers:
+    """The probe's unsteered answers to `settings.prompts` (seeded as the steered rows), read back.
+
+    contexts[j]: prompt j's chat ids; losses[j]: the answer's mean next-token loss (None when empty);
+    peaks [n, d_sae]: each feature's max over the answer's tokens of f_i / max_i (raw f_i where max_i
+    is unknown; 0 for an empty answer); `contexts_kept`: the prompts' forwards, reused to score
+    steered answers in the same contexts."""
+
+    settings: ProbeSettings
+    contexts: tuple[tuple[int, ...], ...]
+    sampling: tuple[SamplingParams, ...]
+    answers: tuple[Answer, ...]
+    losses: tuple[float | None, ...]
+    peaks: torch.Tensor
+    contexts_kept: ContextCache
+
+
+def plain_answers(sm: "SteeredModel", settings: ProbeSettings | None = None, runner: Runner = INLINE) -> PlainAnswers:
+    """Generate and read back the plain answers for `settings` (default ProbeSettings())."""
+    settings = settings if settings is not None else ProbeSettings()
+    prompts = list(settings.prompts)
+    contexts = tuple(tuple(sm.prompt_ids([{"role": "user", "content": p}])) for p in prompts)
+    sampling = tuple(SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature,
+                                    seed=settings.seed + j) for j in range(len(prompts)))
+    answers = generate_answers(sm, runner, [SequenceRequest(c, p) for c, p in zip(contexts, sampling)], BATCH_SIZE)
+    kept = ContextCache(max_contexts=len(set(contexts)))
+    d_sae = sm.sae.d_sae if sm.sae is not None else 0
+    losses, peaks = score_in_chunks(sm, runner, contexts, [a.ids for a in answers], range(d_sae),
+                                    SCORE_BATCH_SIZE, kept)
+    table = torch.zeros(len(answers), d_sae)
+    for j, row in enumerate(peaks):
+        if row is not None:
+            table[j] = torch.tensor(row)
+    return PlainAnswers(settings, contexts, sampling, tuple(answers), tuple(losses), table, kept)
+
+
+def _fires(sm: "SteeredModel", index: int, fire_fraction: float) -> Monitor:
+    """A monitor that crosses when feature `index` reaches fire_fraction x its max (above 0 without a max)."""
+    if math.isfinite(float(sm.sae.max_activation[index])):
+        return Monitor(index, fire_fraction, "max", "flag")
+    return Monitor(index, float(torch.finfo(torch.float32).tiny), "raw", "flag")
+
+
 def probe_specs(sm: "SteeredModel", concept: str, specs: Sequence[tuple[int, SteeringSpec]],
-                settings: ProbeSettings = ProbeSettings(), runner: Runner = INLINE) -> list[ProbeResult]:
+                settings: ProbeSettings = ProbeSettings(), runner: Runner = INLINE,
+                plain: PlainAnswers | None = None, losses: str = "best") -> list[ProbeResult]:
     """Probe each (feature index, spec) pair; results in the given order.
 
     The judge for candidate i is the concept's words or feature i firing, so
     a candidate is credited for what its own clamp makes the answer say.
+    `plain`: the plain answers for `settings` (made here when None or for other
+    settings); `losses`: which candidates get a delta_loss (module docstring).
     """
+    if losses not in LOSSES:
+        raise ValueError(f"losses must be one of {LOSSES}, got {losses!r}")
     if not specs:
         return []
-    words = tuple(number_forms(concept.strip()))
-    targets = [EvalTarget(str(index), spec, Concept(words, (index,))) for index, spec in specs]
-    results = evaluate_targets(sm, targets, list(settings.prompts),
-                               EvalSettings(max_tokens=settings.max_tokens, temperature=settings.temperature,
-                                            seed=settings.seed), runner)
-    return [ProbeResult(index, r.concept_rate, r.baseline_concept_rate, r.repeated_4gram, r.delta_loss, r.n_answers)
-            for (index, _), r in zip(specs, results)]
+    if plain is None or plain.settings != settings:
+        plain = plain_answers(sm, settings, runner)
+    n = len(plain.contexts)
+    pattern = concept_word_pattern(number_forms(concept.strip()))
+    requests = [SequenceRequest(plain.contexts[j], plain.sampling[j], spec, None, (_fires(sm, index, FIRE_FRACTION),))
+                for index, spec in specs for j in range(n)]
+    answers = generate_answers(sm, runner, requests, BATCH_SIZE)
+    plain_words = [has_concept_words(a.text, pattern) for a in plain.answers]
+    results: list[ProbeResult] = []
+    for k, (index, _) in enumerate(specs):
+        own = answers[k * n : (k + 1) * n]
+        known = math.isfinite(float(sm.sae.max_activation[index]))
+        plain_fires = [bool(a.ids) and (float(p) >= FIRE_FRACTION if known else float(p) > 0)
+                       for a, p in zip(plain.answers, plain.peaks[:, index])]
+        results.append(ProbeResult(
+            index,
+            concept_rate=rate(has_concept_words(a.text, pattern) or a.crossed for a in own) or 0.0,
+            baseline_rate=rate(w or f for w, f in zip(plain_words, plain_fires)) or 0.0,
+            repeated_4gram=mean(repeated_ngram_share(a.text) for a in own) or 0.0,
+            delta_loss=None, n_answers=n))
+    lifted = [r.lift for r in results if judged(r)]
+    top = max(lifted, default=0.0)
+    scored = [k for k, r in enumerate(results) if losses == "all" or (top > 0 and judged(r) and r.lift == top)]
+    if scored:
+        rows = [k * n + j for k in scored for j in range(n)]
+        steered, _ = score_in_chunks(sm, runner, [plain.contexts[r % n] for r in rows], [answers[r].ids for r in rows],
+                                     (), SCORE_BATCH_SIZE, plain.contexts_kept)
+        base = mean(plain.losses)
+        for m, k in enumerate(scored):
+            loss = mean(steered[m * n : (m + 1) * n])
+            delta = None if loss is None or base is None else loss - base
+            results[k] = dataclasses.replace(results[k], delta_loss=delta)
+    return results
 
 
 def judged(r: ProbeResult, max_baseline: float = MAX_BASELINE_RATE) -> bool:

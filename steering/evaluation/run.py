@@ -123,16 +123,24 @@ def engine_runner(engine: Engine) -> Runner:
     return Runner(lambda fn, *args: engine.call(fn, *args).result(), generate)
 
 
-def _score(sm: "SteeredModel", runner: Runner, contexts: list, answers: list, features: list[int],
-           batch_size: int) -> tuple[list, list]:
+def generate_answers(sm: "SteeredModel", runner: Runner, requests: list[SequenceRequest],
+                     batch_size: int) -> list[Answer]:
+    """The requests' answers, generated where `runner` says (`generate_batch` here for INLINE)."""
+    return runner.generate(requests) if runner.generate is not None else _generate(sm, requests, batch_size)
+
+
+def score_in_chunks(sm: "SteeredModel", runner: Runner, contexts: Sequence, answers: Sequence,
+                    features: Sequence[int], batch_size: int,
+                    cache: ContextCache | None = None) -> tuple[list, list]:
     """score_answers in chunks of `batch_size` rows, each one `runner` call (short calls between steps).
 
     Rows are taken context by context (every target answers the same prompts), and each context's
-    forward is kept into the next call (`ContextCache`), so it is computed once per evaluation."""
+    forward is kept into the next call (`cache`, by default one for this call), so it is computed once
+    per evaluation."""
     order = sorted(range(len(answers)), key=lambda r: (tuple(contexts[r]), r))
     losses: list = [None] * len(answers)
     peaks: list = [None] * len(answers)
-    cache = ContextCache()
+    cache = cache if cache is not None else ContextCache()
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         lo, pe = runner.run(score_answers, sm, [contexts[r] for r in chunk], [answers[r] for r in chunk],
@@ -186,9 +194,9 @@ def evaluate_targets(
     for s in compared:
         requests += rows_for(targets[s].compare_prompt, None)
     prompted_at = {s: n * (len(targets) + 1 + k) for k, s in enumerate(compared)}
-    answers = runner.generate(requests) if runner.generate is not None else _generate(sm, requests, settings.batch_size)
+    answers = generate_answers(sm, runner, requests, settings.batch_size)
     t_gen = time.perf_counter()
-    losses, peaks = _score(sm, runner, base_ids * (len(targets) + 1 + len(compared)), [a.ids for a in answers],
+    losses, peaks = score_in_chunks(sm, runner, base_ids * (len(targets) + 1 + len(compared)), [a.ids for a in answers],
                            features, settings.score_batch_size)
     t_score = time.perf_counter()
     columns = {f: c for c, f in enumerate(features)}

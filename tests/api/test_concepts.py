@@ -22,7 +22,7 @@ CONCEPT = "zzzz zzzz zzzz zzzz zzzz"
 PLANTED = 17
 
 
-def probe_favouring_planted(sm, concept, specs, settings=ProbeSettings(), runner=None):
+def probe_favouring_planted(sm, concept, specs, settings=ProbeSettings(), runner=None, **_):
     """probe_specs stand-in: what a random tiny model generates is arbitrary, so the probe credits
     the planted feature (3 of 4 answers) and nothing else."""
     return [ProbeResult(i, 0.75 if i == PLANTED else 0.0, 0.0, 0.0, 0.5, 4) for i, _ in specs]
@@ -158,7 +158,7 @@ def test_search_runs_once_on_the_compute_thread_beside_generations_then_is_cache
 def test_a_plain_request_is_answered_while_a_new_concept_is_searched(client, monkeypatch):
     """The probe (here a stand-in that takes 2 s) runs beside the engine: a plain request sent after the
     concept request finishes long before it."""
-    def slow_probe(sm, concept, specs, settings=ProbeSettings(), runner=None):
+    def slow_probe(sm, concept, specs, settings=ProbeSettings(), runner=None, **_):
         time.sleep(2.0)
         return probe_favouring_planted(sm, concept, specs, settings, runner)
 
@@ -181,7 +181,7 @@ def test_a_plain_request_is_answered_while_a_new_concept_is_searched(client, mon
 def test_concept_searches_are_bounded_per_client_and_in_total(sm, tmp_path, monkeypatch):
     """At most one search per client (its API key on a keyed server) and two in all; a refusal is a 429
     naming steering.concept with a Retry-After from the running searches."""
-    def slow_probe(sm, concept, specs, settings=ProbeSettings(), runner=None):
+    def slow_probe(sm, concept, specs, settings=ProbeSettings(), runner=None, **_):
         time.sleep(2.0)
         return probe_favouring_planted(sm, concept, specs, settings, runner)
 

@@ -10,8 +10,8 @@ import torch
 from steering.cli import main
 from steering.concepts import autosteer
 from steering.concepts.autosteer import DEFAULT_MULTIPLIER, DEFAULT_WINDOW, MULTIPLIER_RANGE, PUSH_FRACTION, AutoSteerer, auto_steer
-from steering.concepts.probe import PROBE_PROMPTS, ProbeResult, ProbeSettings, best_probe, probe_specs
-from steering.concepts.search import concept_texts, neutral_texts
+from steering.concepts.probe import PROBE_PROMPTS, ProbeResult, ProbeSettings, best_probe, judged, probe_specs
+from steering.concepts.search import concept_texts, neutral_texts, number_forms
 from steering.errors import SteeringError
 from steering.sae.formats import save_sae
 from tests.support import autosteer_multiplier, plant_feature, tiny_sm
@@ -132,7 +132,7 @@ def test_label_matches_join_the_search_pool(planted):
 def _fake_probe(lifts: dict[int, tuple[float, float]], calls: list[int]):
     """probe_specs stand-in: candidate i gets (concept rate, delta loss) = lifts.get(i, (0, 0)) over a 0 baseline."""
 
-    def fake(sm, concept, specs, settings=ProbeSettings(), runner=None):
+    def fake(sm, concept, specs, settings=ProbeSettings(), runner=None, **_):
         calls.append(len(specs))
         for i, spec in specs:  # probed at the value and window auto-steer will use at strength 1
             assert [(c.value, c.unit) for c in spec.features] == [(pytest.approx(multiplier(sm, i)), "max")]
@@ -176,7 +176,7 @@ def test_broad_candidates_are_passed_over_and_label_matches_come_first(planted, 
     outsider = next(i for i in range(planted.sae.d_sae) if i not in {c.index for c in pool})
     second = pool[1].index
 
-    def probe(sm, concept, specs, settings=ProbeSettings(), runner=None):
+    def probe(sm, concept, specs, settings=ProbeSettings(), runner=None, **_):
         # 17 lifts most but its own firing marks 2 of 4 plain answers: too broad to judge by
         return [ProbeResult(i, 1.0 if i == 17 else 0.5 if i == second else 0.0, 0.5 if i == 17 else 0.0,
                             0.0, 0.3, 4) for i, _ in specs]
@@ -184,7 +184,7 @@ def test_broad_candidates_are_passed_over_and_label_matches_come_first(planted, 
     monkeypatch.setattr(autosteer, "probe_specs", probe)
     assert auto_steer(planted, CONCEPT, 1.0, extra=[outsider]).spec.features[0].index == second
     monkeypatch.setattr(autosteer, "probe_specs",
-                        lambda sm, c, specs, settings=None, runner=None: [ProbeResult(i, 0.5, 0.5, 0.0, 0.1, 4) if i == 17
+                        lambda sm, c, specs, settings=None, runner=None, **_: [ProbeResult(i, 0.5, 0.5, 0.0, 0.1, 4) if i == 17
                                                              else ProbeResult(i, 0.0, 0.0, 0.0, 0.1, 4)
                                                              for i, _ in specs])
     # nothing judged lifts: the label match, then (without one) the search's order past the broad 17
@@ -205,10 +205,64 @@ def test_probe_of_an_empty_spec_equals_its_baseline(planted):
     from steering.interventions import FeatureClamp, SteeringSpec
 
     specs = [(17, SteeringSpec()), (17, SteeringSpec((FeatureClamp(17, 50.0),), "all", 4))]
-    empty, strong = probe_specs(planted, CONCEPT, specs, ProbeSettings(prompts=PROBE_PROMPTS[:2], max_tokens=6))
+    empty, strong = probe_specs(planted, CONCEPT, specs, ProbeSettings(prompts=PROBE_PROMPTS[:2], max_tokens=6),
+                                losses="all")
     assert empty.concept_rate == empty.baseline_rate and empty.delta_loss == pytest.approx(0.0, abs=1e-6)
     assert empty.lift == 0 and empty.n_answers == 2
     assert strong.baseline_rate == empty.baseline_rate and strong.delta_loss != pytest.approx(0.0, abs=1e-6)
+
+
+def test_probe_equals_the_steering_evaluation_of_the_same_specs(planted):
+    """The probe's shortcuts (plain answers read once, firing read while generating, kept contexts)
+    give the evaluation's rates and delta loss for each candidate."""
+    from steering.evaluation.run import Concept, EvalSettings, EvalTarget, evaluate_targets
+    from steering.interventions import FeatureClamp, SteeringSpec
+
+    settings = ProbeSettings(prompts=PROBE_PROMPTS[:3], max_tokens=8)
+    specs = [(17, SteeringSpec((FeatureClamp(17, 3.0),), "all", 4)), (17, SteeringSpec((FeatureClamp(17, 0.5),))),
+             (3, SteeringSpec((FeatureClamp(3, 2.0),), "all", 6)), (17, SteeringSpec())]
+    probed = probe_specs(planted, CONCEPT, specs, settings, losses="all")
+    words = tuple(number_forms(CONCEPT))
+    targets = [EvalTarget(str(i), spec, Concept(words, (i,))) for i, spec in specs]
+    evaluated = evaluate_targets(planted, targets, list(settings.prompts),
+                                 EvalSettings(max_tokens=settings.max_tokens, temperature=settings.temperature,
+                                              seed=settings.seed))
+    assert any(e.feature_rate for e in evaluated)  # the firing judge is exercised
+    for p, e in zip(probed, evaluated):
+        assert (p.concept_rate, p.baseline_rate) == (e.concept_rate, e.baseline_concept_rate)
+        assert p.repeated_4gram == pytest.approx(e.repeated_4gram)
+        assert p.delta_loss == pytest.approx(e.delta_loss, abs=1e-5)
+
+
+def test_probe_measures_delta_loss_for_the_best_lift_only(planted):
+    from steering.interventions import FeatureClamp, SteeringSpec
+
+    settings = ProbeSettings(prompts=PROBE_PROMPTS[:2], max_tokens=6)
+    # Every feature as a candidate judged on the answers of one strong clamp (or none): on a random
+    # model some fire on the changed answers and not on the plain ones, which is a lift.
+    strong, mild = SteeringSpec((FeatureClamp(17, 50.0),)), SteeringSpec((FeatureClamp(17, 20.0),), "all", 3)
+    specs = [(i, spec) for i in range(planted.sae.d_sae) for spec in (SteeringSpec(), strong, mild)]
+    every = probe_specs(planted, CONCEPT, specs, settings, losses="all")
+    best = probe_specs(planted, CONCEPT, specs, settings)
+    top = max(r.lift for r in every if judged(r))
+    assert top > 0
+    for a, b in zip(every, best):
+        assert (a.concept_rate, a.baseline_rate) == (b.concept_rate, b.baseline_rate)
+        assert b.delta_loss == (pytest.approx(a.delta_loss) if judged(a) and a.lift == top else None)
+    assert sum(b.delta_loss is not None for b in best) < len(best)
+    with pytest.raises(ValueError, match="losses"):
+        probe_specs(planted, CONCEPT, specs, settings, losses="some")
+
+
+def test_plain_answers_are_made_once_for_every_concept(planted, monkeypatch):
+    made = []
+    real = autosteer.plain_answers
+    monkeypatch.setattr(autosteer, "plain_answers", lambda *a, **k: made.append(1) or real(*a, **k))
+    steerer = AutoSteerer(planted, ProbeSettings(prompts=PROBE_PROMPTS[:2], max_tokens=4))
+    steerer.prepare()
+    steerer.steer(CONCEPT)
+    steerer.steer("yyyy yyyy")
+    assert made == [1]
 
 
 def test_probe_prompts_are_distinct_and_outside_the_evaluation_set():

@@ -184,3 +184,38 @@ def test_attention_kernel_is_batch_invariant_and_matches_torch():
         scores = torch.einsum("hd,nhd->hn", q, keys.repeat_interleave(H // KV, dim=1)) / hd**0.5
         ref = torch.einsum("hn,nhd->hd", scores.softmax(-1), values.repeat_interleave(H // KV, dim=1))
         torch.testing.assert_close(together[i].view(H, hd), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("site", ["resid_post", "resid_pre"])
+def test_rows_with_one_prompt_share_the_layers_below_the_sae_and_match_rows_alone(tiny_llama, site, monkeypatch):
+    """A prefill of several rows with the same prompt (different clamps, or none) runs the layers below
+    the SAE's site once for them (kernels path); logits and every layer's K/V equal each row's own
+    prefill, bit for bit."""
+    sae = make_sae(layer=2, hook_site=site)
+    runner = LlamaRunner(tiny_llama)
+    shared: list[int] = []
+    original = runner._shared_first_layers
+    monkeypatch.setattr(runner, "_shared_first_layers", lambda *a: _record(original, shared, *a))
+    prompt, other = list(range(10, 19)), list(range(40, 49))
+    rows = [prompt, prompt, other, prompt, other]
+    specs = [SteeringSpec((FeatureClamp(0, 30.0),)), None, SteeringSpec((FeatureClamp(4, 20.0),)),
+             SteeringSpec((FeatureClamp(4, 20.0),)), None]
+    ids, pos = torch.tensor(rows), torch.arange(len(prompt)).expand(len(rows), -1)
+    with torch.inference_mode():
+        pool = runner.new_pool(len(rows))
+        together = runner.forward(pool, 0, ids, pos, sae, build_plan(sae, specs, [len(r) for r in rows]))
+        for r, (row, spec) in enumerate(zip(rows, specs)):
+            alone_pool = runner.new_pool(1)
+            alone = runner.forward(alone_pool, 0, torch.tensor([row]), pos[:1], sae, build_plan(sae, [spec], [len(row)]))
+            assert torch.equal(together[r], alone[0]), r
+            for layer in range(len(pool.kv)):
+                assert torch.equal(pool.kv[layer][r, : len(row)], alone_pool.kv[layer][0, : len(row)]), (r, layer)
+    if runner.stack is not None:  # the kernels path shares; the torch fallback computes every row
+        split = 3 if site == "resid_post" else 2
+        assert shared[0] == split
+
+
+def _record(original, seen, *args):
+    first, h = original(*args)
+    seen.append(first)
+    return first, h

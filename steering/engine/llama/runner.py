@@ -23,6 +23,10 @@ Two ways to run a layer, chosen once per model:
   logits are float32 whatever the weights (bfloat16 weights: half the memory
   traffic of float32, none of bfloat16's rounding of activations), and every
   token's result depends on its own row only (batch-invariant, bit for bit).
+  So rows of one prefill that are the same prompt from position 0 run the
+  layers below the SAE's site once (no clamp has acted there yet) and the
+  others copy that h and K/V (`_shared_first_layers`): a probe's candidates,
+  `n` samples and A/B compare rows prefill their prompt's first layers once.
 - torch ops (any device and dtype): the model's dtype throughout, SDPA with
   an additive mask; grouped-query heads are folded into the query length,
   so K/V are never copied.
@@ -168,8 +172,12 @@ class LlamaRunner:
         site = None
         if self.stack is not None:
             first = 0
-            for stop in ([split] if split is not None else []) + [len(self.layers)]:
-                self.stack.run(h, first, stop, pool.kv, state["pos"], state["slots"], self.cos, self.sin_signed)
+            stops = ([split] if split is not None else []) + [len(self.layers)]
+            if stops[0] > 0 and T > 1:
+                first, h = self._shared_first_layers(pool, slot0, ids, positions, h, stops[0])
+            for stop in stops:
+                if stop > first:
+                    self.stack.run(h, first, stop, pool.kv, state["pos"], state["slots"], self.cos, self.sin_signed)
                 if stop == split:
                     site = h.index_select(0, read) if read is not None else None  # a copy: the clamp is in place
                     if edit:
@@ -192,6 +200,45 @@ class LlamaRunner:
         else:
             logits = self.linear(h, self.w_head, norm=self.norm_weight, eps=self.norm_eps)
         return logits if read is None else (logits, site)
+
+    def _shared_first_layers(self, pool: KVPool, slot0: int, ids: Tensor, positions: Tensor, h: Tensor,
+                             stop: int) -> tuple[int, Tensor]:
+        """Layers 0..stop-1 once for rows that are the same prompt from position 0 (kernels path).
+
+        Below the SAE's site no clamp has acted yet, so rows with the same tokens at the same
+        positions and nothing before them (a probe's candidates on one prompt, `n` samples, A/B
+        compare) compute the same h and the same K/V there, bit for bit (batch-invariant kernels).
+        The first of each such group runs those layers; the others get copies of its h and of its
+        K/V at layers < stop. Returns (the first layer still to run for every row, h); (0, h) when
+        no two rows share."""
+        B, T = ids.shape
+        if B < 2:
+            return 0, h
+        fresh = (positions[:, 0] == 0).tolist()
+        first_of: dict[tuple, int] = {}
+        owner = list(range(B))
+        for b in range(B):
+            if fresh[b]:
+                owner[b] = first_of.setdefault((tuple(ids[b].tolist()), tuple(positions[b].tolist())), b)
+        if len(first_of) == sum(fresh):
+            return 0, h
+        reps = sorted(set(owner))
+        rep_rows = torch.tensor(reps, device=self.device)
+        h_reps = h.index_select(0, rep_rows).contiguous()
+        pos_reps = positions.index_select(0, rep_rows)
+        slots = (rep_rows[:, None] + slot0).expand(len(reps), T)
+        self.stack.run(h_reps, 0, stop, pool.kv, pos_reps.reshape(-1).contiguous(), slots.reshape(-1).contiguous(),
+                       self.cos, self.sin_signed)
+        where = {b: k for k, b in enumerate(reps)}
+        h = h_reps.index_select(0, torch.tensor([where[owner[b]] for b in range(B)], device=self.device)).contiguous()
+        copies = [(b, owner[b]) for b in range(B) if owner[b] != b]
+        dst = torch.tensor([slot0 + b for b, _ in copies], device=self.device)
+        src = torch.tensor([slot0 + o for _, o in copies], device=self.device)
+        span = int(positions.max()) + 1
+        for layer in range(stop):
+            kv = pool.kv[layer]
+            kv[dst, :span] = kv[src, :span]
+        return stop, h
 
     def _prepare(self, pool: KVPool, slot0: int, positions: Tensor, span: int) -> dict:
         """Per-forward values every layer shares."""
