@@ -175,9 +175,13 @@ def probe_specs(sm: "SteeredModel", concept: str, specs: Sequence[tuple[int, Ste
         plain = plain_answers(sm, settings, runner)
     n = len(plain.contexts)
     pattern = concept_word_pattern(number_forms(concept.strip()))
+    # Prompt by prompt, so that a prefill forward holds one prompt's candidates (their first layers are
+    # computed once: `LlamaRunner`); candidate k's answer to prompt j is row j * K + k.
+    K = len(specs)
     requests = [SequenceRequest(plain.contexts[j], plain.sampling[j], spec, None, (_fires(sm, index, FIRE_FRACTION),))
-                for index, spec in specs for j in range(n)]
-    answers = generate_answers(sm, runner, requests, BATCH_SIZE)
+                for j in range(n) for index, spec in specs]
+    generated = generate_answers(sm, runner, requests, BATCH_SIZE)
+    answers = [generated[j * K + k] for k in range(K) for j in range(n)]  # candidate by candidate
     plain_words = [has_concept_words(a.text, pattern) for a in plain.answers]
     results: list[ProbeResult] = []
     for k, (index, _) in enumerate(specs):
