@@ -227,7 +227,7 @@ def steering_report(steering: ResolvedSteering | None, features: FeatureService 
     auto = steering.concept
     if auto is not None:
         candidates = [features.concept_match(c) for c in auto.candidates] if features is not None else []
-        concept = ConceptSteering(concept=auto.concept, strength=auto.strength,
+        concept = ConceptSteering(concept=auto.concept, strength=auto.strength, method=auto.method,
                                   features=[f.index for f in auto.features], rationale=auto.rationale,
                                   candidates=candidates, probe=[ConceptProbe(**p.to_dict()) for p in auto.probes])
     monitors = [MonitorOptions(index=m.index, threshold=m.threshold, unit=m.unit, action=m.action, name=m.name,

@@ -78,6 +78,7 @@ class SteeringLayers:
     strength: float
     inspect: InspectSpec | None = None
     monitors: tuple[Monitor, ...] = ()  # the preset's, then the request's
+    method: str = "direction"  # auto-steer's method for `concept` (`steering.concepts.METHODS`)
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,9 @@ def check_steering(request: ChatCompletionRequest, served: ServedModel,
     opts = request.steering
     if opts is None:
         return None
-    if opts.concept is None and "strength" in opts.model_fields_set:
-        raise bad_request("steering.strength only applies with steering.concept.", "steering.strength")
+    for name in ("strength", "method"):
+        if opts.concept is None and name in opts.model_fields_set:
+            raise bad_request(f"steering.{name} only applies with steering.concept.", f"steering.{name}")
     preset, system_prompt, preset_monitors = SteeringSpec(), None, ()
     if opts.preset is not None:
         entry = presets.get(opts.preset)
@@ -181,7 +183,7 @@ def check_steering(request: ChatCompletionRequest, served: ServedModel,
         except SteeringError as e:
             raise bad_request(str(e), e.param) from None
     return SteeringLayers(opts.preset, preset, system_prompt, own, window, opts.concept, opts.strength, inspect,
-                          tuple(preset_monitors) + monitors)
+                          tuple(preset_monitors) + monitors, opts.method)
 
 
 def resolve_steering(layers: SteeringLayers | None, auto: AutoSteerResult | None = None) -> ResolvedSteering | None:

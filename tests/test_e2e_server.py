@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from steering.concepts import DIRECTION_FEATURES
 from tests.servers import start_api
 
 pytestmark = pytest.mark.e2e
@@ -113,7 +114,8 @@ def test_ready_models_and_feature_search(server, model_id):
 def test_auto_steer_probes_candidates_and_reports_its_pick(client, model_id):
     # The real search and probe on the shipped SAE (the catalogue's label matches join the candidates).
     kw = dict(model=model_id, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0.8, seed=3)
-    out = client.chat.completions.create(**kw, extra_body={"steering": {"concept": "mountains", "compare": True}})
+    out = client.chat.completions.create(**kw, extra_body={"steering": {"concept": "mountains", "compare": True,
+                                                                         "method": "feature"}})
     report = out.model_extra["steering"]
     concept = report["concept"]
     probes = {p["index"]: p for p in concept["probe"]}
@@ -122,6 +124,17 @@ def test_auto_steer_probes_candidates_and_reports_its_pick(client, model_id):
     judged = [p for p in probes.values() if p["baseline_rate"] <= 0.25]  # steering.concepts.probe.MAX_BASELINE_RATE
     assert probes[picked]["lift"] == max(p["lift"] for p in judged) > 0
     assert report["features"][0]["index"] == picked and report["generated_limit"] is not None
+    assert out.choices[0].message.content != out.choices[1].message.content
+
+
+def test_auto_steer_adds_the_concepts_direction_by_default(client, model_id):
+    kw = dict(model=model_id, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0.8, seed=3)
+    out = client.chat.completions.create(**kw, extra_body={"steering": {"concept": "cats", "compare": True}})
+    report = out.model_extra["steering"]
+    concept = report["concept"]
+    assert concept["method"] == "direction" and concept["probe"] == [] and len(concept["features"]) == DIRECTION_FEATURES
+    assert [f["index"] for f in report["features"]] == concept["features"]
+    assert all(f["mode"] == "add" and f["unit"] == "raw" and f["value"] > 0 for f in report["features"])
     assert out.choices[0].message.content != out.choices[1].message.content
 
 

@@ -120,8 +120,9 @@ class SteeringOptions(BaseModel):
     """The `steering` extension (clients send it in `extra_body`)."""
 
     # `strength` scales what auto-steer picks for `concept`: without a concept it is a 400, and the schema says so.
-    model_config = {**STRICT, "json_schema_extra": {"dependentSchemas": {"strength": {
-        "required": ["concept"], "properties": {"concept": {"type": "string"}}}}}}
+    model_config = {**STRICT, "json_schema_extra": {"dependentSchemas": {
+        "strength": {"required": ["concept"], "properties": {"concept": {"type": "string"}}},
+        "method": {"required": ["concept"], "properties": {"concept": {"type": "string"}}}}}}
     preset: str | None = Field(None, description="Name of a preset (GET /v1/presets) whose features apply first.")
     features: list[SteeringFeature] = Field(
         default_factory=list,
@@ -158,6 +159,12 @@ class SteeringOptions(BaseModel):
         le=MAX_STRENGTH,
         description=f"Auto-steer strength, 0 < strength <= {MAX_STRENGTH:g}: scales the concept's clamp values "
         "(1 is the calibrated default). Only with `concept`.",
+    )
+    method: Literal["direction", "feature"] = Field(
+        "direction",
+        description="How auto-steer steers `concept`: `direction` adds the concept's difference in means over "
+        "16 features (each feature's mean activation on texts about it minus on unrelated texts); `feature` "
+        "clamps the one feature a short generation probe finds lifts the concept most. Only with `concept`.",
     )
 
     inspect: InspectOptions | None = Field(
@@ -293,12 +300,14 @@ class ConceptSteering(BaseModel):
 
     concept: str
     strength: float
+    method: str = Field(description="`direction` or `feature` (the request's `steering.method`).")
     features: list[int] = Field(description="The indices auto-steer picked (their values are in the report's "
                                 "`features` unless the request's own features overrode them).")
     rationale: str
     candidates: list[FeatureMatch] = Field(description="The ranked concept candidates (`match: concept`).")
     probe: list["ConceptProbe"] = Field(default_factory=list, description="Each candidate's probe (short seeded "
-                                        "answers with it clamped), the evidence auto-steer picked by.")
+                                        "answers with it clamped), the evidence auto-steer picked by (method "
+                                        "`feature`; empty for `direction`).")
 
 
 class ConceptProbe(BaseModel):

@@ -63,11 +63,11 @@ async def auto_steer(state: ServerState, layers: SteeringLayers | None, client: 
         return None
     steerer = state.autosteer
     assert steerer is not None  # check_steering refused a concept without an SAE
-    concept, strength = layers.concept, layers.strength
+    concept, strength, method = layers.concept, layers.strength, layers.method
     try:
-        if steerer.is_cached(concept):
+        if steerer.is_cached(concept, method=method):
             state.metrics.concepts.labels(result="cached").inc()
-            return steerer.steer(concept, strength)
+            return steerer.steer(concept, strength, method=method)
         slots = state.searches
         ticket = slots.admit(client, state.metrics, "steering.concept",
                              " (a concept searched once is answered at once)")
@@ -75,7 +75,7 @@ async def auto_steer(state: ServerState, layers: SteeringLayers | None, client: 
         t0 = time.perf_counter()
         log.info("concept search %r started", concept)
         work = asyncio.get_running_loop().run_in_executor(
-            None, lambda: steerer.steer(concept, strength, runner=engine_runner(state.engine)))
+            None, lambda: steerer.steer(concept, strength, runner=engine_runner(state.engine), method=method))
         work.add_done_callback(lambda _: slots.give(ticket))  # when the thread ends, even if the client left
         result = await asyncio.shield(work)
         log.info("concept search %r done in %.1f s: features %s", concept, time.perf_counter() - t0,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from steering.cli.common import CLAMP_FORM, add_model_arguments, add_window_arguments, parse_clamp
 from steering.concepts import AutoSteerer, number_forms
+from steering.concepts.autosteer import DEFAULT_METHOD, METHODS
 from steering.errors import SteeringError
 from steering.evaluation import Concept, EvalSettings, EvalTarget, load_prompts, prompt_set_path
 from steering.evaluation.prompts import HALVES
@@ -56,6 +57,9 @@ def add_target_arguments(p: argparse.ArgumentParser, several: bool = False, repo
     what.add_argument("--concept", default=None, metavar="TEXT",
                       help="auto-steer: evaluate the features and values auto-steer picks for TEXT")
     p.add_argument("--strength", type=float, default=1.0, help="auto-steer strength (with --concept)")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help="how auto-steer steers (with --concept): the concept's direction over several features, "
+                   "or one probed feature")
     add_window_arguments(p, default=None, override=True)
     p.add_argument("--concept-words", default=None, help="comma-separated concept words (overrides the preset's)")
     p.add_argument("--concept-features", default=None,
@@ -90,7 +94,7 @@ def _in_window(args: argparse.Namespace, spec: SteeringSpec) -> SteeringSpec:
 def _concept_target(args: argparse.Namespace, sm: "SteeredModel", words: list[str] | None,
                     feats: list[int] | None) -> EvalTarget:
     """Auto-steer's choice for `args.concept`, in the requested window (else auto-steer's own)."""
-    auto = AutoSteerer(sm).steer(args.concept, args.strength)
+    auto = AutoSteerer(sm, method=args.method).steer(args.concept, args.strength)
     spec = _in_window(args, auto.spec)
     print(f"note: auto-steer: {auto.rationale}", file=sys.stderr)
     words = words if words is not None else number_forms(auto.concept)

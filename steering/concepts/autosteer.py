@@ -4,6 +4,12 @@
     result = steerer.steer("dogs", strength=1.0)
     sm.chat(messages, result.spec)              # result.features says what was used
 
+Two methods. `direction` (the default): the concept's difference in means
+over DIRECTION_FEATURES features, added for the prompt and the first
+DEFAULT_WINDOW generated tokens at a calibrated push (`steering.concepts.direction`);
+no generation is needed to pick it. `feature`: one feature (two with
+`max_features` 2), picked by a probe, as follows.
+
 Candidates: the SEARCH_CANDIDATES best of `concepts.find_concept_features`
 (specificity x logit effect) plus `extra` features (by default the
 LABEL_CANDIDATES best label matches of the model's catalogue, `sm.catalogue`). The
@@ -57,7 +63,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
+from steering.concepts.results import AutoSteerResult, UsedFeature
 from steering.concepts.probe import PlainAnswers, ProbeResult, ProbeSettings, judged, plain_answers, probe_specs, ranked_probes
+from steering.concepts.direction import concept_direction, direction_alpha, direction_result
 from steering.concepts.search import ConceptCandidate, TextStats, find_concept_features, neutral_bank_stats
 from steering.errors import SteeringError
 from steering.evaluation.run import INLINE, Runner
@@ -77,48 +85,18 @@ LABEL_CANDIDATES = 4
 MAX_STRENGTH = 5.0
 SECOND_FEATURE_RATIO = 0.8
 MAX_CONCEPT_CHARS = 100
+# How auto-steer steers: the concept's direction over several features, or one probed feature.
+METHODS = ("direction", "feature")
+DEFAULT_METHOD = "direction"
 
 # An AutoSteerer keeps the MAX_CACHED_CONCEPTS most recently used concepts (least recently used dropped first).
 MAX_CACHED_CONCEPTS = 256
 
 
-@dataclass(frozen=True)
-class UsedFeature:
-    index: int
-    value: float
-    mode: str
-    unit: str
-    score: float
-    specificity: float
-    logit_rank: int
-    promoted_tokens: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class AutoSteerResult:
-    concept: str
-    strength: float
-    spec: SteeringSpec
-    features: tuple[UsedFeature, ...]
-    rationale: str
-    candidates: tuple[ConceptCandidate, ...] = field(default=(), repr=False)
-    probes: tuple[ProbeResult, ...] = field(default=(), repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able; `features` can be pasted into a preset's `features`."""
-        return {
-            "concept": self.concept,
-            "strength": self.strength,
-            "positions": self.spec.positions,
-            "generated_limit": self.spec.generated_limit,
-            "features": [
-                {"index": f.index, "value": f.value, "mode": f.mode, "unit": f.unit, "score": f.score,
-                 "specificity": f.specificity, "logit_rank": f.logit_rank, "promoted_tokens": list(f.promoted_tokens)}
-                for f in self.features
-            ],
-            "rationale": self.rationale,
-            "probe": [p.to_dict() for p in self.probes],
-        }
+def _check_method(method: Any) -> str:
+    if not isinstance(method, str) or method not in METHODS:
+        raise SteeringError(f"steering.method must be one of {', '.join(METHODS)}", "steering.method")
+    return method
 
 
 def _key(concept: str) -> str:
@@ -144,6 +122,8 @@ class _Choice:
     probes: tuple[ProbeResult, ...]
     labelled: tuple[int, ...] = ()  # the `extra` (label-matched) features, best match first
     scale: float | None = None  # the residual scale the values are calibrated on (`calibrated_multiplier`)
+    weights: tuple[float, ...] = ()  # method `direction`: each candidate's d_i (`concept_direction`)
+    alpha: float = 1.0  # method `direction`: `direction_alpha`
 
 
 def concept_candidates(sm: "SteeredModel", concept: str, extra: Sequence[int] = (), neutral: TextStats | None = None,
@@ -177,8 +157,9 @@ class AutoSteerer:
     """
 
     def __init__(self, sm: "SteeredModel", probe: ProbeSettings | None = DEFAULT_PROBE,
-                 max_cached: int | None = None):
+                 max_cached: int | None = None, method: str = DEFAULT_METHOD):
         self.sm = sm
+        self.method = _check_method(method)
         self.probe = probe
         self.max_cached = max_cached if max_cached is not None else MAX_CACHED_CONCEPTS
         self._cache: OrderedDict[tuple[Any, ...], _Choice] = OrderedDict()
@@ -226,10 +207,13 @@ class AutoSteerer:
     def _key(concept: str, extra: Sequence[int]) -> tuple[Any, ...]:
         return _key(concept), tuple(sorted(set(extra)))
 
-    def is_cached(self, concept: str, extra: Sequence[int] | None = None) -> bool:
-        """True when `steer(concept, ..., extra=extra)` will run no forward pass."""
+    def is_cached(self, concept: str, extra: Sequence[int] | None = None, method: str | None = None) -> bool:
+        """True when `steer(concept, ..., extra=extra, method=method)` will run no forward pass."""
         if self.sm.sae is None or not isinstance(concept, str):
             return False
+        if (method or self.method) == "direction":
+            with self._lock:
+                return ("direction", _key(concept)) in self._cache
         found = self._extra(concept, extra, compute=False)
         if found is None:  # its label matches are not known yet, so neither is its choice
             return False
@@ -237,24 +221,56 @@ class AutoSteerer:
             return self._key(concept, found) in self._cache
 
     def steer(self, concept: str, strength: float = 1.0, max_features: int = 1,
-              extra: Sequence[int] | None = None, runner: Runner = INLINE) -> AutoSteerResult:
+              extra: Sequence[int] | None = None, runner: Runner = INLINE, method: str | None = None) -> AutoSteerResult:
         """Pick features and values for `concept`; raises SteeringError (param `steering.*`) when it cannot.
 
-        `extra`: feature indices that join the candidates (default: the
-        catalogue's LABEL_CANDIDATES best label matches)."""
+        `method`: `direction` (the concept's direction over DIRECTION_FEATURES features) or `feature` (one
+        probed feature, two with `max_features` 2); default the steerer's. `extra` (method `feature`):
+        feature indices that join the candidates (default: the catalogue's LABEL_CANDIDATES best label
+        matches)."""
         concept, strength = _check(concept, strength)
+        method = _check_method(method or self.method)
         if self.sm.sae is None:
             raise SteeringError("this server has no SAE loaded; steering is unavailable", "steering")
+        if method == "direction":
+            choice = self._direction(concept, runner)
+            return direction_result(self.sm, concept, strength, choice.candidates, choice.weights, choice.alpha,
+                                    choice.scale, DEFAULT_WINDOW)
         choice = self._choice(concept, self._extra(concept, extra), runner)
         return _result(self.sm, concept, strength, max_features, choice)
 
-    def _choice(self, concept: str, extra: tuple[int, ...], runner: Runner = INLINE) -> "_Choice":
-        key = self._key(concept, extra)
+    def _remember(self, key: tuple[Any, ...], choice: _Choice) -> None:
+        with self._lock:
+            self._cache[key] = choice
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+
+    def _cached(self, key: tuple[Any, ...]) -> _Choice | None:
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
-                return cached
+            return cached
+
+    def _direction(self, concept: str, runner: Runner = INLINE) -> _Choice:
+        key = ("direction", _key(concept))
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        self.prepare(runner)
+        direction = concept_direction(self.sm, concept, self._neutral, runner)
+        scale = residual_scale(self._neutral)
+        choice = _Choice(tuple(c for c, _ in direction), (), (), scale, tuple(w for _, w in direction),
+                         direction_alpha(self.sm, direction, scale))
+        self._remember(key, choice)
+        return choice
+
+    def _choice(self, concept: str, extra: tuple[int, ...], runner: Runner = INLINE) -> "_Choice":
+        key = self._key(concept, extra)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
         sm = self.sm
         self.prepare(runner)
         candidates = tuple(concept_candidates(sm, concept, extra, neutral=self._neutral, runner=runner))
@@ -264,11 +280,7 @@ class AutoSteerer:
             specs = [(c.index, _spec(sm, [c], [calibrated_multiplier(sm, c, scale)])[1]) for c in candidates]
             probes = tuple(probe_specs(sm, concept, specs, self.probe, runner, plain=self._plain))
         choice = _Choice(candidates, probes, extra, scale)
-        with self._lock:
-            self._cache[key] = choice
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.max_cached:
-                self._cache.popitem(last=False)
+        self._remember(key, choice)
         return choice
 
 
@@ -339,9 +351,10 @@ def _pick(choice: _Choice, max_features: int) -> tuple[list[ConceptCandidate], P
 
 
 def auto_steer(sm: "SteeredModel", concept: str, strength: float = 1.0, max_features: int = 1,
-               extra: Sequence[int] | None = None, probe: ProbeSettings | None = DEFAULT_PROBE) -> AutoSteerResult:
-    """One uncached `AutoSteerer(sm, probe).steer(concept, strength, max_features, extra)`."""
-    return AutoSteerer(sm, probe).steer(concept, strength, max_features, extra)
+               extra: Sequence[int] | None = None, probe: ProbeSettings | None = DEFAULT_PROBE,
+               method: str = DEFAULT_METHOD) -> AutoSteerResult:
+    """One uncached `AutoSteerer(sm, probe, method=method).steer(concept, strength, max_features, extra)`."""
+    return AutoSteerer(sm, probe, method=method).steer(concept, strength, max_features, extra)
 
 
 def _result(sm: "SteeredModel", concept: str, strength: float, max_features: int, choice: _Choice) -> AutoSteerResult:
@@ -376,3 +389,4 @@ def _result(sm: "SteeredModel", concept: str, strength: float, max_features: int
         why = search
     rationale = f"feature {top.index}: {why}; {clamp}"
     return AutoSteerResult(concept, strength, spec, used, rationale, choice.candidates, choice.probes)
+

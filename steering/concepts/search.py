@@ -294,6 +294,44 @@ def _logit_view(sm: "SteeredModel", features: Tensor, token_ids: Sequence[int]) 
     return effects, logit_ranks(effects, token_ids)
 
 
+def concept_statistics(sm: "SteeredModel", concept: str, texts: list[str] | None = None,
+                       neutral: TextStats | None = None, runner: Runner = INLINE) -> tuple[TextStats, TextStats]:
+    """`text_stats` of the concept's texts (`texts`, else the templates) and of the unrelated bank's texts that
+    do not name it (from `neutral`, this SAE's `neutral_bank_stats`, when given)."""
+    c_stats = text_stats(sm, texts or concept_texts(concept), concept, runner=runner)
+    if neutral is None:
+        return c_stats, text_stats(sm, neutral_texts(concept), runner=runner)
+    if neutral.mean.shape != (len(neutral_bank()), sm.sae.d_sae):
+        raise SteeringError("the neutral statistics are not this SAE's bank", "neutral")
+    return c_stats, neutral.rows(neutral_rows(concept))
+
+
+def describe_candidates(sm: "SteeredModel", concept: str, indices: Sequence[int], scores: dict[str, Tensor],
+                        c_stats: TextStats, words: Sequence[str] = (), runner: Runner = INLINE) -> list[ConceptCandidate]:
+    """ConceptCandidates for `indices` (in that order) from `specificity_scores` and their logit view."""
+    if not indices:
+        return []
+    tok = sm.loaded.tokenizer
+    top = torch.tensor(list(indices), dtype=torch.long)
+    effects, ranks = runner.run(_logit_view, sm, top, concept_token_ids(tok, concept, words))
+    vocab = effects.shape[1]
+    promoted = effects.topk(5, dim=-1).indices
+    spec = scores["specificity"]
+    out: list[ConceptCandidate] = []
+    for j, i in enumerate(top.tolist()):
+        ls = logit_score(int(ranks[j]), vocab)
+        out.append(ConceptCandidate(
+            index=i, score=float(spec[i]) * ls, specificity=float(spec[i]),
+            concept_mean=float(scores["concept_mean"][i]), neutral_mean=float(scores["neutral_mean"][i]),
+            concept_fire_rate=float(scores["concept_fire_rate"][i]),
+            neutral_fire_rate=float(scores["neutral_fire_rate"][i]),
+            word_share=float(scores["word_share"][i]) if c_stats.on_word.any() else None,
+            logit_rank=int(ranks[j]), logit_score=ls,
+            promoted_tokens=tuple(tok.decode([int(v)]) for v in promoted[j]),
+            max_activation=float(scores["max"][i])))
+    return out
+
+
 def find_concept_features(
     sm: "SteeredModel",
     concept: str,
@@ -320,37 +358,15 @@ def find_concept_features(
         raise SteeringError("the concept must be a non-empty string", "concept")
     if limit <= 0:
         raise SteeringError("limit must be positive", "limit")
-    sae, tok = sm.sae, sm.loaded.tokenizer
+    sae = sm.sae
     concept = concept.strip()
-    c_stats = text_stats(sm, texts or concept_texts(concept), concept, runner=runner)
-    if neutral is None:
-        n_stats = text_stats(sm, neutral_texts(concept), runner=runner)
-    elif neutral.mean.shape != (len(neutral_bank()), sae.d_sae):
-        raise SteeringError("the neutral statistics are not this SAE's bank", "neutral")
-    else:
-        n_stats = neutral.rows(neutral_rows(concept))
+    c_stats, n_stats = concept_statistics(sm, concept, texts, neutral, runner)
     scores = specificity_scores(c_stats, n_stats, sae.max_activation.detach().float().cpu())
     spec = scores["specificity"]
     pool = min(pool or max(4 * limit, 32), sae.d_sae)
     top = spec.topk(pool).indices
     top = top[spec[top] > 0].tolist()
-    top = torch.tensor(list(dict.fromkeys(top + [int(i) for i in extra if 0 <= int(i) < sae.d_sae])), dtype=torch.long)
-    if top.numel() == 0:
-        return []
-    effects, ranks = runner.run(_logit_view, sm, top, concept_token_ids(tok, concept, words))
-    vocab = effects.shape[1]
-    promoted = effects.topk(5, dim=-1).indices
-    out: list[ConceptCandidate] = []
-    for j, i in enumerate(top.tolist()):
-        ls = logit_score(int(ranks[j]), vocab)
-        out.append(ConceptCandidate(
-            index=i, score=float(spec[i]) * ls, specificity=float(spec[i]),
-            concept_mean=float(scores["concept_mean"][i]), neutral_mean=float(scores["neutral_mean"][i]),
-            concept_fire_rate=float(scores["concept_fire_rate"][i]),
-            neutral_fire_rate=float(scores["neutral_fire_rate"][i]),
-            word_share=float(scores["word_share"][i]) if c_stats.on_word.any() else None,
-            logit_rank=int(ranks[j]), logit_score=ls,
-            promoted_tokens=tuple(tok.decode([int(v)]) for v in promoted[j]),
-            max_activation=float(scores["max"][i])))
+    top = list(dict.fromkeys(top + [int(i) for i in extra if 0 <= int(i) < sae.d_sae]))
+    out = describe_candidates(sm, concept, top, scores, c_stats, words, runner)
     out.sort(key=lambda c: (-c.score, c.index))
     return out[:limit]

@@ -1,4 +1,7 @@
-"""Auto-steer through the API (`steering.concept`) and the response's `steering` report (api/routes/chat.py)."""
+"""Auto-steer through the API (`steering.concept`) and the response's `steering` report (api/routes/chat.py).
+
+Most requests here ask for the probed single feature (`"method": "feature"`): the probe is replaced by a
+stand-in that credits the planted feature, which makes the pick known; the direction's tests say so."""
 
 from __future__ import annotations
 
@@ -57,7 +60,7 @@ def complete(client, **body):
 
 
 def test_concept_picks_the_planted_feature_and_reports_it(client, sm):
-    out = complete(client, max_tokens=10, steering={"concept": CONCEPT, "strength": 1.5})
+    out = complete(client, max_tokens=10, steering={"method": "feature", "concept": CONCEPT, "strength": 1.5})
     report = out["steering"]
     assert report["features"] == [{"index": PLANTED, "value": pytest.approx(multiplier(sm, PLANTED, CONCEPT) * 1.5),
                                    "mode": "clamp", "unit": "max"}]
@@ -82,18 +85,18 @@ def test_concept_picks_the_planted_feature_and_reports_it(client, sm):
 
 
 def test_report_pastes_into_a_preset(client, sm, tmp_path):
-    report = complete(client, steering={"concept": CONCEPT})["steering"]
+    report = complete(client, steering={"method": "feature", "concept": CONCEPT})["steering"]
     folder = tmp_path / "saved"
     write_preset(folder, "saved", features=report["features"], positions=report["positions"])
     with TestClient(create_app(Settings(presets_dir=folder, default_max_tokens=12), sm)) as c:
         by_preset = complete(c, steering={"preset": "saved"})
     assert by_preset["steering"]["features"] == report["features"] and by_preset["steering"]["preset"] == "saved"
-    by_concept = complete(client, steering={"concept": CONCEPT})
+    by_concept = complete(client, steering={"method": "feature", "concept": CONCEPT})
     assert by_preset["choices"][0]["message"] == by_concept["choices"][0]["message"]
 
 
 def test_streamed_first_chunk_carries_the_report_and_text_matches(client):
-    body = chat_body(max_tokens=10, steering={"concept": CONCEPT, "compare": True})
+    body = chat_body(max_tokens=10, steering={"method": "feature", "concept": CONCEPT, "compare": True})
     full = client.post("/v1/chat/completions", json=body).json()
     with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
         events = sse_events(r.iter_lines())
@@ -110,12 +113,12 @@ def test_streamed_first_chunk_carries_the_report_and_text_matches(client):
 
 def test_merge_order_preset_then_concept_then_request(client, sm):
     # The preset adds to 17 and clamps 5; the concept clamps 17; the request's own clamp on 5 wins over the preset.
-    out = complete(client, steering={"preset": "mix", "concept": CONCEPT,
+    out = complete(client, steering={"preset": "mix", "method": "feature", "concept": CONCEPT,
                                      "features": [{"index": 5, "value": 2.0, "unit": "raw"}]})
     report = out["steering"]
     # the window follows the layers too: auto-steer's over the preset's ("generated"), the request's over both
     assert report["preset"] == "mix" and (report["positions"], report["generated_limit"]) == ("all", DEFAULT_WINDOW)
-    windowed = complete(client, steering={"preset": "mix", "concept": CONCEPT, "positions": "prompt"})["steering"]
+    windowed = complete(client, steering={"preset": "mix", "method": "feature", "concept": CONCEPT, "positions": "prompt"})["steering"]
     assert (windowed["positions"], windowed["generated_limit"]) == ("prompt", None)
     assert complete(client, steering={"preset": "mix"})["steering"]["positions"] == "generated"
     by_index = {f["index"]: f for f in report["features"]}
@@ -123,7 +126,7 @@ def test_merge_order_preset_then_concept_then_request(client, sm):
                                  "unit": "max"}
     assert by_index[5] == {"index": 5, "value": 2.0, "mode": "clamp", "unit": "raw"}
     # The request's features also win over the concept's.
-    own = complete(client, steering={"concept": CONCEPT, "features": [{"index": PLANTED, "value": 0.25}]})
+    own = complete(client, steering={"method": "feature", "concept": CONCEPT, "features": [{"index": PLANTED, "value": 0.25}]})
     assert own["steering"]["features"] == [{"index": PLANTED, "value": 0.25, "mode": "clamp", "unit": "max"}]
     assert own["steering"]["concept"]["features"] == [PLANTED]
 
@@ -144,12 +147,12 @@ def test_search_runs_once_on_the_compute_thread_beside_generations_then_is_cache
     monkeypatch.setattr(search, "_batch_stats", forward)
     gate = client.app.state.server.gate
     client.portal.call(gate.enter)  # a generation that never ends: a new concept no longer waits for it
-    first = complete(client, steering={"concept": CONCEPT})
+    first = complete(client, steering={"method": "feature", "concept": CONCEPT})
     assert len(calls) == 1
     # Its forwards ran between the engine's steps, on its thread; the unrelated bank was read at start-up,
     # so only the concept's own texts ran.
     assert forwards == ["steering-compute"] * -(-len(search.concept_texts(CONCEPT)) // search.TEXT_BATCH)
-    second = complete(client, steering={"concept": CONCEPT.upper(), "strength": 0.5})
+    second = complete(client, steering={"method": "feature", "concept": CONCEPT.upper(), "strength": 0.5})
     client.portal.call(gate.leave)
     assert len(calls) == 1  # cached: no second search
     assert second["steering"]["features"][0]["value"] == pytest.approx(0.5 * first["steering"]["features"][0]["value"])
@@ -169,7 +172,7 @@ def test_a_plain_request_is_answered_while_a_new_concept_is_searched(client, mon
         assert post(client, **body).status_code == 200
         done[name] = time.monotonic()
 
-    concept = threading.Thread(target=send, args=("concept",), kwargs={"steering": {"concept": "something new"}})
+    concept = threading.Thread(target=send, args=("concept",), kwargs={"steering": {"method": "feature", "concept": "something new"}})
     start = time.monotonic()
     concept.start()
     time.sleep(0.3)
@@ -191,14 +194,14 @@ def test_concept_searches_are_bounded_per_client_and_in_total(sm, tmp_path, monk
     with TestClient(create_app(settings, sm)) as client:
 
         def send(name: str, key: str) -> None:
-            r = client.post("/v1/chat/completions", json=chat_body(steering={"concept": name}),
+            r = client.post("/v1/chat/completions", json=chat_body(steering={"method": "feature", "concept": name}),
                             headers={"Authorization": f"Bearer {key}"})
             statuses[name] = r.status_code
 
         first = threading.Thread(target=send, args=("first concept", "a"))
         first.start()
         time.sleep(0.5)
-        again = client.post("/v1/chat/completions", json=chat_body(steering={"concept": "second concept"}),
+        again = client.post("/v1/chat/completions", json=chat_body(steering={"method": "feature", "concept": "second concept"}),
                             headers={"Authorization": "Bearer a"})
         assert again.status_code == 429, again.text
         error = again.json()["error"]
@@ -207,27 +210,45 @@ def test_concept_searches_are_bounded_per_client_and_in_total(sm, tmp_path, monk
         other = threading.Thread(target=send, args=("third concept", "b"))  # another client may search
         other.start()
         time.sleep(0.5)
-        full = client.post("/v1/chat/completions", json=chat_body(steering={"concept": "fourth concept"}),
+        full = client.post("/v1/chat/completions", json=chat_body(steering={"method": "feature", "concept": "fourth concept"}),
                            headers={"Authorization": "Bearer c"})
         assert full.status_code == 429 and "2 concept searches are running" in full.json()["error"]["message"]
         first.join(30)
         other.join(30)
         assert statuses == {"first concept": 200, "third concept": 200}
-        assert client.post("/v1/chat/completions", json=chat_body(steering={"concept": "second concept"}),
+        assert client.post("/v1/chat/completions", json=chat_body(steering={"method": "feature", "concept": "second concept"}),
                            headers={"Authorization": "Bearer a"}).status_code == 200  # its turn now
+
+
+def test_concept_steers_by_its_direction_by_default(client, sm):
+    out = complete(client, max_tokens=6, steering={"concept": CONCEPT, "strength": 0.5})
+    report = out["steering"]
+    concept = report["concept"]
+    assert concept["method"] == "direction" and concept["probe"] == [] and PLANTED in concept["features"]
+    assert [f["index"] for f in report["features"]] == concept["features"]
+    assert {(f["mode"], f["unit"]) for f in report["features"]} == {("add", "raw")}
+    assert (report["positions"], report["generated_limit"]) == ("all", DEFAULT_WINDOW)
+    assert "direction of" in concept["rationale"]
+    full = complete(client, max_tokens=6, steering={"concept": CONCEPT, "method": "direction"})["steering"]
+    assert [f["value"] for f in full["features"]] == pytest.approx([2 * f["value"] for f in report["features"]])
+    probed = complete(client, max_tokens=6, steering={"concept": CONCEPT, "method": "feature"})["steering"]
+    assert probed["concept"]["method"] == "feature" and probed["concept"]["features"] == [PLANTED]
 
 
 @pytest.mark.parametrize(
     ("steering", "param"),
     [
-        ({"concept": ""}, "steering.concept"),
-        ({"concept": "   "}, "steering.concept"),
-        ({"concept": "x" * (autosteer.MAX_CONCEPT_CHARS + 1)}, "steering.concept"),
-        ({"concept": 3}, "steering.concept"),
-        ({"concept": "dog", "strength": 0}, "steering.strength"),
-        ({"concept": "dog", "strength": -1}, "steering.strength"),
-        ({"concept": "dog", "strength": autosteer.MAX_STRENGTH + 0.5}, "steering.strength"),
-        ({"concept": "dog", "strength": "strong"}, "steering.strength"),
+        ({"method": "feature"}, "steering.method"),
+        ({"concept": "dog", "method": "vector"}, "steering.method"),
+        ({"concept": "dog", "method": 1}, "steering.method"),
+        ({"method": "feature", "concept": ""}, "steering.concept"),
+        ({"method": "feature", "concept": "   "}, "steering.concept"),
+        ({"method": "feature", "concept": "x" * (autosteer.MAX_CONCEPT_CHARS + 1)}, "steering.concept"),
+        ({"method": "feature", "concept": 3}, "steering.concept"),
+        ({"method": "feature", "concept": "dog", "strength": 0}, "steering.strength"),
+        ({"method": "feature", "concept": "dog", "strength": -1}, "steering.strength"),
+        ({"method": "feature", "concept": "dog", "strength": autosteer.MAX_STRENGTH + 0.5}, "steering.strength"),
+        ({"method": "feature", "concept": "dog", "strength": "strong"}, "steering.strength"),
         ({"strength": 2}, "steering.strength"),
     ],
 )
@@ -237,7 +258,7 @@ def test_bad_concept_or_strength_names_the_parameter(client, steering, param):
 
 
 def test_non_finite_strength_is_rejected(client):
-    raw = json.dumps(chat_body())[:-1] + ', "steering": {"concept": "dog", "strength": NaN}}'
+    raw = json.dumps(chat_body())[:-1] + ', "steering": {"method": "feature", "concept": "dog", "strength": NaN}}'
     r = client.post("/v1/chat/completions", content=raw.encode(), headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "steering.strength"
 
@@ -247,17 +268,17 @@ def test_cheap_errors_come_before_any_search(client, monkeypatch):
         raise AssertionError("no search for a request that fails anyway")
 
     monkeypatch.setattr(autosteer, "find_concept_features", fail)
-    r = post(client, steering={"concept": CONCEPT, "preset": "nope"})
+    r = post(client, steering={"method": "feature", "concept": CONCEPT, "preset": "nope"})
     assert r.status_code == 404 and r.json()["error"]["param"] == "steering.preset"
-    r = post(client, model="gpt-4o", steering={"concept": CONCEPT})
+    r = post(client, model="gpt-4o", steering={"method": "feature", "concept": CONCEPT})
     assert r.status_code == 404 and r.json()["error"]["param"] == "model"
-    r = post(client, steering={"concept": CONCEPT, "features": [{"index": 96, "value": 1}]})
+    r = post(client, steering={"method": "feature", "concept": CONCEPT, "features": [{"index": 96, "value": 1}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "steering.features[0].index"
 
 
 def test_a_concept_without_any_feature_is_a_400(client, monkeypatch):
     monkeypatch.setattr(autosteer, "find_concept_features", lambda *a, **k: [])
-    r = post(client, steering={"concept": "nothing at all"})
+    r = post(client, steering={"method": "feature", "concept": "nothing at all"})
     err = r.json()["error"]
     assert r.status_code == 400 and err["param"] == "steering.concept" and "nothing at all" in err["message"]
 
@@ -265,7 +286,7 @@ def test_a_concept_without_any_feature_is_a_400(client, monkeypatch):
 def test_concept_without_an_sae_is_a_400(tiny_llama, tiny_tokenizer):
     app = create_app(Settings(presets_dir=None), tiny_steered_model(tiny_llama, tiny_tokenizer, with_sae=False))
     with TestClient(app) as c:
-        r = post(c, steering={"concept": "dogs"})
+        r = post(c, steering={"method": "feature", "concept": "dogs"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "steering"
 
 
@@ -290,7 +311,7 @@ def test_raw_values_past_the_request_bound_are_reported_as_used(client, sm, monk
     (best,) = autosteer.concept_candidates(sm, CONCEPT)[:1]
     big = dataclasses.replace(best, max_activation=500.0)
     monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, concept, extra=(), **_: [big])
-    out = complete(client, steering={"concept": CONCEPT, "strength": 5})
+    out = complete(client, steering={"method": "feature", "concept": CONCEPT, "strength": 5})
     m = multiplier(sm, PLANTED, CONCEPT, candidates=[big])
     assert out["steering"]["features"] == [{"index": PLANTED, "value": pytest.approx(m * 5 * 500.0),
                                             "mode": "clamp", "unit": "raw"}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -17,6 +18,10 @@ from steering.sae.formats import save_sae
 from tests.support import autosteer_multiplier, plant_feature, tiny_sm
 
 CONCEPT = "zzzz zzzz zzzz zzzz zzzz"
+# These tests are of the probed single-feature method (`method="feature"`); the direction's are in
+# tests/concepts/test_direction.py.
+feature_steer = functools.partial(auto_steer, method="feature")
+FeatureSteerer = functools.partial(AutoSteerer, method="feature")
 
 
 @pytest.fixture
@@ -55,7 +60,7 @@ def test_calibrated_multiplier_by_hand(planted):
 
 def test_auto_steer_returns_a_valid_spec_with_the_planted_feature(planted):
     m = multiplier(planted, 17)
-    result = auto_steer(planted, CONCEPT, strength=1.5, probe=None)  # by the search's score alone
+    result = feature_steer(planted, CONCEPT, strength=1.5, probe=None)  # by the search's score alone
     assert [(c.index, c.mode, c.unit) for c in result.spec.features] == [(17, "clamp", "max")]
     assert result.spec.features[0].value == pytest.approx(m * 1.5)
     assert (result.spec.positions, result.spec.generated_limit) == ("all", DEFAULT_WINDOW)
@@ -81,7 +86,7 @@ def test_search_is_cached_per_concept_and_strength_applies_after(planted, monkey
         return real(sm, concept, **kw)
 
     monkeypatch.setattr(autosteer, "find_concept_features", counting)
-    steerer = AutoSteerer(planted, probe=None)
+    steerer = FeatureSteerer(planted, probe=None)
     assert not steerer.is_cached(CONCEPT)
     a = steerer.steer(CONCEPT, 1.0)
     assert steerer.is_cached(CONCEPT.upper())
@@ -91,14 +96,14 @@ def test_search_is_cached_per_concept_and_strength_applies_after(planted, monkey
     assert a.spec.features[0].index == b.spec.features[0].index
     assert b.spec.features[0].value == pytest.approx(0.5 * a.spec.features[0].value)
     other = tiny_sm(planted.loaded.model, planted.loaded.tokenizer)  # another model and SAE: its own steerer
-    AutoSteerer(other, probe=None).steer(CONCEPT, 1.0)
+    FeatureSteerer(other, probe=None).steer(CONCEPT, 1.0)
     assert len(calls) == 2
-    auto_steer(planted, CONCEPT, 1.0, probe=None)  # one uncached call: a search of its own
+    feature_steer(planted, CONCEPT, 1.0, probe=None)  # one uncached call: a search of its own
     assert len(calls) == 3
 
 
 def test_cache_keeps_the_most_recently_used_concepts(planted):
-    steerer = AutoSteerer(planted, probe=None, max_cached=2)
+    steerer = FeatureSteerer(planted, probe=None, max_cached=2)
     for concept in (CONCEPT, "zzzz", "zzz zzz"):
         steerer.steer(concept, 1.0)
         if concept == "zzzz":
@@ -111,13 +116,13 @@ def test_second_feature_splits_the_strength(planted, monkeypatch):
     cands = autosteer.concept_candidates(planted, CONCEPT)
     close = [cands[0], type(cands[1])(**{**cands[1].to_dict(), "score": cands[0].score * 0.9})]
     monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, c, extra=(), **_: close)
-    r = auto_steer(planted, CONCEPT, 1.0, max_features=2, probe=None)
+    r = feature_steer(planted, CONCEPT, 1.0, max_features=2, probe=None)
     assert [c.value for c in r.spec.features] == pytest.approx([multiplier(planted, c.index, candidates=close) / 2
                                                                 for c in close])
     assert "split over 2 features" in r.rationale
     far = [cands[0], type(cands[1])(**{**cands[1].to_dict(), "score": cands[0].score * 0.5})]
     monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, c, extra=(), **_: far)
-    assert len(auto_steer(planted, CONCEPT, 1.0, max_features=2, probe=None).spec.features) == 1
+    assert len(feature_steer(planted, CONCEPT, 1.0, max_features=2, probe=None).spec.features) == 1
 
 
 def test_label_matches_join_the_search_pool(planted):
@@ -151,7 +156,7 @@ def test_probe_picks_the_largest_lift_then_the_smaller_loss(planted, monkeypatch
     second, third = pool[1].index, pool[2].index
     calls: list[int] = []
     monkeypatch.setattr(autosteer, "probe_specs", _fake_probe({second: (0.75, 1.2), third: (0.75, 0.4)}, calls))
-    steerer = AutoSteerer(planted)
+    steerer = FeatureSteerer(planted)
     r = steerer.steer(CONCEPT, 2.0)
     # equal lift: the smaller delta loss wins over the search's order
     assert [c.index for c in r.spec.features] == [third]
@@ -167,7 +172,7 @@ def test_probe_picks_the_largest_lift_then_the_smaller_loss(planted, monkeypatch
 
 def test_no_lift_in_the_probe_falls_back_to_the_search(planted, monkeypatch):
     monkeypatch.setattr(autosteer, "probe_specs", _fake_probe({}, []))
-    r = auto_steer(planted, CONCEPT, 1.0)
+    r = feature_steer(planted, CONCEPT, 1.0)
     assert r.spec.features[0].index == 17 and "no candidate lifted" in r.rationale
 
 
@@ -182,18 +187,18 @@ def test_broad_candidates_are_passed_over_and_label_matches_come_first(planted, 
                             0.0, 0.3, 4) for i, _ in specs]
 
     monkeypatch.setattr(autosteer, "probe_specs", probe)
-    assert auto_steer(planted, CONCEPT, 1.0, extra=[outsider]).spec.features[0].index == second
+    assert feature_steer(planted, CONCEPT, 1.0, extra=[outsider]).spec.features[0].index == second
     monkeypatch.setattr(autosteer, "probe_specs",
                         lambda sm, c, specs, settings=None, runner=None, **_: [ProbeResult(i, 0.5, 0.5, 0.0, 0.1, 4) if i == 17
                                                              else ProbeResult(i, 0.0, 0.0, 0.0, 0.1, 4)
                                                              for i, _ in specs])
     # nothing judged lifts: the label match, then (without one) the search's order past the broad 17
-    assert auto_steer(planted, CONCEPT, 1.0, extra=[outsider]).spec.features[0].index == outsider
-    assert auto_steer(planted, CONCEPT, 1.0).spec.features[0].index == second
+    assert feature_steer(planted, CONCEPT, 1.0, extra=[outsider]).spec.features[0].index == outsider
+    assert feature_steer(planted, CONCEPT, 1.0).spec.features[0].index == second
 
 
 def test_real_probe_on_a_tiny_model(planted):
-    r = auto_steer(planted, CONCEPT, 1.0)
+    r = feature_steer(planted, CONCEPT, 1.0)
     assert [p.index for p in r.probes] == [c.index for c in r.candidates]
     assert all(p.n_answers == len(PROBE_PROMPTS) and 0 <= p.concept_rate <= 1 for p in r.probes)
     best = best_probe(r.probes)
@@ -258,7 +263,7 @@ def test_plain_answers_are_made_once_for_every_concept(planted, monkeypatch):
     made = []
     real = autosteer.plain_answers
     monkeypatch.setattr(autosteer, "plain_answers", lambda *a, **k: made.append(1) or real(*a, **k))
-    steerer = AutoSteerer(planted, ProbeSettings(prompts=PROBE_PROMPTS[:2], max_tokens=4))
+    steerer = FeatureSteerer(planted, ProbeSettings(prompts=PROBE_PROMPTS[:2], max_tokens=4))
     steerer.prepare()
     steerer.steer(CONCEPT)
     steerer.steer("yyyy yyyy")
@@ -286,7 +291,7 @@ def test_best_probe_needs_a_positive_lift():
 
 def test_unknown_max_activation_falls_back_to_raw_units(planted):
     planted.sae.max_activation[17] = float("nan")
-    r = auto_steer(planted, CONCEPT, 1.0, probe=None)
+    r = feature_steer(planted, CONCEPT, 1.0, probe=None)
     (clamp,) = r.spec.features
     m = multiplier(planted, 17)  # from the search's max: the catalogue's is unknown
     assert clamp.unit == "raw" and clamp.value == pytest.approx(m * r.candidates[0].max_activation)
@@ -300,19 +305,19 @@ def test_unknown_max_activation_falls_back_to_raw_units(planted):
 )
 def test_bad_arguments_name_the_parameter(tiny_llama, tiny_tokenizer, concept, strength, param):
     with pytest.raises(SteeringError) as err:  # checked before any search
-        auto_steer(tiny_sm(tiny_llama, tiny_tokenizer), concept, strength)
+        feature_steer(tiny_sm(tiny_llama, tiny_tokenizer), concept, strength)
     assert err.value.param == param
 
 
 def test_no_sae_or_no_candidate_is_a_steering_error(planted, monkeypatch):
     monkeypatch.setattr(autosteer, "concept_candidates", lambda sm, c, extra=(), **_: [])
     with pytest.raises(SteeringError) as err:
-        auto_steer(planted, "dog")
+        feature_steer(planted, "dog")
     assert err.value.param == "steering.concept"
     monkeypatch.undo()
     planted.sae = None
     with pytest.raises(SteeringError) as err:
-        auto_steer(planted, "dog")
+        feature_steer(planted, "dog")
     assert err.value.param == "steering"
     assert torch.is_grad_enabled()  # nothing left a no-grad mode behind
 
@@ -350,7 +355,8 @@ def test_cli_concept_search_with_try(tiny_model_dir, tiny_tokenizer, tmp_path, c
 def test_cli_eval_steering_measures_auto_steer(tiny_model_dir, tiny_tokenizer, tmp_path, capsys):
     sm, sae_dir = _saved_planted(tiny_model_dir, tiny_tokenizer, tmp_path)
     args = ["eval-steering", "--concept", CONCEPT, "--strength", "2", "--model", str(tiny_model_dir),
-            "--sae", str(sae_dir), "--max-tokens", "3", "--limit-prompts", "2", "--json", "--threads", "1"]
+            "--sae", str(sae_dir), "--max-tokens", "3", "--limit-prompts", "2", "--json", "--threads", "1",
+            "--method", "feature"]
     assert main(args) == 0
     captured = capsys.readouterr()
     out = json.loads(captured.out)
@@ -410,7 +416,7 @@ def test_cli_concept_search_shows_catalogue_labels(tiny_model_dir, tiny_tokenize
 def test_label_matches_are_searched_once_per_concept(planted, monkeypatch):
     calls = []
     monkeypatch.setattr(autosteer, "label_matches", lambda sm, concept, limit=4: calls.append(concept) or [])
-    steerer = AutoSteerer(planted, probe=None)
+    steerer = FeatureSteerer(planted, probe=None)
     assert not steerer.is_cached(CONCEPT) and calls == []  # is_cached never searches the catalogue
     steerer.steer(CONCEPT)
     steerer.steer(CONCEPT.upper(), 0.5)
