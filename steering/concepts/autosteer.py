@@ -170,18 +170,24 @@ class AutoSteerer:
 
     def prepare(self, runner: Runner = INLINE) -> None:
         """Read the unrelated text bank once (`neutral_bank_stats`), so that a new concept's search runs
-        only its own few texts, and make the probe's plain answers (`plain_answers`), which no concept
-        changes; done by the first uncached `steer` if not before (a server does it at start-up)."""
+        only its own few texts, and, when the steerer's method is `feature`, make the probe's plain
+        answers (`plain_answers`), which no concept changes; done by the first uncached `steer` if not
+        before (a server does it at start-up)."""
         if self.sm.sae is None:
             return
         if self._neutral is None:
             stats = neutral_bank_stats(self.sm, runner)
             with self._lock:
                 self._neutral = self._neutral or stats
+        if self.method == "feature":
+            self._plain_answers(runner)
+
+    def _plain_answers(self, runner: Runner = INLINE) -> PlainAnswers | None:
         if self.probe is not None and self._plain is None:
             plain = plain_answers(self.sm, self.probe, runner)
             with self._lock:
                 self._plain = self._plain or plain
+        return self._plain
 
     def _extra(self, concept: str, extra: Sequence[int] | None, compute: bool = True) -> tuple[int, ...] | None:
         """The extra candidates: `extra`, else the catalogue's label matches (remembered: a catalogue search
@@ -278,7 +284,7 @@ class AutoSteerer:
         probes: tuple[ProbeResult, ...] = ()
         if self.probe is not None and candidates:
             specs = [(c.index, _spec(sm, [c], [calibrated_multiplier(sm, c, scale)])[1]) for c in candidates]
-            probes = tuple(probe_specs(sm, concept, specs, self.probe, runner, plain=self._plain))
+            probes = tuple(probe_specs(sm, concept, specs, self.probe, runner, plain=self._plain_answers(runner)))
         choice = _Choice(candidates, probes, extra, scale)
         self._remember(key, choice)
         return choice

@@ -265,9 +265,17 @@ def test_plain_answers_are_made_once_for_every_concept(planted, monkeypatch):
     monkeypatch.setattr(autosteer, "plain_answers", lambda *a, **k: made.append(1) or real(*a, **k))
     steerer = FeatureSteerer(planted, ProbeSettings(prompts=PROBE_PROMPTS[:2], max_tokens=4))
     steerer.prepare()
+    assert made == [1]  # at start-up, where the steerer's method is `feature`
     steerer.steer(CONCEPT)
     steerer.steer("yyyy yyyy")
     assert made == [1]
+    lazy = AutoSteerer(planted, ProbeSettings(prompts=PROBE_PROMPTS[:2], max_tokens=4))  # method `direction`
+    lazy.prepare()
+    lazy.steer(CONCEPT)
+    assert made == [1]  # the direction needs none
+    lazy.steer(CONCEPT, method="feature")
+    lazy.steer("yyyy yyyy", method="feature")
+    assert made == [1, 1]
 
 
 def test_probe_prompts_are_distinct_and_outside_the_evaluation_set():
