@@ -61,6 +61,9 @@ def add_target_arguments(p: argparse.ArgumentParser, several: bool = False, repo
                    help="how auto-steer steers (with --concept): the concept's direction over several features, "
                    "or one probed feature")
     add_window_arguments(p, default=None, override=True)
+    p.add_argument("--compare-prompt", default=None, metavar="TEXT",
+                   help="also measure prompting instead: answers with this system prompt and no clamps "
+                   "(default: a preset's own compare_prompt)")
     p.add_argument("--concept-words", default=None, help="comma-separated concept words (overrides the preset's)")
     p.add_argument("--concept-features", default=None,
                    help="comma-separated feature indices judged on the answers (default: the preset's, else its positive clamps)")
@@ -98,7 +101,8 @@ def _concept_target(args: argparse.Namespace, sm: "SteeredModel", words: list[st
     spec = _in_window(args, auto.spec)
     print(f"note: auto-steer: {auto.rationale}", file=sys.stderr)
     words = words if words is not None else number_forms(auto.concept)
-    return EvalTarget(f"concept:{auto.concept}", spec, Concept.for_spec(spec, words, feats, args.fire_fraction))
+    return EvalTarget(f"concept:{auto.concept}", spec, Concept.for_spec(spec, words, feats, args.fire_fraction),
+                      compare_prompt=args.compare_prompt)
 
 
 def _target(args: argparse.Namespace, preset: Preset | None, sm: "SteeredModel") -> EvalTarget:
@@ -108,14 +112,15 @@ def _target(args: argparse.Namespace, preset: Preset | None, sm: "SteeredModel")
         return _concept_target(args, sm, words, feats)
     if preset is None:
         spec = SteeringSpec(tuple(parse_clamp(t) for t in args.feature), args.positions or "all", args.generated_limit)
-        return EvalTarget(", ".join(args.feature), spec, Concept.for_spec(spec, words or (), feats, args.fire_fraction))
+        return EvalTarget(", ".join(args.feature), spec, Concept.for_spec(spec, words or (), feats, args.fire_fraction),
+                          compare_prompt=args.compare_prompt)
     spec = _in_window(args, preset.spec)
     words = words if words is not None else list(preset.concept_words)
     if feats is None and preset.concept_features is not None:
         feats = list(preset.concept_features)
     concept = Concept.for_spec(spec, words, feats, args.fire_fraction, preset.monitors)
     return EvalTarget(preset.name, spec, concept, preset.system_prompt, preset.monitors, preset.goal,
-                      preset.compare_prompt)
+                      args.compare_prompt or preset.compare_prompt)
 
 
 def _why_not(preset: Preset, sm: "SteeredModel") -> str | None:

@@ -379,6 +379,10 @@ def test_cli_eval_steering_measures_auto_steer(tiny_model_dir, tiny_tokenizer, t
     assert main([*args, "--generated-limit", "2", "--concept-words", "zz,buzz"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["spec"]["generated_limit"] == 2 and out["concept_words"] == ["zz", "buzz"]
+    # prompting, measured beside it
+    assert main([*args, "--compare-prompt", "Talk about zzzz."]) == 0
+    prompted = json.loads(capsys.readouterr().out)["prompted"]
+    assert prompted["system_prompt"] == "Talk about zzzz." and 0 <= prompted["concept_rate"] <= 1
     assert main(["eval-steering", "--concept", CONCEPT, "--strength", "9", *args[5:]]) == 2
     assert "steering.strength" in capsys.readouterr().err
 
