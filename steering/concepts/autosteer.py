@@ -60,12 +60,12 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from steering.concepts.results import AutoSteerResult, UsedFeature
+from steering.concepts.direction import DIRECTION_FEATURES, concept_direction, direction_alpha, direction_result
 from steering.concepts.probe import PlainAnswers, ProbeResult, ProbeSettings, judged, plain_answers, probe_specs, ranked_probes
-from steering.concepts.direction import concept_direction, direction_alpha, direction_result
+from steering.concepts.results import AutoSteerResult, UsedFeature
 from steering.concepts.search import ConceptCandidate, TextStats, find_concept_features, neutral_bank_stats
 from steering.errors import SteeringError
 from steering.evaluation.run import INLINE, Runner
@@ -239,6 +239,9 @@ class AutoSteerer:
         if self.sm.sae is None:
             raise SteeringError("this server has no SAE loaded; steering is unavailable", "steering")
         if method == "direction":
+            if max_features != 1:
+                raise SteeringError("max_features applies to method `feature` (the direction has its own "
+                                    f"{DIRECTION_FEATURES} features)", "max_features")
             choice = self._direction(concept, runner)
             return direction_result(self.sm, concept, strength, choice.candidates, choice.weights, choice.alpha,
                                     choice.scale, DEFAULT_WINDOW)
@@ -395,4 +398,3 @@ def _result(sm: "SteeredModel", concept: str, strength: float, max_features: int
         why = search
     rationale = f"feature {top.index}: {why}; {clamp}"
     return AutoSteerResult(concept, strength, spec, used, rationale, choice.candidates, choice.probes)
-

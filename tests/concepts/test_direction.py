@@ -65,6 +65,9 @@ def test_method_is_checked_and_a_concept_with_no_direction_is_an_error(planted, 
     assert e.value.param == "steering.method"
     with pytest.raises(SteeringError):
         AutoSteerer(planted, method="vector")
+    with pytest.raises(SteeringError) as e:
+        auto_steer(planted, CONCEPT, max_features=2)  # the direction has its own features
+    assert e.value.param == "max_features"
     monkeypatch.setattr(autosteer, "concept_direction", lambda *a, **k: [])
     with pytest.raises(SteeringError) as e:
         auto_steer(planted, CONCEPT)
