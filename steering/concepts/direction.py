@@ -5,7 +5,8 @@ it (`search.concept_statistics`), with f_i(t) feature i's mean activation
 over text t's tokens (raw units):
 
     d_i = mean_{t in C} f_i(t) - mean_{t in N} f_i(t)
-    S   = the DIRECTION_FEATURES features of largest d_i (only d_i > 0)
+    S   = the DIRECTION_FEATURES features of largest d_i (only d_i > 0), among
+          those that fire on at most MAX_NEUTRAL_FIRE of the texts of N
     v   = sum_{i in S} d_i W_dec[i]                [d_model]   the SAE's part of the mean difference
 
 Steering adds alpha * strength * d_i to each feature i of S (mode `add`, raw
@@ -15,7 +16,9 @@ units), which moves the hook site's vector by alpha * strength * v; with
 
 (scale: the residual's typical norm, `autosteer.residual_scale`) that is a
 push of DIRECTION_PUSH of the typical norm at strength 1. Without a scale,
-alpha = 1 (the mean difference itself).
+alpha = 1 (the mean difference itself). Features that fire on most unrelated
+texts are broad (a noun after "about", any topic word) and show up in many
+concepts' directions; left out, the push goes to the concept's own features.
 
 The difference in means of activations is the simple steering vector that
 AxBench found to steer best among representation methods; written over the
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 
 DIRECTION_FEATURES = 16
 DIRECTION_PUSH = 0.06
+MAX_NEUTRAL_FIRE = 0.5
 
 
 def concept_direction(sm: "SteeredModel", concept: str, neutral: TextStats | None = None, runner: Runner = INLINE,
@@ -53,6 +57,8 @@ def concept_direction(sm: "SteeredModel", concept: str, neutral: TextStats | Non
     sae = sm.sae
     c_stats, n_stats = concept_statistics(sm, concept.strip(), None, neutral, runner)
     d = c_stats.mean.mean(0) - n_stats.mean.mean(0)
+    broad = (n_stats.max > 0).float().mean(0) > MAX_NEUTRAL_FIRE
+    d = d.masked_fill(broad, 0.0)
     top = d.topk(min(n_features, d.numel()))
     kept = [(int(i), float(v)) for v, i in zip(top.values, top.indices) if v > 0]
     scores = specificity_scores(c_stats, n_stats, sae.max_activation.detach().float().cpu())
