@@ -213,6 +213,15 @@ def test_rows_with_one_prompt_share_the_layers_below_the_sae_and_match_rows_alon
     if runner.stack is not None:  # the kernels path shares; the torch fallback computes every row
         split = 3 if site == "resid_post" else 2
         assert shared[0] == split
+    # Without clamps (or an SAE) there is no site to stop at: rows of one prompt share every layer.
+    with torch.inference_mode():
+        pool = runner.new_pool(len(rows))
+        together = runner.forward(pool, 0, ids, pos)
+        shared_by_together = shared[-1] if shared else None
+        alone = runner.forward(runner.new_pool(1), 0, torch.tensor([other]), pos[:1])
+    assert torch.equal(together[2], alone[0]) and torch.equal(together[4], alone[0])
+    if runner.stack is not None:
+        assert shared_by_together == len(pool.kv)
 
 
 def _record(original, seen, *args):
