@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 from api.errors import bad_request, not_found
 from api.protocol import ChatCompletionRequest, ChatMessage
 from steering.chat_template import ChatFormatError
-from steering.concepts import AutoSteerResult
+from steering.concepts import DEFAULT_METHOD, AutoSteerResult
 from steering.engine import SamplingParams, SequenceRequest
 from steering.errors import SteeringError
 from steering.interventions import FeatureClamp, SteeringSpec
@@ -78,7 +78,7 @@ class SteeringLayers:
     strength: float
     inspect: InspectSpec | None = None
     monitors: tuple[Monitor, ...] = ()  # the preset's, then the request's
-    method: str = "direction"  # auto-steer's method for `concept` (`steering.concepts.METHODS`)
+    method: str = DEFAULT_METHOD  # auto-steer's method for `concept` (`steering.concepts.METHODS`)
 
 
 @dataclass(frozen=True)

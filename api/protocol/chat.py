@@ -35,6 +35,9 @@ from api.protocol.common import (
     MAX_STOP,
     MAX_STRENGTH,
     MAX_TOP_LOGPROBS,
+    DEFAULT_METHOD,
+    DIRECTION_FEATURES,
+    AutoSteerMethod,
     MODES_DOC,
     POSITIONS_DOC,
     STRICT,
@@ -160,10 +163,10 @@ class SteeringOptions(BaseModel):
         description=f"Auto-steer strength, 0 < strength <= {MAX_STRENGTH:g}: scales the concept's clamp values "
         "(1 is the calibrated default). Only with `concept`.",
     )
-    method: Literal["direction", "feature"] = Field(
-        "direction",
+    method: AutoSteerMethod = Field(  # type: ignore[valid-type]
+        DEFAULT_METHOD,
         description="How auto-steer steers `concept`: `direction` adds the concept's difference in means over "
-        "16 features (each feature's mean activation on texts about it minus on unrelated texts); `feature` "
+        f"{DIRECTION_FEATURES} features (each feature's mean activation on texts about it minus on unrelated texts); `feature` "
         "clamps the one feature a short generation probe finds lifts the concept most. Only with `concept`.",
     )
 

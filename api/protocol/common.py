@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from steering.concepts import MAX_CONCEPT_CHARS, MAX_STRENGTH
+from steering.concepts import DEFAULT_METHOD, DIRECTION_FEATURES, MAX_CONCEPT_CHARS, MAX_STRENGTH, METHODS
 from steering.engine import MAX_STOP_STRINGS, MAX_TOP_LOGPROBS
 from steering.interventions import (
     CLAMP_MODES,
@@ -53,6 +53,7 @@ def bounded_int(ge: int | None = None, le: int | None = None) -> object:
 ClampMode = Literal[tuple(CLAMP_MODES)]  # type: ignore[valid-type]
 ClampUnit = Literal[tuple(CLAMP_UNITS)]  # type: ignore[valid-type]
 Positions = Literal[tuple(POSITIONS)]  # type: ignore[valid-type]
+AutoSteerMethod = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 # Bounds go inside the Annotated: on `X | None` they would not reach the OpenAPI schema as minimum/maximum.
 GeneratedLimit = bounded_int(0, MAX_GENERATED_LIMIT) | None  # type: ignore[operator]
 MODES_DOC = "; ".join(f"`{m.name}`: {m.description}" for m in CLAMP_MODES.values())
@@ -65,6 +66,7 @@ LENIENT = ConfigDict(allow_inf_nan=False, extra="ignore")
 __all__ = [
     "MAX_N", "MAX_STOP", "MAX_TOP_LOGPROBS", "MAX_STEERING_FEATURES", "MAX_FEATURE_VALUE", "MAX_GENERATED_LIMIT",
     "MAX_CLAMPS", "MAX_CLAMP_VALUE", "MAX_CONCEPT_CHARS", "MAX_STRENGTH", "ClampMode", "ClampUnit", "Positions",
+    "AutoSteerMethod", "DEFAULT_METHOD", "DIRECTION_FEATURES",
     "GeneratedLimit", "JsonInt", "bounded_int",
     "STRICT", "LENIENT", "ErrorInfo", "ErrorResponse",
 ]
