@@ -166,7 +166,8 @@ class SteeringOptions(BaseModel):
     method: AutoSteerMethod = Field(  # type: ignore[valid-type]
         DEFAULT_METHOD,
         description="How auto-steer steers `concept`: `direction` adds the concept's difference in means over "
-        f"{DIRECTION_FEATURES} features (each feature's mean activation on texts about it minus on unrelated texts); `feature` "
+        f"{DIRECTION_FEATURES} features (each feature's mean activation on texts about it minus on unrelated "
+        "texts); `feature` "
         "clamps the one feature a short generation probe finds lifts the concept most. Only with `concept`.",
     )
 

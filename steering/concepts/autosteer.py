@@ -64,7 +64,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from steering.concepts.direction import DIRECTION_FEATURES, concept_direction, direction_alpha, direction_result
-from steering.concepts.probe import PlainAnswers, ProbeResult, ProbeSettings, judged, plain_answers, probe_specs, ranked_probes
+from steering.concepts.probe import (PlainAnswers, ProbeResult, ProbeSettings, judged, plain_answers, probe_specs,
+                                     ranked_probes)
 from steering.concepts.results import AutoSteerResult, UsedFeature
 from steering.concepts.search import ConceptCandidate, TextStats, find_concept_features, neutral_bank_stats
 from steering.errors import SteeringError
@@ -227,7 +228,8 @@ class AutoSteerer:
             return self._key(concept, found) in self._cache
 
     def steer(self, concept: str, strength: float = 1.0, max_features: int = 1,
-              extra: Sequence[int] | None = None, runner: Runner = INLINE, method: str | None = None) -> AutoSteerResult:
+              extra: Sequence[int] | None = None, runner: Runner = INLINE,
+              method: str | None = None) -> AutoSteerResult:
         """Pick features and values for `concept`; raises SteeringError (param `steering.*`) when it cannot.
 
         `method`: `direction` (the concept's direction over DIRECTION_FEATURES features) or `feature` (one

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from steering.concepts.results import AutoSteerResult, UsedFeature
-from steering.concepts.search import ConceptCandidate, TextStats, concept_statistics, describe_candidates, specificity_scores
+from steering.concepts.search import (ConceptCandidate, TextStats, concept_statistics, describe_candidates,
+                                      specificity_scores)
 from steering.errors import SteeringError
 from steering.evaluation.run import INLINE, Runner
 from steering.interventions import FeatureClamp, SteeringSpec

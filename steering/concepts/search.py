@@ -307,7 +307,8 @@ def concept_statistics(sm: "SteeredModel", concept: str, texts: list[str] | None
 
 
 def describe_candidates(sm: "SteeredModel", concept: str, indices: Sequence[int], scores: dict[str, Tensor],
-                        c_stats: TextStats, words: Sequence[str] = (), runner: Runner = INLINE) -> list[ConceptCandidate]:
+                        c_stats: TextStats, words: Sequence[str] = (),
+                        runner: Runner = INLINE) -> list[ConceptCandidate]:
     """ConceptCandidates for `indices` (in that order) from `specificity_scores` and their logit view."""
     if not indices:
         return []
