@@ -58,6 +58,7 @@ from steering.engine.sampling import SamplingParams
 from steering.evaluation.metrics import concept_word_pattern, has_concept_words, mean, rate, repeated_ngram_share
 from steering.evaluation.run import INLINE, Runner, generate_answers, score_in_chunks
 from steering.evaluation.scoring import Answer, ContextCache
+from steering.evaluation.targets import Concept, EvalSettings
 from steering.interventions import SteeringSpec
 from steering.monitors import Monitor
 
@@ -74,11 +75,11 @@ PROBE_PROMPTS: tuple[str, ...] = (
 
 # A candidate whose judge fires on more than this share of the plain answers is not judged (`judged`).
 MAX_BASELINE_RATE = 0.25
-# A feature fires in an answer when its peak reaches this share of its max activation (the evaluation's
-# `Concept.fire_fraction`); where the max is unknown, when it is above 0.
-FIRE_FRACTION = 0.2
-BATCH_SIZE = 64  # rows per generation call (INLINE)
-SCORE_BATCH_SIZE = 8  # rows per scoring forward
+# A feature fires in an answer when its peak reaches this share of its max activation (where the max is
+# unknown, when it is above 0): the evaluation's judge, and its batch sizes.
+FIRE_FRACTION = Concept.fire_fraction
+BATCH_SIZE = EvalSettings.batch_size  # rows per generation call (INLINE)
+SCORE_BATCH_SIZE = EvalSettings.score_batch_size  # rows per scoring forward
 LOSSES = ("best", "all")
 
 
