@@ -63,7 +63,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from steering.concepts.direction import DIRECTION_FEATURES, concept_direction, direction_alpha, direction_result
+from steering.concepts.direction import (DIRECTION_FEATURES, Direction, concept_direction, direction_alpha,
+                                         direction_result)
 from steering.concepts.probe import (PlainAnswers, ProbeResult, ProbeSettings, judged, plain_answers, probe_specs,
                                      ranked_probes)
 from steering.concepts.results import AutoSteerResult, UsedFeature
@@ -104,6 +105,10 @@ def _key(concept: str) -> str:
     return " ".join(concept.lower().split())
 
 
+def _direction_key(concept: str) -> tuple[str, str]:
+    return "direction", _key(concept)
+
+
 def _check(concept: Any, strength: Any) -> tuple[str, float]:
     if not isinstance(concept, str) or not concept.strip():
         raise SteeringError("steering.concept must be a non-empty string", "steering.concept")
@@ -123,8 +128,6 @@ class _Choice:
     probes: tuple[ProbeResult, ...]
     labelled: tuple[int, ...] = ()  # the `extra` (label-matched) features, best match first
     scale: float | None = None  # the residual scale the values are calibrated on (`calibrated_multiplier`)
-    weights: tuple[float, ...] = ()  # method `direction`: each candidate's d_i (`concept_direction`)
-    alpha: float = 1.0  # method `direction`: `direction_alpha`
 
 
 def concept_candidates(sm: "SteeredModel", concept: str, extra: Sequence[int] = (), neutral: TextStats | None = None,
@@ -220,7 +223,7 @@ class AutoSteerer:
             return False
         if (method or self.method) == "direction":
             with self._lock:
-                return ("direction", _key(concept)) in self._cache
+                return _direction_key(concept) in self._cache
         found = self._extra(concept, extra, compute=False)
         if found is None:  # its label matches are not known yet, so neither is its choice
             return False
@@ -244,43 +247,41 @@ class AutoSteerer:
             if max_features != 1:
                 raise SteeringError("max_features applies to method `feature` (the direction has its own "
                                     f"{DIRECTION_FEATURES} features)", "max_features")
-            choice = self._direction(concept, runner)
-            return direction_result(self.sm, concept, strength, choice.candidates, choice.weights, choice.alpha,
-                                    choice.scale, DEFAULT_WINDOW)
+            return direction_result(self.sm, concept, strength, self._direction(concept, runner), DEFAULT_WINDOW)
         choice = self._choice(concept, self._extra(concept, extra), runner)
         return _result(self.sm, concept, strength, max_features, choice)
 
-    def _remember(self, key: tuple[Any, ...], choice: _Choice) -> None:
+    def _remember(self, key: tuple[Any, ...], choice: "_Choice | Direction") -> None:
         with self._lock:
             self._cache[key] = choice
             self._cache.move_to_end(key)
             while len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)
 
-    def _cached(self, key: tuple[Any, ...]) -> _Choice | None:
+    def _cached(self, key: tuple[Any, ...]) -> "_Choice | Direction | None":
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
             return cached
 
-    def _direction(self, concept: str, runner: Runner = INLINE) -> _Choice:
-        key = ("direction", _key(concept))
+    def _direction(self, concept: str, runner: Runner = INLINE) -> Direction:
+        key = _direction_key(concept)
         cached = self._cached(key)
-        if cached is not None:
+        if isinstance(cached, Direction):
             return cached
         self.prepare(runner)
-        direction = concept_direction(self.sm, concept, self._neutral, runner)
+        found = concept_direction(self.sm, concept, self._neutral, runner)
         scale = residual_scale(self._neutral)
-        choice = _Choice(tuple(c for c, _ in direction), (), (), scale, tuple(w for _, w in direction),
-                         direction_alpha(self.sm, direction, scale))
-        self._remember(key, choice)
-        return choice
+        direction = Direction(tuple(c for c, _ in found), tuple(w for _, w in found), scale,
+                              direction_alpha(self.sm, found, scale))
+        self._remember(key, direction)
+        return direction
 
     def _choice(self, concept: str, extra: tuple[int, ...], runner: Runner = INLINE) -> "_Choice":
         key = self._key(concept, extra)
         cached = self._cached(key)
-        if cached is not None:
+        if isinstance(cached, _Choice):
             return cached
         sm = self.sm
         self.prepare(runner)

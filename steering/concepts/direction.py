@@ -31,7 +31,8 @@ model talk about it (docs/research/steering.md).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -48,6 +49,17 @@ if TYPE_CHECKING:
 DIRECTION_FEATURES = 16
 DIRECTION_PUSH = 0.06
 MAX_NEUTRAL_FIRE = 0.5
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A concept's direction as auto-steer keeps it: the features of S and their d_i (largest first), the
+    residual scale it is calibrated on and alpha (`direction_alpha`); strength is applied after."""
+
+    features: tuple[ConceptCandidate, ...]
+    weights: tuple[float, ...]
+    scale: float | None
+    alpha: float
 
 
 def concept_direction(sm: "SteeredModel", concept: str, neutral: TextStats | None = None, runner: Runner = INLINE,
@@ -77,10 +89,11 @@ def direction_alpha(sm: "SteeredModel", direction: list[tuple[ConceptCandidate, 
     return DIRECTION_PUSH * scale / norm if norm > 0 else 1.0
 
 
-def direction_result(sm: "SteeredModel", concept: str, strength: float, features: Sequence[ConceptCandidate],
-                     weights: Sequence[float], alpha: float, scale: float | None, window: int) -> AutoSteerResult:
+def direction_result(sm: "SteeredModel", concept: str, strength: float, direction: Direction,
+                     window: int) -> AutoSteerResult:
     """Auto-steer's method `direction`: add alpha * strength * d_i to each of the direction's features (raw
     units) for the prompt and the first `window` generated tokens."""
+    features, weights, alpha, scale = direction.features, direction.weights, direction.alpha, direction.scale
     if not features:
         raise SteeringError(f"no feature of this SAE is more active on text about {concept!r} than on unrelated "
                             "text", "steering.concept")
@@ -93,4 +106,4 @@ def direction_result(sm: "SteeredModel", concept: str, strength: float, features
     rationale = (f"the direction of {concept!r} over {len(used)} features: each feature's mean activation on texts "
                  f"about it minus on unrelated texts, added at {push} x strength {strength:g} for the prompt and "
                  f"the first {window} generated tokens; largest part: feature {used[0].index}")
-    return AutoSteerResult(concept, strength, spec, used, rationale, tuple(features), (), "direction")
+    return AutoSteerResult(concept, strength, spec, used, rationale, features, (), "direction")

@@ -23,7 +23,7 @@ on a small budget, with three shortcuts that leave every rate the same:
 
 - the plain answers depend on no concept: they are generated and read once
   per SAE and settings (`PlainAnswers`, `plain_answers`; auto-steer makes
-  them when it reads the unrelated bank, at a server's start-up), with every
+  them at its first `feature` request, or at start-up where that is its method), with every
   feature's peak, so any candidate's baseline judge is a look-up;
 - a steered answer's feature firing is read while it is generated (a
   monitor on the candidate at fire_fraction x max, `Answer.crossed`): the
