@@ -32,7 +32,8 @@ alone; with `probe=None`, the search's top. Value and window:
 
 so every feature moves the hook site's vector by the same share of its
 typical norm (`calibrated_multiplier`; scale: the median residual norm over
-the unrelated bank's texts, read once per SAE). PUSH_FRACTION is where the
+the unrelated bank's texts in the SAE's units, where W_dec's rows live, read
+once per SAE). PUSH_FRACTION is where the
 shipped single-feature presets, chosen on the selection half of the neutral
 prompts, sit (docs/research/steering.md); a fixed multiple of max pushed
 features with long decoder rows or high activations too hard and others too
@@ -77,7 +78,7 @@ if TYPE_CHECKING:
     from steering.steered_model import SteeredModel
 
 DEFAULT_MULTIPLIER = 1.75  # without a residual scale (no neutral bank read)
-PUSH_FRACTION = 0.05
+PUSH_FRACTION = 0.362
 MULTIPLIER_RANGE = (0.5, 3.0)
 DEFAULT_WINDOW = 12
 DEFAULT_PROBE = ProbeSettings()
@@ -305,7 +306,8 @@ def _use(sm: "SteeredModel", c: ConceptCandidate, value: float) -> UsedFeature:
 
 
 def residual_scale(neutral: "TextStats | None") -> float | None:
-    """The median over the unrelated bank's texts of their median residual norm at the hook site (None unread)."""
+    """The median over the unrelated bank's texts of their median residual norm at the hook site, in the SAE's
+    units (`TextStats.resid_norm`; None unread)."""
     if neutral is None or neutral.resid_norm.numel() == 0:
         return None
     return float(neutral.resid_norm.median())

@@ -14,8 +14,10 @@ units), which moves the hook site's vector by alpha * strength * v; with
 
     alpha = DIRECTION_PUSH * scale / |v|
 
-(scale: the residual's typical norm, `autosteer.residual_scale`) that is a
-push of DIRECTION_PUSH of the typical norm at strength 1. Without a scale,
+(scale: the residual's typical norm in the SAE's units, those of W_dec's rows,
+`autosteer.residual_scale`) that is a push of DIRECTION_PUSH of the typical
+norm at strength 1 (the same share of the raw residual's norm, since an SAE's
+input normalisation scales both alike). Without a scale,
 alpha = 1 (the mean difference itself). Features that fire on most unrelated
 texts are broad (a noun after "about", any topic word) and show up in many
 concepts' directions; left out, the push goes to the concept's own features.
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     from steering.steered_model import SteeredModel
 
 DIRECTION_FEATURES = 16
-DIRECTION_PUSH = 0.06
+DIRECTION_PUSH = 0.435
 MAX_NEUTRAL_FIRE = 0.5
 
 

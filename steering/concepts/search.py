@@ -146,8 +146,9 @@ def neutral_texts(concept: str = "") -> list[str]:
 @dataclass(frozen=True)
 class TextStats:
     """Per-text, per-feature aggregates: mean, max and activation on concept-word tokens [n_texts, d_sae];
-    the median norm of the text's residual vectors at the hook site [n_texts] (the scale a clamp's push is
-    measured against: auto-steer's strength calibration)."""
+    the median norm of the text's residual vectors at the hook site as the SAE's encoder sees them (after
+    its input normalisation, the units its decoder rows live in) [n_texts]: the scale a clamp's push is
+    measured against (auto-steer's strength calibration)."""
 
     mean: Tensor
     max: Tensor
@@ -196,7 +197,10 @@ def _batch_stats(sm: "SteeredModel", texts: Sequence[str], concept: str) -> Text
         on = torch.tensor(masks[t][1:], dtype=torch.float32)
         out["mean"][t], out["max"][t] = a.mean(0), a.amax(0)
         out["on_word"][t], out["total"][t] = on @ a, a.sum(0)
-        out["resid_norm"][t] = hidden[1:].float().norm(dim=-1).median().cpu()
+        # in the SAE's units: a decoded push sum_i v_i W_dec[i] and this norm are then comparable for any
+        # input normalisation (the shipped SAE scales inputs by 0.138)
+        x_n, _ = sae.normalize(hidden[1:].to(sae.W_dec.dtype))
+        out["resid_norm"][t] = x_n.float().norm(dim=-1).median().cpu()
     return TextStats(**out)
 
 
