@@ -42,6 +42,14 @@ def _acts_dir(args: argparse.Namespace, layer: int | None = None) -> Path:
 EVAL_TOKENS = 130_000  # held-out activations a harvest stores by default (and eval-sae fetches when missing)
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    """'1024,4096' -> (1024, 4096), for argparse."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _held_out(args: argparse.Namespace, lm: Any, layer: int, site: str) -> Path:
     """The folder of held-out activations at (layer, site): harvested here first when it holds none (the
     corpus built first when missing), with a progress bar, so that the evaluation commands work as typed
@@ -112,7 +120,8 @@ def _train_sae(args: argparse.Namespace) -> int:
     cfg = TrainConfig(d_sae=args.d_sae, k=args.k, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                       total_tokens=args.tokens, seed=args.seed, aux_coef=args.aux_coef, dead_tokens=args.dead_tokens,
                       warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every,
-                      calibration_l0=args.calibration_l0, resample_tokens=args.resample_dead)
+                      calibration_l0=args.calibration_l0, resample_tokens=args.resample_dead,
+                      matryoshka=tuple(args.matryoshka))
     run = Path(args.run) if args.run else training_dir("runs", args.name)
     sae_cfg: dict[str, Any] = {"hook_layer": layer, "hook_site": hmeta.get("site", "resid_post"),
                                "model_name": hmeta.get("model_id"),
@@ -263,6 +272,9 @@ def add_parsers(subparsers: Any) -> None:
                    help="with --init-from: re-initialise features that never fire on this many training tokens")
     p.add_argument("--calibration-l0", type=float, default=None,
                    help="mean L0 the exported threshold is set for on training batches (default: k)")
+    p.add_argument("--matryoshka", type=_sizes, default=(), metavar="M1,M2,...",
+                   help="Matryoshka prefix sizes below --d-sae (e.g. 1024,4096): each prefix of the dictionary "
+                        "is also trained to reconstruct alone")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(handler=_train_sae)

@@ -21,6 +21,16 @@ g = dloss/dx_hat [N, d] and gv = dloss/dv [M],
     dh[r]     += gv * W_enc_T[c];   db_dec = sum_r g - sum_r dh
 Autograd through the dense decoder and encoder would cost three dense
 [N, S] x [S, d] matmuls; this costs one, plus O(M * d) sparse work.
+Matryoshka (`prefixes` m_1 < ... < m_G, with m_G = S appended): nested
+dictionaries, each prefix of the features trained to reconstruct alone
+(Bussmann et al. 2025, "Learning multi-level features with Matryoshka SAEs"),
+which moves broad concepts into the first features. With x_hat_j the
+reconstruction from the selected features of index < m_j (the same BatchTopK
+selection for every j),
+    loss  = mean over j of ||x_hat_j - x||^2 / d, averaged over N
+and a feature of group q (m_{q-1} <= c < m_q) appears in every x_hat_j with
+j >= q, so its g is the suffix sum G_q = sum_{j >= q} dloss/dx_hat_j in the
+formulas above. AuxK reconstructs the whole dictionary's residual.
 Selection uses a running threshold estimate: entries above 0.8 x the last
 batch's k-th value are the candidates, and an exact top-N*k among them (falling
 back to a full sort when there are too few).
@@ -32,6 +42,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -54,6 +65,22 @@ def _make_selection(rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int, n_col
     rows, cols, vals = rows[order], cols[order], vals[order]
     offsets = torch.searchsorted(rows, torch.arange(n_rows, dtype=rows.dtype))
     return Selection(rows, cols, vals, offsets, n_rows)
+
+
+def _columns_in(sel: Selection, lo: int, hi: int) -> Selection:
+    """The part of a selection with lo <= feature < hi (still sorted by row)."""
+    keep = (sel.cols >= lo) & (sel.cols < hi)
+    rows = sel.rows[keep]
+    offsets = torch.searchsorted(rows, torch.arange(sel.n_rows, dtype=rows.dtype))
+    return Selection(rows, sel.cols[keep], sel.vals[keep], offsets, sel.n_rows)
+
+
+def prefix_bounds(prefixes: Sequence[int], n_features: int) -> list[int]:
+    """The Matryoshka prefix sizes, checked, with the whole dictionary last: [m_1, ..., n_features]."""
+    bounds = [int(m) for m in prefixes]
+    if any(b <= a for a, b in zip([0, *bounds], bounds)) or (bounds and bounds[-1] > n_features):
+        raise ValueError(f"Matryoshka prefixes must increase within (0, {n_features}], got {list(prefixes)}")
+    return bounds if bounds and bounds[-1] == n_features else [*bounds, n_features]
 
 
 def batch_topk(pre: Tensor, k_total: int, threshold_hint: float | None = None) -> tuple[Selection, float]:
@@ -148,22 +175,37 @@ def sae_step(
     aux_coef: float = 1 / 32,
     aux_rows: int = 512,
     threshold_hint: float | None = None,
+    prefixes: Sequence[int] = (),
 ) -> StepResult:
-    """Forward + sparse backward on x [N, d]; writes .grad of the four parameters."""
+    """Forward + sparse backward on x [N, d]; writes .grad of the four parameters. `prefixes`: Matryoshka
+    prefix sizes (module docstring; empty: one dictionary)."""
     n, d = x.shape
     S = W_dec.shape[0]
+    bounds = prefix_bounds(prefixes, S)
     with torch.no_grad():
         h = x - b_dec
         pre = torch.addmm(b_enc, h, W_enc_T.T)
         sel, kth = batch_topk(pre, n * k, threshold_hint)
-        x_hat = decode(sel, W_dec) + b_dec
-        err = x_hat - x
-        mse = err.pow(2).sum() / (n * d)
-        g = err * (2.0 / (n * d))
-        gv = sampled_dots(sel, g, W_dec)
-        grad_W_dec = feature_sums(sel, sel.vals, g, S)
-        grad_b_dec = g.sum(0)
-        enc_sels, enc_grads = [sel], [gv]
+        groups = [sel] if len(bounds) == 1 else [_columns_in(sel, lo, hi) for lo, hi in zip([0, *bounds], bounds)]
+        x_hat = b_dec.expand(n, d)
+        grads_out = []  # dloss/dx_hat_j, one per prefix
+        mse = torch.zeros(())
+        for part in groups:
+            x_hat = x_hat + decode(part, W_dec)
+            err = x_hat - x  # the last one is the whole dictionary's error
+            mse = mse + err.pow(2).sum() / (n * d * len(groups))
+            grads_out.append(err * (2.0 / (n * d * len(groups))))
+        grad_b_dec = grads_out[0].sum(0)
+        for g_j in grads_out[1:]:
+            grad_b_dec += g_j.sum(0)
+        grad_W_dec = torch.zeros_like(W_dec)
+        enc_sels, enc_grads = [], []
+        g = torch.zeros_like(x)
+        for part, g_j in zip(reversed(groups), reversed(grads_out)):
+            g = g + g_j  # G_q: the suffix sum over the prefixes that hold this group
+            grad_W_dec += feature_sums(part, part.vals, g, S)
+            enc_sels.append(part)
+            enc_grads.append(sampled_dots(part, g, W_dec))
 
         aux = torch.zeros(())
         if dead is not None and aux_coef > 0 and bool(dead.any()):

@@ -13,7 +13,9 @@ Recipe (chosen by measurement; see the shipped SAE's README and report):
       `dead_tokens` tokens without firing; the aux_k largest dead
       pre-activations reconstruct the residual, weight aux_coef;
     * Adam, linear warm-up, constant, then linear decay over the last 20%;
-    * the sparse backward of `sparse_step` (one dense matmul per step).
+    * the sparse backward of `sparse_step` (one dense matmul per step);
+    * optionally Matryoshka prefixes (`matryoshka`: nested sizes, each prefix
+      of the dictionary trained to reconstruct alone; `sparse_step`).
 At the end a global threshold theta is calibrated so that the JumpReLU SAE
 f = pre * (pre > theta) fires k features per token on average over training
 batches; the result is a `SparseAutoencoder` with architecture "batchtopk"
@@ -44,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from steering.sae.autoencoder import SAEConfig, SparseAutoencoder
-from steering.training.sparse_step import batch_topk, decode, sae_step
+from steering.training.sparse_step import batch_topk, decode, prefix_bounds, sae_step
 from steering.training.store import ActivationStore
 
 
@@ -73,6 +75,8 @@ class TrainConfig:
     calibration_l0: float | None = None
     # Warm starts only: tokens scanned for features that never fire (0: no resampling).
     resample_tokens: int = 0
+    # Matryoshka prefix sizes, increasing, below d_sae (empty: one dictionary).
+    matryoshka: tuple[int, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def steps(self, n_tokens: int) -> int:
@@ -119,6 +123,7 @@ class Trainer:
         self.log: list[dict[str, Any]] = []
         gen = torch.Generator().manual_seed(cfg.seed)
         d, S = store.d_model, cfg.d_sae
+        prefix_bounds(cfg.matryoshka, S)  # refuse bad prefixes before any work
         self.scale = scaling_factor(store, cfg.scale_sample, cfg.seed)
         sample = torch.randperm(len(store), generator=gen)[: min(cfg.median_sample, len(store))]
         b_dec = geometric_median(store.get(sample.sort().values.numpy()) * self.scale)
@@ -229,7 +234,7 @@ class Trainer:
             group["lr"] = cfg.lr * lr_factor(self.step, self.total_steps, cfg.warmup_steps, cfg.decay_fraction)
         dead = self.dead_mask()
         res = sae_step(x, *self.params, k=cfg.k, dead=dead, aux_k=cfg.aux_k, aux_coef=cfg.aux_coef,
-                       aux_rows=cfg.aux_rows, threshold_hint=self.threshold_hint)
+                       aux_rows=cfg.aux_rows, threshold_hint=self.threshold_hint, prefixes=cfg.matryoshka)
         self.opt.step()
         with torch.no_grad():
             self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
@@ -352,5 +357,6 @@ def train(
         "architecture": "BatchTopK, exported as JumpReLU with a global threshold",
         "k": cfg.k, "calibration_l0": cfg.calibration_l0 or cfg.k, "resampled": trainer.resampled,
         "tokens_seen": trainer.tokens_seen, "steps": trainer.step, "lr": cfg.lr,
-        "batch_size": cfg.batch_size, "seed": cfg.seed, "threshold": threshold, "scale": trainer.scale}}
+        "batch_size": cfg.batch_size, "seed": cfg.seed, "threshold": threshold, "scale": trainer.scale,
+        "matryoshka_prefixes": list(cfg.matryoshka)}}
     return trainer.to_sae(threshold, extra), trainer

@@ -74,7 +74,7 @@ def test_splice_with_error_term_is_identity_and_keeps_excluded_positions():
     assert torch.equal(splice(sae, hidden, keep, mean=mean)[keep], torch.zeros_like(hidden[keep]))
 
 
-def _autograd_reference(x, params, k, dead, aux_k, aux_rows, aux_coef=1 / 32):
+def _autograd_reference(x, params, k, dead, aux_k, aux_rows, aux_coef=1 / 32, prefixes=()):
     We, be, Wd, bd = [p.clone().requires_grad_(True) for p in params]
     n, d = x.shape
     S = Wd.shape[0]
@@ -85,7 +85,8 @@ def _autograd_reference(x, params, k, dead, aux_k, aux_rows, aux_coef=1 / 32):
     mask[idx[v > 0]] = True
     f = torch.where(mask.view(n, S), pre, torch.zeros_like(pre))
     x_hat = f @ Wd + bd
-    loss = (x_hat - x).pow(2).sum() / (n * d)
+    bounds = [*prefixes, S]  # Matryoshka: each prefix of the dictionary reconstructs alone
+    loss = sum((f[:, :m] @ Wd[:m] + bd - x).pow(2).sum() for m in bounds) / (n * d * len(bounds))
     pd = pre[:aux_rows][:, dead]
     vv, jj = pd.detach().topk(aux_k, dim=-1)
     am = torch.zeros_like(pd, dtype=torch.bool).scatter_(1, jj, vv > 0)
@@ -113,6 +114,31 @@ def test_sparse_step_gradients_match_autograd():
     assert res.l0 == pytest.approx(k)
     for p, g in zip(ours, grads):
         torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
+
+
+def test_matryoshka_step_gradients_match_autograd():
+    """With prefixes, the loss is the mean of each prefix's reconstruction error (the same selection), and the
+    sparse backward gives autograd's gradients; an unordered prefix list is refused."""
+    gen = torch.Generator().manual_seed(1)
+    n, S, d, k = 40, 64, 10, 5
+    x = 3 * torch.randn(n, d, generator=gen)
+    W_dec = torch.randn(S, d, generator=gen)
+    W_dec /= W_dec.norm(dim=-1, keepdim=True)
+    params = [W_dec + 0.1 * torch.randn(S, d, generator=gen), 0.1 * torch.randn(S, generator=gen), W_dec,
+              0.1 * torch.randn(d, generator=gen)]
+    dead = torch.zeros(S, dtype=torch.bool)
+    dead[1::5] = True
+    ours = [p.clone() for p in params]
+    res = sae_step(x, *ours, k=k, dead=dead, aux_k=4, aux_rows=25, prefixes=(8, 24))
+    loss, grads = _autograd_reference(x, params, k, dead, aux_k=4, aux_rows=25, prefixes=(8, 24))
+    assert res.loss == pytest.approx(loss, rel=1e-5)
+    for p, g in zip(ours, grads):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
+    plain = [p.clone() for p in params]
+    nested, whole = sae_step(x, *plain, k=k, prefixes=(8, 24)), sae_step(x, *plain, k=k)
+    assert nested.fvu == pytest.approx(whole.fvu) and nested.mse != pytest.approx(whole.mse)  # fvu: the whole one's
+    with pytest.raises(ValueError, match="prefixes"):
+        sae_step(x, *plain, k=k, prefixes=(24, 8))
 
 
 def test_batch_topk_threshold_hint_gives_the_exact_selection():

@@ -163,6 +163,33 @@ def test_training_resumes_from_a_checkpoint(pipeline):
     torch.testing.assert_close(sae_a.threshold, sae_b.threshold)
 
 
+def test_matryoshka_training_makes_the_first_prefix_reconstruct_alone(pipeline):
+    """Trained with prefixes (8, 64) on the same tokens and seed, the first 8 features alone reconstruct the
+    training text better than the plain run's first 8; the prefixes are recorded; bad ones are refused."""
+    from steering.training.train import TrainConfig, Trainer, train
+
+    _, _, acts, _ = pipeline
+    store = ActivationStore(acts / "train")
+    x = store.get(torch.arange(min(len(store), 512)).numpy())
+
+    @torch.no_grad()
+    def first_prefix_fvu(sae) -> float:
+        f = sae.encode(x)
+        f[:, 8:] = 0
+        return float((sae.decode(f) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+
+    fvu = {}
+    for prefixes in ((), (8, 64)):
+        cfg = TrainConfig(d_sae=64, k=4, batch_size=64, total_tokens=64 * 40, warmup_steps=2, calibration_batches=2,
+                          matryoshka=prefixes)
+        sae, _ = train(store, pipeline[0] / f"m{len(prefixes)}", cfg, progress=False)
+        assert sae.cfg.metadata["training"]["matryoshka_prefixes"] == list(prefixes)
+        fvu[prefixes] = first_prefix_fvu(sae)
+    assert fvu[(8, 64)] < fvu[()], fvu
+    with pytest.raises(ValueError, match="prefixes"):
+        Trainer(store, TrainConfig(d_sae=64, k=4, batch_size=64, matryoshka=(16, 128)))
+
+
 def test_resample_dead_reinitialises_only_features_that_never_fire(pipeline):
     from steering.training.train import TrainConfig, Trainer
 
