@@ -97,14 +97,19 @@ def _autograd_reference(x, params, k, dead, aux_k, aux_rows, aux_coef=1 / 32, pr
     return float(loss.detach()), [We.grad, be.grad, g_dec, bd.grad]
 
 
-def test_sparse_step_gradients_match_autograd():
-    gen = torch.Generator().manual_seed(0)
-    n, S, d, k = 48, 80, 12, 4
+def _random_step_inputs(seed: int, n: int, S: int, d: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """x [n, d] and the four parameters (W_enc_T near W_dec, unit-norm W_dec rows, small biases)."""
+    gen = torch.Generator().manual_seed(seed)
     x = 3 * torch.randn(n, d, generator=gen)
     W_dec = torch.randn(S, d, generator=gen)
     W_dec /= W_dec.norm(dim=-1, keepdim=True)
-    params = [W_dec + 0.1 * torch.randn(S, d, generator=gen), 0.1 * torch.randn(S, generator=gen), W_dec,
-              0.1 * torch.randn(d, generator=gen)]
+    return x, [W_dec + 0.1 * torch.randn(S, d, generator=gen), 0.1 * torch.randn(S, generator=gen), W_dec,
+               0.1 * torch.randn(d, generator=gen)]
+
+
+def test_sparse_step_gradients_match_autograd():
+    n, S, d, k = 48, 80, 12, 4
+    x, params = _random_step_inputs(0, n, S, d)
     dead = torch.zeros(S, dtype=torch.bool)
     dead[::4] = True
     ours = [p.clone() for p in params]
@@ -119,13 +124,8 @@ def test_sparse_step_gradients_match_autograd():
 def test_matryoshka_step_gradients_match_autograd():
     """With prefixes, the loss is the mean of each prefix's reconstruction error (the same selection), and the
     sparse backward gives autograd's gradients; an unordered prefix list is refused."""
-    gen = torch.Generator().manual_seed(1)
     n, S, d, k = 40, 64, 10, 5
-    x = 3 * torch.randn(n, d, generator=gen)
-    W_dec = torch.randn(S, d, generator=gen)
-    W_dec /= W_dec.norm(dim=-1, keepdim=True)
-    params = [W_dec + 0.1 * torch.randn(S, d, generator=gen), 0.1 * torch.randn(S, generator=gen), W_dec,
-              0.1 * torch.randn(d, generator=gen)]
+    x, params = _random_step_inputs(1, n, S, d)
     dead = torch.zeros(S, dtype=torch.bool)
     dead[1::5] = True
     ours = [p.clone() for p in params]
