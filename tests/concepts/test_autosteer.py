@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 
@@ -13,11 +12,10 @@ from steering.cli import main
 from steering.concepts import autosteer
 from steering.concepts.autosteer import DEFAULT_MULTIPLIER, DEFAULT_WINDOW, MULTIPLIER_RANGE, PUSH_FRACTION, AutoSteerer, auto_steer
 from steering.concepts.probe import PROBE_PROMPTS, ProbeResult, ProbeSettings, best_probe, judged, probe_specs
-from steering.concepts.search import concept_texts, neutral_texts, number_forms, text_stats
+from steering.concepts.search import concept_texts, neutral_texts, number_forms
 from steering.errors import SteeringError
-from steering.sae.autoencoder import SparseAutoencoder
 from steering.sae.formats import save_sae
-from tests.support import autosteer_multiplier, hook_acts_many, plant_feature, tiny_sae, tiny_sm
+from tests.support import autosteer_multiplier, plant_feature, tiny_sm
 
 CONCEPT = "zzzz zzzz zzzz zzzz zzzz"
 # These tests are of the probed single-feature method (`method="feature"`); the direction's are in
@@ -436,16 +434,3 @@ def test_label_matches_are_searched_once_per_concept(planted, monkeypatch):
     steerer.steer(CONCEPT.upper(), 0.5)
     assert steerer.is_cached(CONCEPT) and calls == [CONCEPT]
 
-
-def test_the_residual_scale_is_in_the_sae_units(tiny_llama, tiny_tokenizer):
-    """An SAE that scales its inputs by c (`expected_average_only_in`) decodes into c-scaled units, so the
-    scale a push is measured against is c x the raw residual's median norm, text by text."""
-    sae = tiny_sae(tiny_llama, tiny_tokenizer)
-    texts = neutral_texts(CONCEPT)[:3]
-    raw = text_stats(tiny_sm(tiny_llama, tiny_tokenizer, sae), texts).resid_norm
-    scaled = SparseAutoencoder(dataclasses.replace(sae.cfg, normalize_activations="expected_average_only_in",
-                                                   norm_scaling_factor=0.25))
-    scaled.load_state_dict(sae.state_dict())
-    norms = text_stats(tiny_sm(tiny_llama, tiny_tokenizer, scaled), texts).resid_norm
-    by_hand = torch.stack([h[1:].norm(dim=-1).median() for h in hook_acts_many(tiny_llama, tiny_tokenizer, texts)])
-    assert torch.allclose(raw, by_hand, rtol=1e-4) and torch.allclose(norms, 0.25 * by_hand, rtol=1e-4)

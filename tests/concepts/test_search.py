@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -22,7 +23,8 @@ from steering.concepts.search import (
     text_stats,
 )
 from steering.errors import SteeringError
-from tests.support import hook_acts, plant_feature, tiny_sm
+from steering.sae.autoencoder import SparseAutoencoder
+from tests.support import hook_acts, hook_acts_many, plant_feature, tiny_sae, tiny_sm
 
 CONCEPT = "zzzz zzzz zzzz zzzz zzzz"  # on a random byte-level model, a "concept" a linear feature can detect
 
@@ -181,3 +183,17 @@ def test_precomputed_neutral_statistics_give_the_same_ranking(tiny_llama, tiny_t
     with pytest.raises(SteeringError) as err:  # statistics of another bank are refused, not misread
         find_concept_features(sm, CONCEPT, neutral=bank.rows(range(10)))
     assert err.value.param == "neutral"
+
+
+def test_the_residual_norm_is_in_the_sae_units(tiny_llama, tiny_tokenizer):
+    """An SAE that scales its inputs by c (`expected_average_only_in`) decodes into c-scaled units, so the
+    scale a push is measured against is c x the raw residual's median norm, text by text."""
+    sae = tiny_sae(tiny_llama, tiny_tokenizer)
+    texts = neutral_texts(CONCEPT)[:3]
+    raw = text_stats(tiny_sm(tiny_llama, tiny_tokenizer, sae), texts).resid_norm
+    scaled = SparseAutoencoder(dataclasses.replace(sae.cfg, normalize_activations="expected_average_only_in",
+                                                   norm_scaling_factor=0.25))
+    scaled.load_state_dict(sae.state_dict())
+    norms = text_stats(tiny_sm(tiny_llama, tiny_tokenizer, scaled), texts).resid_norm
+    by_hand = torch.stack([h[1:].norm(dim=-1).median() for h in hook_acts_many(tiny_llama, tiny_tokenizer, texts)])
+    assert torch.allclose(raw, by_hand, rtol=1e-4) and torch.allclose(norms, 0.25 * by_hand, rtol=1e-4)
