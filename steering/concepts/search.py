@@ -193,13 +193,13 @@ def _batch_stats(sm: "SteeredModel", texts: Sequence[str], concept: str) -> Text
         if len(rows[t]) < 2:  # an empty text: all zeros
             continue
         with torch.no_grad():
-            a = sae.encode(hidden[1:].to(sae.W_dec.dtype)).float().cpu()  # [T, d_sae], the sink left out
+            # the encoder's input, once: its norm is in the SAE's units (a decoded push sum_i v_i W_dec[i] is
+            # comparable with it for any input normalisation; the shipped SAE scales inputs by 0.138)
+            x_n, _ = sae.normalize(hidden[1:].to(sae.W_dec.dtype))  # the sink left out
+            a = sae.activate(sae.pre_activations(x_n)).float().cpu()  # [T, d_sae] = sae.encode(hidden[1:])
         on = torch.tensor(masks[t][1:], dtype=torch.float32)
         out["mean"][t], out["max"][t] = a.mean(0), a.amax(0)
         out["on_word"][t], out["total"][t] = on @ a, a.sum(0)
-        # in the SAE's units: a decoded push sum_i v_i W_dec[i] and this norm are then comparable for any
-        # input normalisation (the shipped SAE scales inputs by 0.138)
-        x_n, _ = sae.normalize(hidden[1:].to(sae.W_dec.dtype))
         out["resid_norm"][t] = x_n.float().norm(dim=-1).median().cpu()
     return TextStats(**out)
 
